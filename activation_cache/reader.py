@@ -1,0 +1,173 @@
+"""Read a trajectory store: per-sequence tokens, hidden states, metadata, text.
+
+Opens in SWMR mode, so a store that is still being written (or whose writer
+crashed) can be read: only committed sequences are visible, and
+:meth:`TrajectoryStore.refresh` picks up newly committed ones.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable
+
+import h5py
+import numpy as np
+
+from activation_cache import schema
+from activation_cache.errors import InputError
+
+
+class TrajectoryStore:
+    """A read-only view of one store (a single file, or a merged virtual store).
+
+    Sequence ``s`` covers token rows ``offsets[s]:offsets[s+1]``. Hidden states
+    are returned as stored (float16 by default), shape (T, D).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.h5: h5py.File = schema.open_h5(self.path, "r")
+        try:
+            schema.check_is_store(self.h5, self.path)
+        except BaseException:
+            self.h5.close()
+            raise
+        attrs = self.h5.attrs
+        self.model: str = schema.attr_str(attrs["model"])
+        self.model_revision: str = schema.attr_str(attrs["model_revision"])
+        self.d_model: int = int(attrs["d_model"])
+        self.n_model_layers: int = int(attrs["n_model_layers"])
+        self.layers: list[str] = json.loads(attrs["layers"])
+        self.dtype: str = schema.attr_str(attrs["dtype"])
+        self.config: dict[str, Any] = schema.read_config(self.h5)
+        self.refresh()
+
+    # --------------------------------------------------------------- summary
+    def refresh(self) -> int:
+        """Re-read the commit mark (for stores still being written); returns n_sequences."""
+        for name in ("offsets", "tokens", "generated"):
+            ds = self.h5[name]
+            if hasattr(ds, "refresh") and self.h5.swmr_mode:
+                ds.refresh()
+        self.h5.attrs.__init__(self.h5.id)  # attrs are read live; nothing cached
+        self.n_sequences = int(self.h5.attrs["n_committed"])
+        self.offsets: np.ndarray = self.h5["offsets"][: self.n_sequences + 1].astype(np.int64)
+        self.n_tokens = int(self.offsets[-1])
+        return self.n_sequences
+
+    def __len__(self) -> int:
+        return self.n_sequences
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """All root attributes as Python values."""
+        return {k: (schema.attr_str(v) if isinstance(v, (str, bytes)) else v) for k, v in self.h5.attrs.items()}
+
+    @property
+    def meta_fields(self) -> list[str]:
+        return list(self.h5["meta"].keys()) if "meta" in self.h5 else []
+
+    def lengths(self) -> np.ndarray:
+        """Tokens per sequence, int64 (S,)."""
+        return np.diff(self.offsets)
+
+    # ------------------------------------------------------------- sequences
+    def _rows(self, s: int) -> slice:
+        if not -self.n_sequences <= s < self.n_sequences:
+            raise IndexError(f"sequence {s} out of range: store has {self.n_sequences} sequences")
+        s %= self.n_sequences
+        return slice(int(self.offsets[s]), int(self.offsets[s + 1]))
+
+    def check_layer(self, layer: int | str) -> str:
+        """Canonical name of ``layer``; InputError if the store does not hold it."""
+        name = schema.layer_name(layer)
+        if name not in self.layers:
+            raise InputError(f"{self.path}: layer {name!r} not in store (has {', '.join(self.layers)})")
+        return name
+
+    def tokens(self, s: int) -> np.ndarray:
+        """Token ids of sequence ``s``, int32 (T,)."""
+        return self.h5["tokens"][self._rows(s)]
+
+    def generated(self, s: int) -> np.ndarray:
+        """Generated-token mask of sequence ``s``, bool (T,)."""
+        return self.h5["generated"][self._rows(s)]
+
+    def hidden(self, s: int, layer: int | str) -> np.ndarray:
+        """Hidden states of sequence ``s`` at ``layer``, (T, D) in the stored dtype."""
+        return self.h5[f"hidden/{self.check_layer(layer)}"][self._rows(s)]
+
+    def hidden_layers(self, s: int, layers: Iterable[int | str] | None = None) -> np.ndarray:
+        """Hidden states of sequence ``s`` at several layers, (n_layers, T, D)."""
+        names = [self.check_layer(x) for x in (self.layers if layers is None else layers)]
+        rows = self._rows(s)
+        return np.stack([self.h5[f"hidden/{n}"][rows] for n in names])
+
+    def hidden_rows(self, layer: int | str, start: int, stop: int) -> np.ndarray:
+        """Token rows ``start:stop`` of the flat ``/hidden/<layer>`` dataset, (stop-start, D)."""
+        return self.h5[f"hidden/{self.check_layer(layer)}"][start:stop]
+
+    def meta(self, s: int) -> dict[str, str]:
+        """Metadata of sequence ``s`` as {field: str}."""
+        if not -self.n_sequences <= s < self.n_sequences:
+            raise IndexError(f"sequence {s} out of range: store has {self.n_sequences} sequences")
+        s %= self.n_sequences
+        return {k: _as_str(self.h5[f"meta/{k}"][s]) for k in self.meta_fields}
+
+    def meta_column(self, field: str) -> list[str]:
+        """One metadata field for all committed sequences."""
+        if field not in self.meta_fields:
+            raise InputError(f"{self.path}: no metadata field {field!r} (has {', '.join(self.meta_fields)})")
+        return [_as_str(v) for v in self.h5[f"meta/{field}"][: self.n_sequences]]
+
+    # ------------------------------------------------------------------ text
+    @cached_property
+    def tokenizer(self):
+        """A ``tokenizers.Tokenizer`` rebuilt from the stored JSON, or None."""
+        if "tokenizer" not in self.h5:
+            return None
+        from tokenizers import Tokenizer
+
+        return Tokenizer.from_str(self.h5["tokenizer"][()].tobytes().decode())
+
+    def decode_tokens(self, s: int, tokenizer: Any = None) -> list[str]:
+        """Each token of sequence ``s`` as text (for trajectory views)."""
+        ids = self.tokens(s).tolist()
+        tok = tokenizer or self.tokenizer
+        if tok is None:
+            return [str(i) for i in ids]
+        return [tok.decode([i]) for i in ids]
+
+    def text(self, s: int, tokenizer: Any = None) -> str:
+        """Decoded text of sequence ``s`` (stored tokenizer unless one is given)."""
+        tok = tokenizer or self.tokenizer
+        if tok is None:
+            raise InputError(f"{self.path}: store has no tokenizer; pass tokenizer=")
+        return tok.decode(self.tokens(s).tolist(), skip_special_tokens=False)
+
+    # ------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        self.h5.close()
+
+    def __enter__(self) -> "TrajectoryStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"TrajectoryStore({str(self.path)!r}, model={self.model!r}, sequences={self.n_sequences}, "
+            f"tokens={self.n_tokens}, layers={len(self.layers)}, d_model={self.d_model}, dtype={self.dtype})"
+        )
+
+
+def _as_str(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def open_store(path: str | Path) -> TrajectoryStore:
+    """Open a trajectory store for reading (see :class:`TrajectoryStore`)."""
+    return TrajectoryStore(path)

@@ -1,0 +1,247 @@
+"""Write batches of trajectories to an HDF5 store, crash-safely (DESIGN §3).
+
+Each :meth:`StoreWriter.append` writes one batch of whole sequences, flushes,
+and only then advances the ``n_committed`` attribute and flushes again. The file
+is in SWMR mode, so a crash at any point (even ``kill -9``) leaves a file whose
+committed part is readable; reopening the same path with the same config
+resumes after the last committed sequence and overwrites the half-written tail.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from activation_cache import schema
+from activation_cache._version import __version__
+from activation_cache.errors import InputError
+from activation_cache.h5clear import clear_status_flags
+
+
+@dataclass
+class StoreSpec:
+    """Everything that fixes a store's layout and identity.
+
+    ``config`` is the full extraction config (JSON-serialisable). A store is
+    resumed only if its stored config equals this one exactly.
+    """
+
+    model: str
+    model_revision: str
+    d_model: int
+    n_model_layers: int
+    layers: list[str]
+    config: dict[str, Any]
+    meta_fields: list[str] = field(default_factory=lambda: ["prompt_id"])
+    dtype: str = "float16"
+    compression: str | None = None
+    tokenizer_json: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.dtype not in schema.HIDDEN_DTYPES:
+            raise InputError(f"unknown --dtype {self.dtype!r}; choose from {sorted(schema.HIDDEN_DTYPES)}")
+        if self.compression not in schema.COMPRESSIONS:
+            raise InputError(f"unknown --compression {self.compression!r}; choose from lzf, gzip or none")
+        self.layers = [schema.layer_name(x) for x in self.layers]
+        if "prompt_id" not in self.meta_fields:
+            self.meta_fields = ["prompt_id", *self.meta_fields]
+
+    @property
+    def config_json(self) -> str:
+        return json.dumps(self.config, sort_keys=True)
+
+
+@dataclass
+class Batch:
+    """One batch of whole sequences, ready to store.
+
+    tokens:    per sequence, int array (T_s,)
+    generated: per sequence, bool array (T_s,)
+    hidden:    layer name -> array (sum_s T_s, D), rows in sequence order
+    meta:      per sequence, {field: str}
+    """
+
+    tokens: list[np.ndarray]
+    generated: list[np.ndarray]
+    hidden: dict[str, np.ndarray]
+    meta: list[dict[str, str]]
+
+    def __post_init__(self) -> None:
+        n = sum(len(t) for t in self.tokens)
+        if len(self.generated) != len(self.tokens) or len(self.meta) != len(self.tokens):
+            raise ValueError("Batch: tokens, generated and meta must have one entry per sequence")
+        for name, h in self.hidden.items():
+            if h.shape[0] != n:
+                raise ValueError(f"Batch: hidden[{name}] has {h.shape[0]} rows, tokens have {n}")
+
+
+class StoreWriter:
+    """Create, resume and append to a trajectory store.
+
+    Use as a context manager; on a clean exit the datasets are trimmed to their
+    committed size. On an exception the file is closed without trimming: the
+    committed part stays readable and a rerun resumes.
+    """
+
+    def __init__(self, path: str | Path, spec: StoreSpec, *, overwrite: bool = False):
+        self.path = Path(path)
+        self.spec = spec
+        parent = self.path.resolve().parent
+        if not parent.is_dir():
+            raise InputError(f"output directory does not exist: {parent}")
+        if self.path.is_dir():
+            raise InputError(f"--out is a directory, expected a file path: {self.path}")
+        self.resumed = False
+        if self.path.exists() and overwrite:
+            self.path.unlink()
+        if self.path.exists():
+            self._f = self._open_existing()
+            self.resumed = True
+        else:
+            self._f = self._create()
+        self._f.swmr_mode = True
+        self._n_seq = int(self._f.attrs["n_committed"])
+        self._n_tok = int(self._f["offsets"][self._n_seq])
+
+    # ------------------------------------------------------------------ open
+    def _create(self) -> h5py.File:
+        spec = self.spec
+        try:
+            f = h5py.File(self.path, "w", libver="latest")
+        except OSError as e:
+            raise InputError(f"cannot create store {self.path}: {e}") from None
+        itemsize = np.dtype(schema.HIDDEN_DTYPES[spec.dtype]).itemsize
+        comp = {"compression": spec.compression} if spec.compression else {}
+        tok_chunk = schema.chunk_rows(4)
+        f.create_dataset("tokens", (0,), maxshape=(None,), dtype=np.int32, chunks=(tok_chunk,), **comp)
+        f.create_dataset("generated", (0,), maxshape=(None,), dtype=bool, chunks=(tok_chunk,), **comp)
+        f.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(4096,))
+        rows = schema.chunk_rows(spec.d_model * itemsize)
+        for name in spec.layers:
+            f.create_dataset(
+                f"hidden/{name}", (0, spec.d_model), maxshape=(None, spec.d_model),
+                dtype=schema.HIDDEN_DTYPES[spec.dtype], chunks=(rows, spec.d_model), **comp,
+            )
+        for name in spec.meta_fields:
+            f.create_dataset(f"meta/{name}", (0,), maxshape=(None,), dtype=schema.STR_DTYPE, chunks=(1024,))
+        if spec.tokenizer_json:
+            f.create_dataset("tokenizer", data=np.frombuffer(spec.tokenizer_json.encode(), np.uint8))
+        import nnsight
+        import transformers
+
+        attrs = {
+            "format": schema.FORMAT,
+            "format_version": schema.FORMAT_VERSION,
+            "model": spec.model,
+            "model_revision": spec.model_revision,
+            "d_model": spec.d_model,
+            "n_model_layers": spec.n_model_layers,
+            "layers": json.dumps(spec.layers),
+            "dtype": spec.dtype,
+            "toolkit_version": __version__,
+            "nnsight_version": nnsight.__version__,
+            "transformers_version": transformers.__version__,
+            "config_json": spec.config_json,
+            "n_committed": np.int64(0),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        for k, v in attrs.items():
+            f.attrs[k] = v
+        f.flush()
+        return f
+
+    def _open_existing(self) -> h5py.File:
+        clear_status_flags(self.path)  # a crashed writer leaves them set
+        f = schema.open_h5(self.path, "a")
+        try:
+            schema.check_is_store(f, self.path)
+            stored = json.loads(f.attrs["config_json"])
+            if stored != self.spec.config:
+                keys = sorted(k for k in set(stored) | set(self.spec.config) if stored.get(k) != self.spec.config.get(k))
+                raise InputError(
+                    f"{self.path} exists with a different extraction config (differs in {', '.join(keys)}); "
+                    "pass --overwrite to replace it or choose another --out"
+                )
+        except BaseException:
+            f.close()
+            raise
+        return f
+
+    # ---------------------------------------------------------------- append
+    @property
+    def n_committed(self) -> int:
+        """Sequences fully written and flushed."""
+        return self._n_seq
+
+    @property
+    def n_tokens(self) -> int:
+        """Token rows of the committed sequences."""
+        return self._n_tok
+
+    def _reserve(self, name: str, needed: int) -> h5py.Dataset:
+        ds = self._f[name]
+        if ds.shape[0] < needed:
+            ds.resize(max(needed, 2 * ds.shape[0]), axis=0)  # geometric growth, trimmed at close
+        return ds
+
+    def append(self, batch: Batch) -> None:
+        """Write one batch of sequences and commit it (flush, then bump ``n_committed``)."""
+        lengths = np.array([len(t) for t in batch.tokens], np.int64)
+        n0, s0 = self._n_tok, self._n_seq
+        n1, s1 = n0 + int(lengths.sum()), s0 + len(lengths)
+        tokens = np.concatenate(batch.tokens).astype(np.int32, copy=False) if len(lengths) else np.zeros(0, np.int32)
+        generated = np.concatenate(batch.generated).astype(bool, copy=False) if len(lengths) else np.zeros(0, bool)
+        self._reserve("tokens", n1)[n0:n1] = tokens
+        self._reserve("generated", n1)[n0:n1] = generated
+        dtype = schema.HIDDEN_DTYPES[self.spec.dtype]
+        for name in self.spec.layers:
+            self._reserve(f"hidden/{name}", n1)[n0:n1] = np.asarray(batch.hidden[name], dtype=dtype)
+        self._reserve("offsets", s1 + 1)[s0 + 1 : s1 + 1] = n0 + np.cumsum(lengths)
+        for name in self.spec.meta_fields:
+            self._reserve(f"meta/{name}", s1)[s0:s1] = [m.get(name, "") for m in batch.meta]
+        self._f.flush()
+        # Only now is the batch durable: advance the commit mark.
+        self._f.attrs["n_committed"] = np.int64(s1)
+        self._f.flush()
+        self._n_tok, self._n_seq = n1, s1
+
+    # ----------------------------------------------------------------- close
+    def close(self, trim: bool = True) -> None:
+        """Close the file; with ``trim`` shrink every dataset to the committed size."""
+        if self._f is None:
+            return
+        f, self._f = self._f, None
+        f.close()
+        if trim:
+            with h5py.File(self.path, "a", libver="latest") as g:
+                _trim(g, self._n_seq, self._n_tok)
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close(trim=exc_type is None)
+        except Exception:
+            if exc_type is None:
+                raise
+
+
+def _trim(f: h5py.File, n_seq: int, n_tok: int) -> None:
+    def visit(name: str, obj: Any) -> None:
+        if not isinstance(obj, h5py.Dataset) or name == "tokenizer":
+            return
+        size = n_seq + 1 if name == "offsets" else n_seq if name.startswith("meta/") else n_tok
+        if obj.shape[0] != size:
+            obj.resize(size, axis=0)
+
+    f.visititems(visit)
+
+
+__all__ = ["Batch", "StoreSpec", "StoreWriter"]
