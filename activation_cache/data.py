@@ -1,0 +1,209 @@
+"""Torch datasets over a trajectory store, read chunk-aligned, never loaded whole.
+
+:class:`TokenWindows` serves windows of ``length`` consecutive tokens that lie
+inside one sequence. Reading one window at a time from HDF5 would cost a
+chunk decode per window, so the dataset reads whole HDF5 chunks (plus the
+``length - 1`` rows of overlap) into a small cache, and
+:class:`ChunkShuffleSampler` orders indices so that consecutive windows come
+from the same few chunks: shuffled across chunks and within a group of chunks,
+each chunk read about once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler
+
+from activation_cache import schema
+from activation_cache.errors import InputError
+from activation_cache.reader import TrajectoryStore
+
+
+def sequence_rows(offsets: np.ndarray, sequences: Sequence[int] | None) -> np.ndarray:
+    """bool (N,): True on the token rows of the chosen ``sequences`` (all if None)."""
+    n = int(offsets[-1])
+    if sequences is None:
+        return np.ones(n, bool)
+    mark = np.zeros(n + 1, np.int64)
+    seq = np.asarray(sequences, np.int64)
+    np.add.at(mark, offsets[seq], 1)
+    np.add.at(mark, offsets[seq + 1], -1)
+    return np.cumsum(mark[:-1]) > 0
+
+
+def window_starts(offsets: np.ndarray, length: int, sequences: Sequence[int] | None = None, stride: int = 1) -> np.ndarray:
+    """Token rows where a window of ``length`` rows fits inside one sequence, int64 (W,).
+
+    Starts are taken every ``stride`` rows from each sequence's first token.
+    """
+    seqs = range(len(offsets) - 1) if sequences is None else sequences
+    parts = [np.arange(offsets[s], offsets[s + 1] - length + 1, stride, dtype=np.int64) for s in seqs]
+    return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+
+
+class TokenWindows(Dataset):
+    """Windows of consecutive hidden states from one store.
+
+    Item ``i`` is a float tensor (length, D * len(layers)): the hidden states
+    of rows ``starts[i] .. starts[i] + length - 1`` of one sequence, with the
+    chosen layers concatenated along the feature axis.
+
+    The HDF5 file is opened lazily in each worker process (h5py handles do not
+    survive fork/pickle).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        layers: Sequence[int | str],
+        length: int,
+        sequences: Sequence[int] | None = None,
+        stride: int = 1,
+        dtype: torch.dtype = torch.float32,
+        cache_chunks: int = 8,
+    ):
+        if length < 1:
+            raise InputError(f"window length must be >= 1, got {length}")
+        self.path = Path(path)
+        with TrajectoryStore(self.path) as store:
+            self.layers = [store.check_layer(x) for x in layers]
+            self.offsets = store.offsets.copy()
+            self.d_model = store.d_model
+            self.model = store.model
+            self.chunk = int(store.h5[f"hidden/{self.layers[0]}"].chunks[0]) if store.h5[f"hidden/{self.layers[0]}"].chunks else 4096
+        self.length = length
+        self.starts = window_starts(self.offsets, length, sequences, stride)
+        self.dtype = dtype
+        self.cache_chunks = cache_chunks
+        self._h5: h5py.File | None = None
+        self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
+
+    @property
+    def n_features(self) -> int:
+        return self.d_model * len(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def _block(self, c: int) -> np.ndarray:
+        """Rows [c*chunk, (c+1)*chunk + length - 1) of all layers, (rows, D*L)."""
+        if c in self._cache:
+            self._cache.move_to_end(c)
+            return self._cache[c]
+        if self._h5 is None:
+            self._h5 = schema.open_h5(self.path, "r")
+        lo = c * self.chunk
+        hi = min(lo + self.chunk + self.length - 1, int(self.offsets[-1]))
+        parts = [self._h5[f"hidden/{n}"][lo:hi] for n in self.layers]
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        self._cache[c] = block
+        if len(self._cache) > self.cache_chunks:
+            self._cache.popitem(last=False)
+        return block
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        start = int(self.starts[i])
+        c = start // self.chunk
+        rel = start - c * self.chunk
+        return torch.from_numpy(np.ascontiguousarray(self._block(c)[rel : rel + self.length])).to(self.dtype)
+
+    def chunk_of(self) -> np.ndarray:
+        """HDF5 chunk index of each window, int64 (W,), for chunk-aware sampling."""
+        return self.starts // self.chunk
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_h5"], state["_cache"] = None, OrderedDict()
+        return state
+
+
+class ChunkShuffleSampler(DistributedSampler):
+    """Chunk-local shuffling for :class:`TokenWindows`, DDP-aware.
+
+    Each epoch: shuffle the order of HDF5 chunks, cut it into groups of
+    ``group`` chunks, shuffle the windows inside each group. Every rank then
+    takes every ``num_replicas``-th index, which keeps its reads chunk-local
+    and gives all ranks the same number of samples. A subclass of
+    ``DistributedSampler`` so that Lightning leaves it in place under DDP and
+    calls :meth:`set_epoch`.
+    """
+
+    def __init__(
+        self,
+        dataset: TokenWindows,
+        shuffle: bool = True,
+        seed: int = 0,
+        group: int = 4,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        drop_last: bool = True,
+    ):
+        distributed = dist.is_available() and dist.is_initialized()
+        num_replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if distributed else 1)
+        rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last)
+        self.group = group
+        self.chunks = dataset.chunk_of()
+
+    def _order(self) -> np.ndarray:
+        if not self.shuffle:
+            return np.arange(len(self.chunks))
+        rng = np.random.default_rng(self.seed + self.epoch)
+        uniq = np.unique(self.chunks)
+        rank_of_chunk = np.empty(int(uniq.max()) + 1 if len(uniq) else 0, np.int64)
+        rank_of_chunk[uniq] = rng.permutation(len(uniq))
+        group = rank_of_chunk[self.chunks] // self.group
+        # sort by (group, random key): groups in shuffled order, windows shuffled within
+        return np.lexsort((rng.random(len(self.chunks)), group))
+
+    def __iter__(self) -> Iterator[int]:
+        order = self._order()
+        usable = self.num_samples * self.num_replicas
+        if usable > len(order):  # drop_last=False: pad by wrapping, as DistributedSampler does
+            order = np.concatenate([order, order[: usable - len(order)]])
+        return iter(order[:usable][self.rank :: self.num_replicas].tolist())
+
+
+def standardization_stats(
+    path: str | Path, layers: Sequence[int | str], sequences: Sequence[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and std over the chosen sequences' tokens, float32 (D * len(layers),) each.
+
+    One streaming pass in chunk-sized blocks, accumulated in float64. Raises
+    InputError if there are no tokens or a value is not finite.
+    """
+    with TrajectoryStore(path) as store:
+        names = [store.check_layer(x) for x in layers]
+        rows = sequence_rows(store.offsets, sequences)
+        if not rows.any():
+            raise InputError(f"{path}: no tokens to compute standardisation statistics from (empty store or split)")
+        means, stds = [], []
+        for name in names:
+            ds = store.h5[f"hidden/{name}"]
+            step = (ds.chunks[0] if ds.chunks else 4096) * 4
+            s1 = np.zeros(ds.shape[1], np.float64)
+            s2 = np.zeros(ds.shape[1], np.float64)
+            for lo in range(0, store.n_tokens, step):
+                hi = min(lo + step, store.n_tokens)
+                m = rows[lo:hi]
+                if not m.any():
+                    continue
+                x = ds[lo:hi][m].astype(np.float64)
+                if not np.isfinite(x).all():
+                    bad = lo + int(np.argwhere(~np.isfinite(x).all(1))[0, 0])
+                    raise InputError(f"{path}: non-finite hidden state in /hidden/{name} near token row {bad}")
+                s1 += x.sum(0)
+                s2 += (x * x).sum(0)
+            n = rows.sum()
+            mean = s1 / n
+            var = np.maximum(s2 / n - mean**2, 0.0)
+            means.append(mean)
+            stds.append(np.sqrt(var) + 1e-6)
+    return torch.from_numpy(np.concatenate(means)).float(), torch.from_numpy(np.concatenate(stds)).float()
