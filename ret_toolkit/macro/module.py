@@ -1,0 +1,342 @@
+"""The RET encoder as a LightningModule (BYOL / JEPA style, DESIGN.md §4.1).
+
+    online   f_θ : h_{t-w+1..t}          -> z_t
+    target   f_ξ : EMA of f_θ, no grad   -> z'_t
+    predictor g_φ(z_t, k)                -> ẑ_{t+k} ≈ sg(z'_{t+k}),  k = 1..K
+
+    loss = mean_k mean_t (2 - 2 cos(ẑ_{t+k}, z'_{t+k}))
+           + var_weight * VICReg-variance(z) + cov_weight * VICReg-covariance(z)
+
+A batch is (B, L, D) raw hidden states, each row L consecutive tokens of one
+sequence, L >= window + max_horizon. Every window position that has a target
+k steps ahead is used as an anchor, so longer rows just give more anchors.
+
+Nothing here is rank-0-only: the EMA runs on every rank after the optimizer
+step (so from identical, already all-reduced weights), and the collapse
+decision is taken from all-gathered z and broadcast.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+
+from activation_cache.errors import InputError
+from ret_toolkit.macro.encoder import (
+    CausalWindowEncoder,
+    HorizonPredictor,
+    covariance_loss,
+    normalized_mse,
+    variance_loss,
+)
+from ret_toolkit.macro.rank import collapse_message, effective_rank
+
+
+def cosine_momentum(step: int, total: float, start: float, end: float) -> float:
+    """EMA momentum annealed from `start` (step 0) to `end` (step >= total) on a half cosine."""
+    if not total or not math.isfinite(total) or total <= 0:
+        return start
+    frac = min(max(step / total, 0.0), 1.0)
+    return end - (end - start) * (1 + math.cos(math.pi * frac)) / 2
+
+
+class RETModule(pl.LightningModule):
+    """Learns a causal macro variable z_t (d = z_dim) from windows of hidden states.
+
+    Args:
+        d_input: hidden size D of the stored layer(s); batches must match it.
+        window: tokens w the encoder sees (z_t depends on h_{t-w+1..t} only).
+        z_dim: size d of the macro variable.
+        hidden: width of the encoder.
+        max_horizon: K; the predictor is trained on all k = 1..K every step.
+        predictor_hidden: width of the predictor.
+        ema_start, ema_end: target-encoder momentum, cosine-annealed over all training steps.
+        lr, weight_decay: AdamW (no decay on biases / norms).
+        lr_schedule: "cosine" (to lr/100 over all steps) or "constant".
+        var_weight, cov_weight: VICReg-style terms on the online z (0 disables).
+        collapse_threshold: stop training when the effective rank of z falls
+            below this (checked after every validation, or every training epoch
+            if there is no validation); 0 disables.
+        rank_samples: z vectors (one per window) kept per epoch, over all ranks,
+            to estimate the effective rank.
+    """
+
+    def __init__(
+        self,
+        d_input: int,
+        window: int = 8,
+        z_dim: int = 16,
+        hidden: int = 256,
+        max_horizon: int = 4,
+        predictor_hidden: int = 256,
+        ema_start: float = 0.99,
+        ema_end: float = 1.0,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        lr_schedule: Literal["cosine", "constant"] = "cosine",
+        var_weight: float = 1.0,
+        cov_weight: float = 0.04,
+        collapse_threshold: float = 2.0,
+        rank_samples: int = 4096,
+    ):
+        super().__init__()
+        if window < 1 or max_horizon < 1 or z_dim < 1 or d_input < 1:
+            raise ValueError("d_input, window, z_dim and max_horizon must all be >= 1")
+        if not 0.0 <= ema_start <= ema_end <= 1.0:
+            raise ValueError(f"need 0 <= ema_start <= ema_end <= 1, got {ema_start}, {ema_end}")
+        self.save_hyperparameters()
+
+        self.online = CausalWindowEncoder(d_input, window, hidden, z_dim)
+        self.target = copy.deepcopy(self.online).requires_grad_(False)
+        self.predictor = HorizonPredictor(z_dim, predictor_hidden, max_horizon)
+
+        # buffers, so the statistics travel with the checkpoint
+        self.register_buffer("h_mean", torch.zeros(d_input))
+        self.register_buffer("h_std", torch.ones(d_input))
+
+        self._total_steps: float = float("inf")
+        self._ema_step = 0
+        self._z_buf: dict[str, Tensor] = {}
+        self._z_count: dict[str, int] = {}
+        self.effective_rank_history: list[tuple[int, float]] = []
+        self.collapse_message: str | None = None
+
+    # ---- standardisation & encoding (eval-time API) ----
+
+    def set_standardization(self, mean: Any, std: Any) -> None:
+        """Per-dimension statistics of the hidden states, (D,) each; saved with the checkpoint."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).flatten()
+        std = torch.as_tensor(std, dtype=torch.float32).flatten()
+        d = self.hparams.d_input
+        if mean.shape != (d,) or std.shape != (d,):
+            raise InputError(
+                f"standardisation statistics have shapes {tuple(mean.shape)}, {tuple(std.shape)}; expected ({d},)"
+            )
+        if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+            raise InputError("standardisation statistics contain NaN or inf")
+        self.h_mean.copy_(mean)
+        self.h_std.copy_(std.clamp_min(1e-6))  # constant dims: avoid 0/0, they are 0 after centring anyway
+
+    def standardize(self, x: Tensor) -> Tensor:
+        """(..., D) raw (any float dtype) -> (..., D) float32 standardised."""
+        if x.shape[-1] != self.hparams.d_input:
+            raise InputError(
+                f"hidden states have size {x.shape[-1]} but this RET model was built for d_input="
+                f"{self.hparams.d_input} (store from another model or layer set?)"
+            )
+        return (x.to(self.h_mean.dtype) - self.h_mean) / self.h_std
+
+    def encode(self, x: Tensor) -> Tensor:
+        """Online z for every full window: (B, T, D) -> (B, T-w+1, d); (T, D) -> (T-w+1, d)."""
+        if x.dim() == 2:
+            return self.encode(x.unsqueeze(0))[0]
+        if x.dim() != 3:
+            raise InputError(f"expected hidden states of shape (B, T, D) or (T, D), got {tuple(x.shape)}")
+        return self.online(self.standardize(x))
+
+    forward = encode
+
+    @torch.no_grad()
+    def encode_sequence(self, h: Any, chunk_size: int = 4096) -> Tensor:
+        """One z per token of a whole sequence: (T, D) -> (T, d).
+
+        The first w-1 tokens have no full window; the window is left-padded by
+        repeating the first row, so z_0 is the encoding of a sequence that
+        "started long ago" in state h_0. Long sequences go through in chunks
+        (overlapping by w-1 rows), so memory stays bounded and results match
+        the unchunked pass.
+        """
+        h = torch.as_tensor(h, device=self.device)
+        if h.dim() != 2 or h.shape[0] == 0:
+            raise InputError(f"encode_sequence needs a non-empty (T, D) array, got shape {tuple(h.shape)}")
+        w = self.hparams.window
+        h = torch.cat([h[:1].expand(w - 1, -1), h])
+        T = h.shape[0] - (w - 1)
+        out = [self.encode(h[s : s + chunk_size + w - 1]) for s in range(0, T, chunk_size)]
+        return torch.cat(out)
+
+    # ---- training ----
+
+    @staticmethod
+    def _unpack(batch: Any) -> Tensor:
+        if isinstance(batch, dict):
+            return batch["x"]
+        if isinstance(batch, (list, tuple)):
+            return batch[0]
+        return batch
+
+    def _step(self, batch: Any, stage: str) -> Tensor:
+        x = self._unpack(batch)
+        K, w = self.hparams.max_horizon, self.hparams.window
+        if x.dim() != 3 or x.shape[1] < w + K:
+            raise InputError(
+                f"RET batches must be (B, L, D) with L >= window + max_horizon = {w + K}, got {tuple(x.shape)}"
+            )
+        h = self.standardize(x)
+        z = self.online(h)  # (B, n, d), n = L - w + 1
+        with torch.no_grad():
+            z_target = self.target(h)
+        n = z.shape[1]
+
+        per_k = []
+        for k in range(1, K + 1):
+            pred = self.predictor(z[:, : n - k], k)
+            per_k.append(normalized_mse(pred, z_target[:, k:]).mean())
+        pred_loss = torch.stack(per_k).mean()
+
+        flat = z.reshape(-1, z.shape[-1])
+        loss = pred_loss
+        if self.hparams.var_weight:
+            loss = loss + self.hparams.var_weight * variance_loss(flat)
+        if self.hparams.cov_weight:
+            loss = loss + self.hparams.cov_weight * covariance_loss(flat)
+
+        on_step = stage == "train"
+        bs = x.shape[0]
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=bs)
+        # epoch-only: under DDP these are all-reduced once per epoch, not every step
+        self.log(f"{stage}/pred_loss", pred_loss, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
+        for k, l in enumerate(per_k, 1):
+            self.log(f"{stage}/cos_k{k}", 1 - l.detach() / 2, on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
+        if stage == "val":
+            self._collect("val", z[:, -1].detach().float())
+        elif not self.trainer.enable_validation:
+            self._collect("train", x[:, -w:].detach())
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    # ---- EMA target ----
+
+    def ema_momentum(self, step: int | None = None) -> float:
+        """Momentum after `step` optimizer steps (default: the current global step)."""
+        step = self.trainer.global_step if step is None else step
+        return cosine_momentum(step, self._total_steps, self.hparams.ema_start, self.hparams.ema_end)
+
+    def on_train_start(self) -> None:
+        self._total_steps = float(self.trainer.estimated_stepping_batches)
+        self._ema_step = self.trainer.global_step
+        if self.trainer.global_step == 0:
+            # start from the online weights as the strategy has them (broadcast from rank 0 under DDP)
+            self.target.load_state_dict(self.online.state_dict())
+
+    @torch.no_grad()
+    def update_target(self, momentum: float) -> None:
+        """ξ <- m ξ + (1 - m) θ, in place."""
+        for pt, po in zip(self.target.parameters(), self.online.parameters()):
+            pt.lerp_(po.detach(), 1.0 - momentum)
+        for bt, bo in zip(self.target.buffers(), self.online.buffers()):
+            bt.copy_(bo)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # global_step counts optimizer steps: this skips gradient-accumulation micro-batches
+        # and runs after optimizer.step(), i.e. on weights identical on every rank
+        step = self.trainer.global_step
+        if step > self._ema_step:
+            self.update_target(self.ema_momentum(step))
+            self._ema_step = step
+
+    # ---- effective rank & collapse guard ----
+    #
+    # Validation z come from fixed weights, so they are kept directly (one z per window).
+    # Without a validation loop the weights move during the epoch and z collected along
+    # the way would mix many encoders (inflating the rank), so the last window of each
+    # training sample is kept instead and encoded once at epoch end.
+
+    def _collect(self, stage: str, rows: Tensor) -> None:
+        """Keep the first ceil(rank_samples / world_size) rows (z or windows) per rank and stage."""
+        if stage not in self._z_buf:
+            cap = math.ceil(self.hparams.rank_samples / max(self.trainer.world_size, 1))
+            self._z_buf[stage] = rows.new_zeros(cap, *rows.shape[1:])
+            self._z_count[stage] = 0
+        buf, n = self._z_buf[stage], self._z_count[stage]
+        take = min(buf.shape[0] - n, rows.shape[0])
+        if take > 0:
+            buf[n : n + take] = rows[:take]
+            self._z_count[stage] = n + take
+
+    def _reset(self, stage: str) -> None:
+        self._z_buf.pop(stage, None)
+        self._z_count.pop(stage, None)
+
+    @torch.no_grad()
+    def _local_z(self, stage: str) -> Tensor:
+        """This rank's z for the rank estimate: (n, d), n may be 0."""
+        buf, n = self._z_buf.get(stage), self._z_count.get(stage, 0)
+        self._reset(stage)
+        if buf is None or n == 0:
+            return torch.zeros(0, self.hparams.z_dim, device=self.device)
+        rows = buf[:n]
+        if stage == "train":  # stored windows (n, w, D): encode with the current weights
+            rows = torch.cat([self.encode(c)[:, -1] for c in rows.split(256)])
+        return rows.float()
+
+    def _check_rank(self, stage: str) -> None:
+        """Collective (every rank calls it): gather z, log the effective rank, stop on collapse."""
+        z = self._local_z(stage)
+        cap = math.ceil(self.hparams.rank_samples / max(self.trainer.world_size, 1))
+        padded = z.new_zeros(cap, z.shape[-1])  # all_gather needs equal shapes on every rank
+        padded[: len(z)] = z[:cap]
+        count = torch.tensor([min(len(z), cap)], device=z.device)
+        bufs = self.all_gather(padded).reshape(-1, cap, z.shape[-1])  # (world, cap, d)
+        counts = self.all_gather(count).reshape(-1)
+        z = torch.cat([b[: int(c)] for b, c in zip(bufs, counts)])
+        if len(z) == 0:  # decided from gathered counts, so the same on every rank
+            return
+        # every rank computes the same value from the same z; broadcasting rank 0's float
+        # removes any doubt (e.g. a nondeterministic SVD on different GPUs)
+        rank = float(self.trainer.strategy.broadcast(effective_rank(z), src=0))
+        epoch = self.current_epoch
+        self.effective_rank_history.append((epoch, rank))
+        self.log("effective_rank", rank, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+
+        msg = collapse_message(rank, self.hparams.collapse_threshold, epoch)
+        if msg is not None:
+            self.collapse_message = msg
+            self.trainer.should_stop = True
+            rank_zero_warn(msg)
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset("val")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
+            self._reset("val")  # untrained weights (sanity check) say nothing about collapse
+            return
+        self._check_rank("val")
+
+    def on_train_epoch_start(self) -> None:
+        self._reset("train")
+
+    def on_train_epoch_end(self) -> None:
+        if not self.trainer.enable_validation:
+            self._check_rank("train")
+
+    # ---- optimisation ----
+
+    def configure_optimizers(self) -> Any:
+        params = [p for m in (self.online, self.predictor) for p in m.parameters()]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        opt = torch.optim.AdamW(
+            [
+                {"params": decay, "weight_decay": self.hparams.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
+            lr=self.hparams.lr,
+        )
+        total = self.trainer.estimated_stepping_batches
+        if self.hparams.lr_schedule == "constant" or not math.isfinite(total):
+            return opt
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(int(total), 1), eta_min=self.hparams.lr / 100)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
