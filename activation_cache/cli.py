@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -36,6 +37,12 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
         return body() or 0
     except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
+        if getattr(e, "hard_exit", False):
+            # A store whose writes failed cannot be closed, and HDF5 crashes at
+            # exit with it open (see writer.StoreWriteError): leave right now.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; committed data is kept, rerun the same command to resume", file=sys.stderr)
@@ -56,6 +63,7 @@ def _extract_parser() -> argparse.ArgumentParser:
     p.add_argument("--compression", default="none", choices=["none", "lzf", "gzip"])
     p.add_argument("--max-tokens", type=int, default=512, help="truncate longer prompts (with a warning naming them)")
     p.add_argument("--chat", action="store_true", help="render plain-text prompts through the tokenizer's chat template")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N prompts")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -77,7 +85,7 @@ def _extract(argv: Sequence[str]) -> int:
     cfg = ExtractConfig(
         prompts=a.prompts, out=a.out, model=a.model, layers=a.layers, embed=a.embed, generate=a.generate,
         batch_size=a.batch_size, dtype=a.dtype, compression=None if a.compression == "none" else a.compression,
-        max_tokens=a.max_tokens, chat=a.chat, sample=a.sample, temperature=a.temperature, top_p=a.top_p,
+        max_tokens=a.max_tokens, chat=a.chat, limit=a.limit, sample=a.sample, temperature=a.temperature, top_p=a.top_p,
         seed=a.seed, num_shards=a.num_shards, shard_index=a.shard_index, overwrite=a.overwrite,
         block_path=a.block_path, embed_path=a.embed_path,
     )

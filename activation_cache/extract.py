@@ -42,6 +42,7 @@ class ExtractConfig:
     max_tokens: prompts longer than this (in tokens) are truncated, with a warning.
     chat: render plain-text prompts through the chat template (``messages``
         prompts always are).
+    limit: use only the first ``limit`` prompts of the source (before sharding).
     """
 
     prompts: str
@@ -55,6 +56,7 @@ class ExtractConfig:
     compression: str | None = None
     max_tokens: int = 512
     chat: bool = False
+    limit: int | None = None
     sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -70,6 +72,8 @@ class ExtractConfig:
             raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.generate < 0:
             raise InputError(f"--generate must be >= 0, got {self.generate}")
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"--limit must be >= 1, got {self.limit}")
         if self.max_tokens < 1:
             raise InputError(f"--max-tokens must be >= 1, got {self.max_tokens}")
         if not 0 <= self.shard_index < self.num_shards:
@@ -139,7 +143,7 @@ def shard_slice(n: int, num_shards: int, shard_index: int) -> slice:
 
 def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> Prepared:
     """Read, shard, render and tokenise the prompts; resolve the layers."""
-    prompts = read_prompts(cfg.prompts)
+    prompts = read_prompts(cfg.prompts)[: cfg.limit]
     # Fields from *all* prompts, so every shard has the same /meta layout.
     meta_fields = _meta_fields(prompts, cfg.generate > 0)
     prompts = prompts[shard_slice(len(prompts), cfg.num_shards, cfg.shard_index)]
@@ -258,13 +262,7 @@ def extract(cfg: ExtractConfig, loaded: LoadedModel | None = None, progress: boo
                     for m, g in zip(meta, generated):
                         m["finish_reason"] = "length" if g.sum() >= cfg.generate else "eos"
                 _check_finite(hidden, prep.prompts[sl])
-                try:
-                    writer.append(Batch(tokens, generated, hidden, meta))
-                except OSError as e:
-                    raise InputError(
-                        f"write error on {cfg.out} after {writer.n_committed} committed sequences "
-                        f"(they stay readable; rerun to resume): {e}"
-                    ) from None
+                writer.append(Batch(tokens, generated, hidden, meta))  # StoreWriteError on disk full etc.
                 bar.update(sl.stop - sl.start)
                 elapsed = time.perf_counter() - t0
                 bar.set_postfix(tok_s=f"{(writer.n_tokens - start_tok) / max(elapsed, 1e-9):.0f}")
