@@ -65,6 +65,9 @@ class RETModule(pl.LightningModule):
             if there is no validation); 0 disables.
         rank_samples: z vectors (one per window) kept per epoch, over all ranks,
             to estimate the effective rank.
+        source_model, source_layers: provenance, filled from the data module (the
+            store's ``model`` attribute and the layer names); encoding a store
+            of another model or layer set is refused.
     """
 
     def __init__(
@@ -84,6 +87,8 @@ class RETModule(pl.LightningModule):
         cov_weight: float = 0.04,
         collapse_threshold: float = 2.0,
         rank_samples: int = 4096,
+        source_model: str = "",
+        source_layers: str = "",
     ):
         super().__init__()
         if window < 1 or max_horizon < 1 or z_dim < 1 or d_input < 1:
@@ -106,6 +111,34 @@ class RETModule(pl.LightningModule):
         self._z_count: dict[str, int] = {}
         self.effective_rank_history: list[tuple[int, float]] = []
         self.collapse_message: str | None = None
+        #: k-means centroids of z, (K, d), once macrostates are fitted (travel in the checkpoint)
+        self.centroids: Tensor | None = None
+
+    # ---- data statistics & macrostate centroids travel with the checkpoint ----
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        stats = getattr(dm, "standardization", None)
+        if stats is not None and not self._stats_set():
+            self.set_standardization(*stats)
+
+    def _stats_set(self) -> bool:
+        return bool(self.h_mean.abs().sum() > 0 or (self.h_std != 1).any())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.centroids is not None:
+            checkpoint["macrostates"] = {"centroids": self.centroids.detach().cpu()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        macro = checkpoint.get("macrostates")
+        self.centroids = None if macro is None else macro["centroids"]
+
+    @torch.no_grad()
+    def assign(self, z: Tensor) -> Tensor:
+        """Macrostate (nearest centroid) of each z: (N, d) -> int64 (N,)."""
+        if self.centroids is None:
+            raise InputError("this RET checkpoint has no macrostates yet; run `ret-macro` (k-means) first")
+        return torch.cdist(z.float(), self.centroids.to(z.device).float()).argmin(dim=1)
 
     # ---- standardisation & encoding (eval-time API) ----
 

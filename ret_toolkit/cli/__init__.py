@@ -1,0 +1,1 @@
+"""Console commands of ret_toolkit (``ret-train``, ``ret-macro``, ``ret-demo``)."""
