@@ -1,0 +1,135 @@
+"""From a trained RET checkpoint and a store to macrostates, metrics and a report.
+
+    encode z (streaming, HDF5) -> k-means on training sequences -> groups
+    -> summaries + transitions -> held-out evaluation against baselines
+
+The training/held-out split is the one the checkpoint was trained with
+(``val_fraction`` and ``split_seed`` of its data module), so held-out numbers
+are on sequences the encoder never saw.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from activation_cache.reader import TrajectoryStore
+from ret_toolkit.macro.assign import (
+    assign_groups,
+    check_store,
+    encode_store,
+    fit_centroids,
+    load_ret,
+    open_macro,
+    rows_of,
+    save_with_centroids,
+    sequence_hidden,
+)
+from ret_toolkit.macro.baselines import causal_window_mean, fit_baselines
+from ret_toolkit.macro.datamodule import split_sequences
+from ret_toolkit.macro.evaluate import evaluate_groupings
+from ret_toolkit.macro.module import RETModule
+from ret_toolkit.macro.summaries import summarize_groups, trajectory_records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MacroResult:
+    """Where everything went, plus the numbers."""
+
+    checkpoint: Path  # RET checkpoint with centroids
+    macro_file: Path  # z and groups per token
+    metrics: dict[str, Any]
+    summary: dict[str, Any]
+    trajectories: list[dict[str, Any]]
+    train_sequences: np.ndarray
+    heldout_sequences: np.ndarray
+
+
+def checkpoint_split(ckpt: str | Path, n_sequences: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) sequence indices of the checkpoint's data split."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    dm = state.get("datamodule_hyper_parameters") or {}
+    return split_sequences(n_sequences, float(dm.get("val_fraction", 0.2)), int(dm.get("split_seed", 0)))
+
+
+def _standardized(module: RETModule, h: np.ndarray) -> np.ndarray:
+    return ((h.astype(np.float32) - module.h_mean.numpy()) / module.h_std.numpy()).astype(np.float32)
+
+
+def build_macrostates(
+    ckpt: str | Path,
+    store_path: str | Path,
+    out_dir: str | Path,
+    k: int = 12,
+    seed: int = 0,
+    n_trajectories: int = 6,
+    progress: bool = True,
+) -> MacroResult:
+    """Encode, cluster, summarise and evaluate; writes into ``out_dir``:
+
+    ``macrostates.h5`` (z, group per token), ``ret_macro.ckpt`` (the checkpoint
+    plus centroids), ``summary.json``, ``metrics.json``.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    module = load_ret(ckpt)
+    macro_file = encode_store(module, store_path, out_dir / "macrostates.h5", progress=progress)
+    with TrajectoryStore(store_path) as store:
+        layers = check_store(module, store)
+        train, held = checkpoint_split(ckpt, store.n_sequences)
+        if len(held) == 0:
+            held = train  # no validation split: evaluate in-sample, and say so
+            log.warning("checkpoint has no held-out sequences; evaluating on training sequences")
+        with open_macro(macro_file) as f:
+            z_train = f["z"][rows_of(store.offsets, train)]
+        centroids = fit_centroids(z_train, k, seed)
+        ckpt_out = save_with_centroids(module, ckpt, out_dir / "ret_macro.ckpt", centroids)
+        assign_groups(macro_file, module)
+        with open_macro(macro_file) as f:
+            groups = f["group"][:]
+            z_all = f["z"]
+            held_z = [z_all[store.offsets[s] : store.offsets[s + 1]] for s in held]
+        summary = summarize_groups(store, groups, k)
+        picks = held[np.linspace(0, len(held) - 1, min(n_trajectories, len(held))).astype(int)]
+        trajectories = trajectory_records(store, groups, picks)
+        metrics = _evaluate(module, store, layers, groups, held_z, train, held, k, seed, progress)
+    metrics.update(n_train_sequences=int(len(train)), n_heldout_sequences=int(len(held)), k=int(k),
+                   effective_rank=_effective_rank(np.concatenate(held_z)))
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    return MacroResult(ckpt_out, macro_file, metrics, summary, trajectories, train, held)
+
+
+def _effective_rank(z: np.ndarray) -> float:
+    from ret_toolkit.macro.rank import effective_rank
+
+    return float(effective_rank(torch.from_numpy(z)))
+
+
+def _evaluate(module, store, layers, groups, held_z, train, held, k, seed, progress) -> dict[str, Any]:
+    """Fit baselines on (a sample of) training tokens and compare on held-out sequences."""
+    w = module.hparams.window
+    rng = np.random.default_rng(seed)
+    # about 20k training tokens are plenty for k-means/PCA baselines; read whole sequences
+    budget, h_tr, win_tr = 20_000, [], []
+    for s in rng.permutation(train):
+        h = _standardized(module, sequence_hidden(store, int(s), layers))
+        h_tr.append(h)
+        win_tr.append(causal_window_mean(h, w))
+        budget -= len(h)
+        if budget <= 0:
+            break
+    baselines = fit_baselines(np.concatenate(h_tr), np.concatenate(win_tr), k=k, d=module.hparams.z_dim,
+                              seed=seed, window=w)
+    h_held = [_standardized(module, sequence_hidden(store, int(s), layers)) for s in held]
+    tokens = [store.tokens(int(s)) for s in held]
+    ret_groups = [groups[store.offsets[s] : store.offsets[s + 1]] for s in held]
+    return evaluate_groupings(ret_groups, held_z, h_held, tokens, baselines, seed=seed)
