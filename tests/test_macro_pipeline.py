@@ -1,0 +1,211 @@
+"""ret-train macro (LightningCLI, DDP), macrostates, evaluation contract, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from activation_cache.extract import ExtractConfig, extract
+from activation_cache.models import load_model
+from activation_cache.reader import open_store
+from ret_toolkit.cli import macro as macro_cmd
+from ret_toolkit.cli import train as train_cmd
+from ret_toolkit.cli.train import macro_cli
+from ret_toolkit.macro.assign import load_ret
+from ret_toolkit.macro.datamodule import TrajectoryDataModule, split_sequences
+from ret_toolkit.macro.pipeline import build_macrostates
+from tiny_models import save_tiny_model
+
+BIN = Path(sys.executable).parent
+METHODS = ("ret", "kmeans_raw", "kmeans_pca", "kmeans_window")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # tiny models: thread start-up costs more than it gains, and 2 threads oversubscribe a busy CI box
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    """A generate-mode store of a tiny Llama (40 prompts) and one of a tiny GPT-2."""
+    root = tmp_path_factory.mktemp("macro")
+    out = {}
+    for arch in ("llama", "gpt2"):
+        model_dir = save_tiny_model(arch, root / arch)
+        loaded = load_model(str(model_dir))
+        path = root / f"{arch}.h5"
+        extract(ExtractConfig(prompts="reasoning", limit=40, out=str(path), model=str(model_dir), generate=12,
+                              batch_size=8), loaded=loaded, progress=False)
+        out[arch] = path
+    return out
+
+
+def _fit(store: Path, root: Path, *extra: str):
+    return macro_cli(["fit", f"--data.stores=[{store}]", "--data.layers=1", "--data.window=4", "--data.max_horizon=2",
+                      "--data.batch_size=64", "--model.hidden=32", "--model.predictor_hidden=32", "--model.z_dim=4",
+                      "--model.collapse_threshold=1.5", "--trainer.max_epochs=2", f"--trainer.default_root_dir={root}",
+                      f"--trainer.logger.init_args.save_dir={root}", "--trainer.enable_progress_bar=false",
+                      "--trainer.enable_model_summary=false", *extra])
+
+
+@pytest.fixture(scope="module")
+def trained(stores, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    cli = _fit(stores["llama"], root)
+    return Path(cli.trainer.checkpoint_callback.last_model_path), cli
+
+
+def test_split_is_by_sequence_and_seeded():
+    tr, va = split_sequences(50, 0.2, seed=3)
+    assert len(va) == 10 and len(tr) == 40 and not set(tr) & set(va)
+    assert np.array_equal(va, split_sequences(50, 0.2, seed=3)[1])
+    assert not np.array_equal(va, split_sequences(50, 0.2, seed=4)[1])
+
+
+def test_datamodule_windows_never_cross_split(stores):
+    dm = TrajectoryDataModule([str(stores["llama"])], layers="1", window=4, max_horizon=2, batch_size=16)
+    dm.setup("fit")
+    with open_store(stores["llama"]) as st:
+        off = st.offsets
+    train, val = dm.splits[0]
+    seq_of_row = np.searchsorted(off, np.arange(off[-1]), side="right") - 1
+    tr_ds, va_ds = dm.train_set.datasets[0], dm.val_set.datasets[0]
+    assert set(seq_of_row[tr_ds.starts]) <= set(train) and set(seq_of_row[va_ds.starts]) <= set(val)
+    # window end stays in the same sequence
+    assert np.array_equal(seq_of_row[tr_ds.starts], seq_of_row[tr_ds.starts + 5])
+    mean, std = dm.standardization
+    assert mean.shape == (dm.n_features,) and torch.isfinite(std).all()
+
+
+def test_fit_writes_checkpoint_with_stats_and_provenance(trained):
+    ckpt, cli = trained
+    assert ckpt.is_file()
+    m = load_ret(ckpt)
+    assert m.hparams.source_model.endswith("llama") and m.hparams.source_layers == "1"
+    assert not torch.allclose(m.h_std, torch.ones_like(m.h_std))  # statistics came from the store
+    assert (ckpt.parent.parent / "metrics.csv").is_file()
+    assert cli.model.effective_rank_history and all(r > 1.5 for _, r in cli.model.effective_rank_history)
+
+
+def test_fit_is_reproducible(stores, tmp_path):
+    a = _fit(stores["llama"], tmp_path / "a", "--trainer.max_epochs=1")
+    b = _fit(stores["llama"], tmp_path / "b", "--trainer.max_epochs=1")
+    for (k, va), (_, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(va, vb), k
+
+
+def test_resume_from_ckpt_path(trained, stores, tmp_path):
+    ckpt, _ = trained
+    cli = _fit(stores["llama"], tmp_path, "--trainer.max_epochs=3", f"--ckpt_path={ckpt}")
+    assert cli.trainer.current_epoch == 3 and cli.trainer.global_step > 0
+
+
+def test_macrostates_contract(trained, stores, tmp_path):
+    ckpt, _ = trained
+    res = build_macrostates(ckpt, stores["llama"], tmp_path, k=5, progress=False)
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    for key in ("n_train_sequences", "n_heldout_sequences", "k", "effective_rank"):
+        assert isinstance(m[key], (int, float))
+    assert m["n_train_sequences"] + m["n_heldout_sequences"] == 40 and m["k"] == 5
+    for name in METHODS:
+        assert set(m["temporal_consistency"][name]) >= {"p_same_next", "mean_run_length"}
+        assert 0 <= m["token_mi_bits"][name] and 0 < m["group_occupancy_max"][name] <= 1
+    assert set(m["closure_gap"]) >= {"ret", "kmeans_pca", "kmeans_window"}
+    s = res.summary
+    assert s["k"] == 5 and len(s["groups"]) == 5
+    assert abs(sum(g["share"] for g in s["groups"]) - 1) < 1e-9
+    # groups are streamed to HDF5, one per token, and the checkpoint now carries centroids
+    import h5py
+    with h5py.File(res.macro_file) as f, open_store(stores["llama"]) as st:
+        assert f["group"].shape == (st.n_tokens,) and f["z"].shape == (st.n_tokens, 4)
+        assert f["group"][:].max() < 5
+        pairs = sum(n - 1 for n in st.lengths())
+    assert np.array(s["transition_counts"]).sum() == pairs
+    assert load_ret(res.checkpoint).centroids.shape == (5, 4)
+
+
+def test_ret_macro_cli_and_report(trained, stores, tmp_path, capsys):
+    ckpt, _ = trained
+    rc = macro_cmd.main(["--ckpt", str(ckpt), "--store", str(stores["llama"]), "--out", str(tmp_path / "o"), "--k", "4", "--quiet"])
+    assert rc == 0
+    html = (tmp_path / "o" / "report.html").read_text()
+    assert "Trajectories" in html and "P(same next)" in html
+    assert "held-out P(same next)" in capsys.readouterr().out
+
+
+def _one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_store_from_another_model_is_refused(trained, stores, tmp_path, capsys):
+    ckpt, _ = trained
+    rc = macro_cmd.main(["--ckpt", str(ckpt), "--store", str(stores["gpt2"]), "--out", str(tmp_path), "--quiet"])
+    assert "trained on" in _one_line_error(capsys, rc)
+
+
+def test_empty_store_is_refused(stores, tmp_path, capsys):
+    from activation_cache.writer import StoreSpec, StoreWriter
+
+    empty = tmp_path / "empty.h5"
+    with StoreWriter(empty, StoreSpec("m", "r", 8, 2, ["1"], {"x": 1})):
+        pass
+    rc = train_cmd.main(["macro", "fit", f"--data.stores=[{empty}]", f"--trainer.default_root_dir={tmp_path}"])
+    assert "no committed sequences" in _one_line_error(capsys, rc)
+
+
+def test_missing_checkpoint_and_bad_k(stores, tmp_path, capsys):
+    rc = macro_cmd.main(["--ckpt", str(tmp_path / "nope.ckpt"), "--store", str(stores["llama"]), "--out", str(tmp_path)])
+    assert "not found" in _one_line_error(capsys, rc)
+
+
+def test_unknown_config_key_is_an_error(stores, tmp_path):
+    r = subprocess.run([str(BIN / "ret-train"), "macro", "fit", f"--data.stores=[{stores['llama']}]", "--model.no_such_key=3",
+                        f"--trainer.default_root_dir={tmp_path}"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "no_such_key" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_print_config_is_complete():
+    r = subprocess.run([str(BIN / "ret-train"), "macro", "fit", "--print_config"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for key in ("z_dim:", "ema_start:", "var_weight:", "collapse_threshold:", "stores:", "window:", "max_epochs:", "seed_everything:"):
+        assert key in r.stdout
+
+
+def test_ddp_two_cpu_processes(stores, tmp_path):
+    """`ret-train macro` unchanged under strategy=ddp with 2 gloo processes."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    probe = tmp_path / "probe.json"
+    r = subprocess.run([
+        str(BIN / "ret-train"), "macro", "fit", f"--data.stores=[{stores['llama']}]", "--data.layers=1",
+        "--data.window=4", "--data.max_horizon=2", "--data.batch_size=32", "--model.hidden=32", "--model.predictor_hidden=32",
+        "--model.z_dim=4", "--model.collapse_threshold=1.5", "--trainer.max_epochs=2", "--trainer.accelerator=cpu",
+        "--trainer.strategy=ddp", "--trainer.devices=2", f"--trainer.default_root_dir={tmp_path}",
+        f"--trainer.logger.init_args.save_dir={tmp_path}", "--trainer.enable_progress_bar=false",
+        "--trainer.callbacks+=ddp_probe.SameWeightsProbe", f"--trainer.callbacks.out={probe}",
+    ], capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ckpts = list(tmp_path.rglob("last.ckpt"))
+    assert len(ckpts) == 1
+    m = load_ret(ckpts[0])
+    assert all(torch.isfinite(p).all() for p in m.target.parameters())
+    # both ranks ended with bit-identical online and EMA target weights, and saw different data
+    seen = json.loads(probe.read_text())
+    assert seen["world"] == 2 and seen["same_online"] and seen["same_target"] and seen["different_batches"]
+    metrics = (ckpts[0].parent.parent / "metrics.csv").read_text()
+    assert "effective_rank" in metrics
