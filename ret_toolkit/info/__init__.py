@@ -1,0 +1,23 @@
+"""Information estimators on discrete codes, in bits: entropy, MI, conditional and normalised MI,
+with plug-in / Miller-Madow / jackknife estimators, a permutation null and bootstrap CIs (DESIGN.md §4.3)."""
+
+from ret_toolkit.info.estimators import (
+    ESTIMATORS,
+    conditional_mutual_information,
+    entropy,
+    entropy_from_counts,
+    mutual_information,
+    normalized_mutual_information,
+)
+from ret_toolkit.info.resampling import bootstrap_ci, permutation_test
+
+__all__ = [
+    "ESTIMATORS",
+    "bootstrap_ci",
+    "conditional_mutual_information",
+    "entropy",
+    "entropy_from_counts",
+    "mutual_information",
+    "normalized_mutual_information",
+    "permutation_test",
+]
