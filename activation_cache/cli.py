@@ -29,7 +29,13 @@ class OneLineParser(argparse.ArgumentParser):
 
 def run_cli(prog: str, body: Callable[[], int | None]) -> int:
     """Run a CLI body: InputError -> one line + exit 2; Ctrl-C -> exit 130."""
-    logging.basicConfig(level=logging.INFO, format=f"{prog}: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    for name in ("activation_cache", "ret_toolkit"):  # ours only: Lightning logs for itself
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.INFO)
+        if not logger.handlers:
+            logger.addHandler(handler)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # our own bars say what is happening

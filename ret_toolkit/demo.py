@@ -20,7 +20,7 @@ from pathlib import Path
 from activation_cache.extract import ExtractConfig, extract
 from activation_cache.prompts import read_prompts
 
-log = logging.getLogger("ret-demo")
+log = logging.getLogger("ret_toolkit.demo")
 
 
 @dataclass(frozen=True)
