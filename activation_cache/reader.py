@@ -31,27 +31,33 @@ class TrajectoryStore:
         self.h5: h5py.File = schema.open_h5(self.path, "r")
         try:
             schema.check_is_store(self.h5, self.path)
+            attrs = self.h5.attrs
+            self.model: str = schema.attr_str(attrs["model"])
+            self.model_revision: str = schema.attr_str(attrs["model_revision"])
+            self.d_model: int = int(attrs["d_model"])
+            self.n_model_layers: int = int(attrs["n_model_layers"])
+            self.layers: list[str] = json.loads(attrs["layers"])
+            self.dtype: str = schema.attr_str(attrs["dtype"])
+            self.config: dict[str, Any] = schema.read_config(self.h5)
+            self.refresh()
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            self.h5.close()
+            if isinstance(e, InputError):
+                raise
+            reason = " ".join(str(e).split()) or type(e).__name__
+            raise InputError(f"{self.path}: corrupt or truncated store: {reason}") from None
         except BaseException:
             self.h5.close()
             raise
-        attrs = self.h5.attrs
-        self.model: str = schema.attr_str(attrs["model"])
-        self.model_revision: str = schema.attr_str(attrs["model_revision"])
-        self.d_model: int = int(attrs["d_model"])
-        self.n_model_layers: int = int(attrs["n_model_layers"])
-        self.layers: list[str] = json.loads(attrs["layers"])
-        self.dtype: str = schema.attr_str(attrs["dtype"])
-        self.config: dict[str, Any] = schema.read_config(self.h5)
-        self.refresh()
 
     # --------------------------------------------------------------- summary
     def refresh(self) -> int:
         """Re-read the commit mark (for stores still being written); returns n_sequences."""
-        for name in ("offsets", "tokens", "generated"):
-            ds = self.h5[name]
-            if hasattr(ds, "refresh") and self.h5.swmr_mode:
-                ds.refresh()
-        self.h5.attrs.__init__(self.h5.id)  # attrs are read live; nothing cached
+        if hasattr(self, "n_sequences"):
+            # SWMR refreshes datasets (Dataset.refresh) but not attributes, and the
+            # commit mark n_committed is a root attribute: reopen the file to see it.
+            self.h5.close()
+            self.h5 = schema.open_h5(self.path, "r")
         self.n_sequences = int(self.h5.attrs["n_committed"])
         self.offsets: np.ndarray = self.h5["offsets"][: self.n_sequences + 1].astype(np.int64)
         self.n_tokens = int(self.offsets[-1])

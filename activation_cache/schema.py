@@ -56,6 +56,27 @@ def chunk_rows(row_bytes: int, target: int = CHUNK_BYTES) -> int:
     return 1 << (rows.bit_length() - 1)
 
 
+_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def superblock_info(path: str | Path) -> tuple[int, int] | None:
+    """``(stored end-of-file address, status flags)`` of a v2/v3 superblock at offset 0, else None.
+
+    A cleanly closed file is exactly ``end-of-file`` bytes long; a shorter one
+    lost its tail (cut by a copy, or a write failed). The status flags are
+    non-zero while a writer has the file open (or crashed with it open).
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+    except OSError:
+        return None
+    if not head.startswith(_SIGNATURE) or len(head) < 48 or head[8] not in (2, 3) or head[9] != 8:
+        return None
+    base, eof = int.from_bytes(head[12:20], "little"), int.from_bytes(head[28:36], "little")
+    return base + eof, head[11]
+
+
 def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
     """Open an HDF5 file, turning 'missing' and 'not HDF5 / truncated' into InputError."""
     path = Path(path)
@@ -63,12 +84,19 @@ def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
         raise InputError(f"store not found: {path}")
     if path.is_dir():
         raise InputError(f"store path is a directory, expected an .h5 file: {path}")
+    sb = superblock_info(path) if path.exists() else None
+    if sb is not None and sb[1] == 0 and path.stat().st_size < sb[0]:
+        # SWMR readers skip HDF5's own size check, so a cut file would open and fail later.
+        raise InputError(f"{path}: truncated HDF5 file ({path.stat().st_size} of {sb[0]} bytes)")
     try:
         if mode == "r":
             # swmr=True also opens files whose writer is still running or crashed.
             return h5py.File(path, "r", libver="latest", swmr=True)
         return h5py.File(path, mode, libver="latest")
     except OSError as e:
+        if isinstance(e, BlockingIOError) or "unable to lock file" in str(e):
+            raise InputError(f"{path}: file is locked by another process (a running extraction or an "
+                             "open reader); close it and retry") from None
         reason = str(e).split("(")[0].strip() or type(e).__name__
         raise InputError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {reason}") from None
 

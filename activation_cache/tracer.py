@@ -52,10 +52,18 @@ def _unwrap(output):
     return output[0] if isinstance(output, tuple) else output
 
 
+def _read(name: str, envoy):
+    """The traced value of one target: block 0's input for "embed", else the block output."""
+    return envoy.input if name == EMBED else _unwrap(envoy.output)
+
+
 class Tracer:
     """Reads the outputs of chosen decoder blocks (and the embedding) via nnsight.
 
-    ``layers`` are block indices (0-based) and/or ``"embed"``.
+    ``layers`` are block indices (0-based) and/or ``"embed"``. ``"embed"`` is
+    the residual stream entering block 0 (HF's ``hidden_states[0]``): the
+    token-embedding output plus, for models like GPT-2, the learned position
+    embedding, which the token-embedding module alone does not include.
     """
 
     def __init__(self, loaded: LoadedModel, layers: Sequence[int | str]):
@@ -65,8 +73,7 @@ class Tracer:
             warnings.simplefilter("ignore")  # LanguageModel is a deprecated alias in 0.8 but still the one with generate
             self.lm = nnsight.LanguageModel(loaded.model, tokenizer=loaded.tokenizer)
         blocks = self._envoy(loaded.arch.block_path)
-        embed = self._envoy(loaded.arch.embed_path)
-        self._targets = [(name, embed if name == EMBED else blocks[int(name)]) for name in self.layers]
+        self._targets = [(name, blocks[0] if name == EMBED else blocks[int(name)]) for name in self.layers]
         self.eos_ids = _eos_ids(loaded)
 
     def _envoy(self, dotted: str):
@@ -81,8 +88,8 @@ class Tracer:
         targets = self._targets
         with self.lm.trace(dict(input_ids=input_ids, attention_mask=attention_mask)):
             saved = nnsight.save([])
-            for _name, envoy in targets:
-                saved.append(_unwrap(envoy.output))
+            for name, envoy in targets:
+                saved.append(_read(name, envoy))
         hidden = {name: h for (name, _), h in zip(targets, saved)}
         valid = attention_mask.bool()
         return Traced(input_ids, valid, torch.zeros_like(valid), hidden)
@@ -115,8 +122,8 @@ class Tracer:
                     steps = nnsight.save([])
                     for _step in tracer.iter[:]:
                         row = []
-                        for _name, envoy in targets:
-                            row.append(_unwrap(envoy.output))
+                        for name, envoy in targets:
+                            row.append(_read(name, envoy))
                         steps.append(row)
                 with tracer.invoke():
                     sequences = tracer.result.save()

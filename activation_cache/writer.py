@@ -9,7 +9,10 @@ resumes after the last committed sequence and overwrites the half-written tail.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +84,32 @@ class Batch:
                 raise ValueError(f"Batch: hidden[{name}] has {h.shape[0]} rows, tokens have {n}")
 
 
+class StoreWriteError(InputError):
+    """A write to the store failed (disk full, file-size limit, I/O error).
+
+    The committed sequences stay readable and a rerun resumes. The HDF5 library
+    cannot close a file whose buffered writes failed: closing retries the
+    writes, and a file left open makes the library crash (SIGSEGV) when the
+    interpreter exits. The writer therefore keeps the file open and CLIs end
+    the process with ``os._exit`` right after reporting this error
+    (:attr:`hard_exit`).
+    """
+
+    hard_exit = True
+
+
+#: Files of writers whose writes failed, kept referenced so they are never
+#: closed (see :class:`StoreWriteError`).
+_FAILED_FILES: list[Any] = []
+
+
+def _write_reason(e: BaseException) -> str:
+    """One line from an h5py write error, e.g. "Unable to ... flush file: File too large (errno 27)"."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    m = re.search(r"errno = (\d+), error message = '([^']*)'", text)
+    return f"{text.split(' (')[0]}: {m[2]} (errno {m[1]})" if m else text
+
+
 class StoreWriter:
     """Create, resume and append to a trajectory store.
 
@@ -98,16 +127,26 @@ class StoreWriter:
         if self.path.is_dir():
             raise InputError(f"--out is a directory, expected a file path: {self.path}")
         self.resumed = False
-        if self.path.exists() and overwrite:
-            self.path.unlink()
-        if self.path.exists():
-            self._f = self._open_existing()
-            self.resumed = True
-        else:
-            self._f = self._create()
+        self._lock = _take_lock(self.path)
+        try:
+            if self.path.exists() and overwrite:
+                self.path.unlink()
+            if self.path.exists():
+                self._f = self._open_existing()
+                self.resumed = True
+            else:
+                self._f = self._create()
+        except BaseException:
+            self._lock.close()
+            raise
         self._f.swmr_mode = True
+        # One open handle per dataset for the writer's lifetime: its chunk cache
+        # lives as long as the handle, and f.flush() writes it out at each commit.
+        self._ds: dict[str, h5py.Dataset] = {}
+        self._f.visititems(lambda name, obj: self._ds.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+        self._failed = False
         self._n_seq = int(self._f.attrs["n_committed"])
-        self._n_tok = int(self._f["offsets"][self._n_seq])
+        self._n_tok = int(self._ds["offsets"][self._n_seq])
 
     # ------------------------------------------------------------------ open
     def _create(self) -> h5py.File:
@@ -157,7 +196,14 @@ class StoreWriter:
         return f
 
     def _open_existing(self) -> h5py.File:
-        clear_status_flags(self.path)  # a crashed writer leaves them set
+        if clear_status_flags(self.path):  # a crashed writer leaves them set
+            # ...and may have died before the file reached the size its
+            # superblock records (a failed write at the end, disk full). Those
+            # bytes belonged to the uncommitted tail: pad them with zeros so
+            # HDF5 opens the file; the tail is overwritten on resume.
+            sb = schema.superblock_info(self.path)
+            if sb is not None and os.path.getsize(self.path) < sb[0]:
+                os.truncate(self.path, sb[0])
         f = schema.open_h5(self.path, "a")
         try:
             schema.check_is_store(f, self.path)
@@ -185,13 +231,30 @@ class StoreWriter:
         return self._n_tok
 
     def _reserve(self, name: str, needed: int) -> h5py.Dataset:
-        ds = self._f[name]
+        ds = self._ds[name]
         if ds.shape[0] < needed:
             ds.resize(max(needed, 2 * ds.shape[0]), axis=0)  # geometric growth, trimmed at close
         return ds
 
     def append(self, batch: Batch) -> None:
-        """Write one batch of sequences and commit it (flush, then bump ``n_committed``)."""
+        """Write one batch of sequences and commit it (flush, then bump ``n_committed``).
+
+        Raises :class:`StoreWriteError` if the file cannot be written; the
+        writer is unusable afterwards.
+        """
+        if self._failed:
+            raise StoreWriteError(f"{self.path}: an earlier write failed; rerun to resume")
+        try:
+            self._append(batch)
+        except (OSError, RuntimeError) as e:
+            self._failed = True
+            _FAILED_FILES.append((self._f, self._ds))
+            raise StoreWriteError(
+                f"write error on {self.path} after {self._n_seq} committed sequences "
+                f"(they stay readable; rerun the same command to resume): {_write_reason(e)}"
+            ) from None
+
+    def _append(self, batch: Batch) -> None:
         lengths = np.array([len(t) for t in batch.tokens], np.int64)
         n0, s0 = self._n_tok, self._n_seq
         n1, s1 = n0 + int(lengths.sum()), s0 + len(lengths)
@@ -217,9 +280,23 @@ class StoreWriter:
         if self._f is None:
             return
         f, self._f = self._f, None
-        f.close()
-        if trim:
-            with h5py.File(self.path, "a", libver="latest") as g:
+        self._lock.close()  # the kernel drops the flock with the descriptor
+        if self._failed:
+            return  # closing would retry the failed writes (see StoreWriteError)
+        self._ds.clear()
+        trimmed = not trim
+        try:
+            if trim:
+                # Trim through the open SWMR handle: reopening the file would fail
+                # while a SWMR reader still has it open (it holds a file lock).
+                _trim(f, self._n_seq, self._n_tok)
+                trimmed = True
+        except (OSError, RuntimeError, ValueError):
+            pass  # HDF5 builds that refuse to shrink in SWMR mode: reopen below
+        finally:
+            f.close()
+        if not trimmed:
+            with schema.open_h5(self.path, "a") as g:
                 _trim(g, self._n_seq, self._n_tok)
 
     def __enter__(self) -> "StoreWriter":
@@ -233,6 +310,23 @@ class StoreWriter:
                 raise
 
 
+def _take_lock(path: Path):
+    """Exclusive advisory lock on ``<path>.lock``: one writer per store.
+
+    A SWMR writer holds no exclusive HDF5 lock, and resuming clears the flags a
+    crashed writer left, so without this a second copy of the same command
+    would append to a store that is still being written. The kernel releases
+    the lock when the process dies, so a crash never leaves a stale lock.
+    """
+    lock = open(path.with_name(path.name + ".lock"), "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise InputError(f"{path} is being written by another process (lock {path.name}.lock is held)") from None
+    return lock
+
+
 def _trim(f: h5py.File, n_seq: int, n_tok: int) -> None:
     def visit(name: str, obj: Any) -> None:
         if not isinstance(obj, h5py.Dataset) or name == "tokenizer":
@@ -244,4 +338,4 @@ def _trim(f: h5py.File, n_seq: int, n_tok: int) -> None:
     f.visititems(visit)
 
 
-__all__ = ["Batch", "StoreSpec", "StoreWriter"]
+__all__ = ["Batch", "StoreSpec", "StoreWriteError", "StoreWriter"]
