@@ -23,6 +23,12 @@ def _runs(groups: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(groups[a]), int(a), int(b)) for a, b in zip(starts, stops)]
 
 
+def _label(top: list[dict[str, Any]], grp: int) -> str:
+    """A short name from the three most lifted tokens that show as text (byte pieces decode to '')."""
+    shown = [t["token"].strip() or repr(t["token"]) for t in top if t["token"]]
+    return " | ".join(shown[:3]) or f"group {grp}"
+
+
 def transition_counts(groups_per_seq: Sequence[np.ndarray], k: int) -> np.ndarray:
     """Counts of (group_t, group_{t+1}) pairs within sequences, int64 (K, K)."""
     counts = np.zeros(k * k, np.int64)
@@ -100,7 +106,7 @@ def summarize_groups(
             "group": grp,
             "n_tokens": int(n_g[grp]),
             "share": float(n_g[grp] / n),
-            "label": " | ".join(t["token"].strip() or repr(t["token"]) for t in top[:3]) or f"group {grp}",
+            "label": _label(top, grp),
             "top_tokens": top,
             "examples": examples,
             "mean_relative_position": float(pos_sum[grp] / n_g[grp]) if n_g[grp] else float("nan"),
