@@ -196,14 +196,30 @@ def test_single_ema_update_uses_post_step_weights():
 # ---- training ----
 
 
-def test_training_learns_slow_latent_without_collapse():
+def test_predictor_horizon_switch():
+    torch.manual_seed(0)
+    z = torch.randn(5, 16)
+    blind = small_module(predictor_horizon=False).predictor
+    torch.testing.assert_close(blind(z, 1), blind(z, K), rtol=0, atol=0)
+    told = small_module(predictor_horizon=True).predictor
+    assert not torch.allclose(told(z, 1), told(z, K))
+    with pytest.raises(ValueError, match="outside 1..4"):
+        blind(z, K + 1)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [{}, {"predictor_horizon": True, "var_weight": 1.0, "cov_weight": 0.04}],
+    ids=["defaults", "horizon_predictor_vicreg"],
+)
+def test_training_learns_slow_latent_without_collapse(config):
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
 
     L.seed_everything(0)
     h, s = slow_latent_sequences()
     h_tr, h_va = h[:48], h[48:]
-    m = small_module(lr=1e-3)
+    m = small_module(lr=1e-3, **config)
     flat = h_tr.reshape(-1, D)
     m.set_standardization(flat.mean(0), flat.std(0))
     train = DataLoader(DictWindows(windows(h_tr)), batch_size=64, shuffle=True)

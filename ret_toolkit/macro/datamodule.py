@@ -84,7 +84,7 @@ class TrajectoryDataModule(pl.LightningDataModule):
         stores: list[str],
         layers: str = "middle",
         window: int = 8,
-        max_horizon: int = 4,
+        max_horizon: int = 8,
         batch_size: int = 256,
         val_fraction: float = 0.2,
         split_seed: int = 0,

@@ -45,13 +45,17 @@ class HorizonPredictor(nn.Module):
 
     The horizon enters as a learned embedding added to the projected z, so one
     network serves all horizons. (..., d), k int -> (..., d).
+
+    With ``use_horizon=False`` the predictor sees z only and must give one
+    prediction for every k in 1..K: the loss is then lowest when the target's
+    z_{t+1..t+K} agree, i.e. it asks the encoder for slow features.
     """
 
-    def __init__(self, z_dim: int = 16, hidden: int = 256, max_horizon: int = 4):
+    def __init__(self, z_dim: int = 16, hidden: int = 256, max_horizon: int = 4, use_horizon: bool = True):
         super().__init__()
         self.max_horizon = max_horizon
         self.proj = nn.Linear(z_dim, hidden)
-        self.horizon = nn.Embedding(max_horizon, hidden)
+        self.horizon = nn.Embedding(max_horizon, hidden) if use_horizon else None
         self.net = nn.Sequential(
             nn.LayerNorm(hidden),
             nn.GELU(),
@@ -63,7 +67,8 @@ class HorizonPredictor(nn.Module):
     def forward(self, z: Tensor, k: int) -> Tensor:
         if not 1 <= k <= self.max_horizon:
             raise ValueError(f"horizon k={k} outside 1..{self.max_horizon}")
-        return self.net(self.proj(z) + self.horizon.weight[k - 1])
+        x = self.proj(z)
+        return self.net(x if self.horizon is None else x + self.horizon.weight[k - 1])
 
 
 def normalized_mse(pred: Tensor, target: Tensor) -> Tensor:

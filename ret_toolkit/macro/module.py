@@ -56,10 +56,18 @@ class RETModule(pl.LightningModule):
         hidden: width of the encoder.
         max_horizon: K; the predictor is trained on all k = 1..K every step.
         predictor_hidden: width of the predictor.
+        predictor_horizon: True: the predictor is told the horizon k. False
+            (default): it sees z only and makes one prediction for all k = 1..K,
+            which rewards z that stays the same over K tokens (slow features).
+            On the demo store this plus K = 8 and no VICReg terms gave the most
+            temporally consistent groups (P(same next) 0.85 vs 0.66 with the
+            horizon-conditioned predictor, K = 4, var 1 / cov 0.04).
         ema_start, ema_end: target-encoder momentum, cosine-annealed over all training steps.
         lr, weight_decay: AdamW (no decay on biases / norms).
         lr_schedule: "cosine" (to lr/100 over all steps) or "constant".
-        var_weight, cov_weight: VICReg-style terms on the online z (0 disables).
+        var_weight, cov_weight: VICReg-style terms on the online z (0 disables,
+            the default: they spread z over all dimensions, which fragments the
+            groups; the EMA target and the collapse guard already cover collapse).
         collapse_threshold: stop training when the effective rank of z falls
             below this (checked after every validation, or every training epoch
             if there is no validation); 0 disables.
@@ -76,15 +84,16 @@ class RETModule(pl.LightningModule):
         window: int = 8,
         z_dim: int = 16,
         hidden: int = 256,
-        max_horizon: int = 4,
+        max_horizon: int = 8,
         predictor_hidden: int = 256,
+        predictor_horizon: bool = False,
         ema_start: float = 0.99,
         ema_end: float = 1.0,
         lr: float = 1e-3,
         weight_decay: float = 1e-4,
         lr_schedule: Literal["cosine", "constant"] = "cosine",
-        var_weight: float = 1.0,
-        cov_weight: float = 0.04,
+        var_weight: float = 0.0,
+        cov_weight: float = 0.0,
         collapse_threshold: float = 2.0,
         rank_samples: int = 4096,
         source_model: str = "",
@@ -99,7 +108,7 @@ class RETModule(pl.LightningModule):
 
         self.online = CausalWindowEncoder(d_input, window, hidden, z_dim)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
-        self.predictor = HorizonPredictor(z_dim, predictor_hidden, max_horizon)
+        self.predictor = HorizonPredictor(z_dim, predictor_hidden, max_horizon, use_horizon=predictor_horizon)
 
         # buffers, so the statistics travel with the checkpoint
         self.register_buffer("h_mean", torch.zeros(d_input))
