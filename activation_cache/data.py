@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import ConcatDataset, Dataset, DistributedSampler
 
 from activation_cache import schema
 from activation_cache.errors import InputError
@@ -169,6 +169,18 @@ class ChunkShuffleSampler(DistributedSampler):
         if usable > len(order):  # drop_last=False: pad by wrapping, as DistributedSampler does
             order = np.concatenate([order, order[: usable - len(order)]])
         return iter(order[:usable][self.rank :: self.num_replicas].tolist())
+
+
+class ConcatChunked(ConcatDataset):
+    """Several datasets with a ``chunk_of()`` as one, with globally unique chunk ids."""
+
+    def chunk_of(self) -> np.ndarray:
+        out, base = [], 0
+        for ds in self.datasets:
+            c = ds.chunk_of()
+            out.append(c + base)
+            base += int(c.max()) + 1 if len(c) else 0
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
 def standardization_stats(

@@ -19,7 +19,8 @@ from ret_toolkit.cli import macro as macro_cmd
 from ret_toolkit.cli import train as train_cmd
 from ret_toolkit.cli.train import macro_cli
 from ret_toolkit.macro.assign import load_ret
-from ret_toolkit.macro.datamodule import TrajectoryDataModule, split_sequences
+from ret_toolkit.macro.datamodule import TrajectoryDataModule
+from ret_toolkit.storeset import split_sequences
 from ret_toolkit.macro.pipeline import build_macrostates
 from tiny_models import save_tiny_model
 

@@ -32,7 +32,7 @@ from ret_toolkit.macro.assign import (
     sequence_hidden,
 )
 from ret_toolkit.macro.baselines import causal_window_mean, fit_baselines
-from ret_toolkit.macro.datamodule import split_sequences
+from ret_toolkit.storeset import split_sequences
 from ret_toolkit.macro.evaluate import evaluate_groupings
 from ret_toolkit.macro.module import RETModule
 from ret_toolkit.macro.summaries import summarize_groups, trajectory_records

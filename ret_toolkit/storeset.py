@@ -1,0 +1,78 @@
+"""Several trajectory stores of one model, split into training and validation sequences.
+
+Shared by the data modules (RET windows, VQ blocks): the checks that the stores
+exist, are non-empty and come from one model; the seeded by-sequence split;
+the token-weighted standardisation statistics of the training sequences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from activation_cache.data import standardization_stats
+from activation_cache.errors import InputError
+from activation_cache.reader import TrajectoryStore
+
+
+def split_sequences(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``range(n)`` into (train, validation) sequence indices, each sorted."""
+    if not 0 <= val_fraction < 1:
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    if n_val == 0 and val_fraction > 0 and n > 1:
+        n_val = 1
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+@dataclass
+class StoreSet:
+    """Checked description of ``paths``; ``splits[i]`` = (train, val) sequence indices of store i."""
+
+    paths: list[str]
+    model_name: str
+    d_model: int
+    n_model_layers: int
+    layers: list[str]
+    n_sequences: list[int]
+    splits: list[tuple[np.ndarray, np.ndarray]]
+
+    @classmethod
+    def open(cls, paths: Sequence[str] | str, val_fraction: float = 0.2, split_seed: int = 0) -> "StoreSet":
+        if isinstance(paths, (str, Path)):
+            paths = [str(paths)]
+        paths = [str(p) for p in paths]
+        if not paths:
+            raise InputError("no trajectory store given (data.stores is empty)")
+        infos = []
+        for path in paths:
+            with TrajectoryStore(path) as st:
+                if st.n_sequences == 0:
+                    raise InputError(f"{path}: store has no committed sequences")
+                infos.append((st.model, st.d_model, st.n_model_layers, st.layers, st.n_sequences))
+        model, d_model, n_layers, available, _ = infos[0]
+        for path, info in zip(paths, infos):
+            if info[:2] != (model, d_model):
+                raise InputError(f"{path}: store is from {info[0]} (d_model {info[1]}), "
+                                 f"but {paths[0]} is from {model} (d_model {d_model})")
+        return cls(paths, model, d_model, n_layers, available, [i[4] for i in infos],
+                   [split_sequences(i[4], val_fraction, split_seed) for i in infos])
+
+    def train_standardization(self, layer_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token-weighted mean/std over the training sequences of all stores, (len(layers) * D,) each."""
+        total, s1, s2 = 0, 0.0, 0.0
+        for path, (train, _) in zip(self.paths, self.splits):
+            mean, std = standardization_stats(path, layer_names, train)
+            with TrajectoryStore(path) as st:
+                n = int(st.lengths()[train].sum())
+            total += n
+            s1 = s1 + n * mean.double()
+            s2 = s2 + n * (std.double() ** 2 + mean.double() ** 2)
+        mean = s1 / total
+        std = (s2 / total - mean**2).clamp_min(0).sqrt()
+        return mean.float(), std.float()
