@@ -1,4 +1,4 @@
-"""A callback for the DDP test: checks that every rank ends with identical weights."""
+"""A callback for the DDP tests: checks that every rank ends with identical weights and buffers."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 
+def _flat(tensors) -> torch.Tensor:
+    parts = [t.detach().float().flatten() for t in tensors]
+    return torch.cat(parts) if parts else torch.zeros(1)
+
+
 class SameWeightsProbe(Callback):
     def __init__(self, out: str):
         self.out = out
@@ -16,20 +21,22 @@ class SameWeightsProbe(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.first_batch is None:
-            x = batch[0] if isinstance(batch, (list, tuple)) else batch
+            x = batch["cells"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
             self.first_batch = x.float().sum().reshape(1)
 
     def on_train_end(self, trainer, pl_module):
-        def flat(module):
-            return torch.cat([p.detach().flatten() for p in module.parameters()])
+        def same(t: torch.Tensor) -> bool:
+            g = pl_module.all_gather(t)
+            return bool((g - g[0]).abs().max() == 0)
 
-        online = pl_module.all_gather(flat(pl_module.online))
-        target = pl_module.all_gather(flat(pl_module.target))
-        batches = pl_module.all_gather(self.first_batch)
+        result = {
+            "world": trainer.world_size,
+            "same_parameters": same(_flat(pl_module.parameters())),
+            "same_buffers": same(_flat(pl_module.buffers())),
+            "different_batches": not same(self.first_batch),
+        }
+        for name in ("online", "target"):  # RET's two encoders, reported separately
+            if hasattr(pl_module, name):
+                result[f"same_{name}"] = same(_flat(getattr(pl_module, name).parameters()))
         if trainer.is_global_zero:
-            Path(self.out).write_text(json.dumps({
-                "world": int(online.shape[0]),
-                "same_online": bool((online - online[0]).abs().max() == 0),
-                "same_target": bool((target - target[0]).abs().max() == 0),
-                "different_batches": bool((batches - batches[0]).abs().max() > 0),
-            }))
+            Path(self.out).write_text(json.dumps(result))

@@ -4,6 +4,7 @@
     ret-train macro fit --config run.yaml
     ret-train macro fit --print_config          # a complete, editable YAML config
     ret-train macro fit --config run.yaml --ckpt_path runs/macro/.../last.ckpt   # resume
+    ret-train vq fit --data.stores='[traj.h5]' --data.block.layers=1-28 --data.block.stop=0
 
 Every hyperparameter of the model (``--model.*``), the data (``--data.*``) and
 the Lightning trainer (``--trainer.*``) is a YAML key and a flag. Runs under
@@ -40,34 +41,86 @@ class MacroCLI(LightningCLI):
         parser.link_arguments("data.layers_str", "model.source_layers", apply_on="instantiate")
 
 
-def macro_cli(args: Sequence[str], run: bool = True) -> MacroCLI:
-    """Build (and by default run) the ``ret-train macro`` CLI on ``args``."""
+VQ_DEFAULTS = {
+    "default_root_dir": "runs/vq",
+    "max_epochs": 20,
+    "log_every_n_steps": 10,
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/vq", "name": "vq"}},
+}
+
+
+class VQCLI(LightningCLI):
+    """LightningCLI for VQModule + BlockDataModule; the block's shape and provenance flow to the model."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.link_arguments("data.split_seed", "model.seed")
+        parser.link_arguments("data.d_model", "model.d_input", apply_on="instantiate")
+        parser.link_arguments("data.n_block_layers", "model.n_layers", apply_on="instantiate")
+        parser.link_arguments("data.max_offset", "model.max_offset", apply_on="instantiate")
+        parser.link_arguments("data.model_name", "model.source_model", apply_on="instantiate")
+        parser.link_arguments("data.block_info", "model.block_info", apply_on="instantiate")
+
+
+def _cli(cli_class, module, datamodule, defaults: dict, args: Sequence[str], run: bool):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from ret_toolkit.macro.datamodule import TrajectoryDataModule
-    from ret_toolkit.macro.module import RETModule
+    from jsonargparse import ArgumentError
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
-        return MacroCLI(
-            RETModule, TrajectoryDataModule, args=list(args), run=run, seed_everything_default=0,
-            trainer_defaults={**MACRO_DEFAULTS, "callbacks": [ModelCheckpoint(save_last=True)]},
-            save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
-        )
+        try:
+            return cli_class(
+                module, datamodule, args=list(args), run=run, seed_everything_default=0,
+                trainer_defaults={**defaults, "callbacks": [ModelCheckpoint(save_last=True)]},
+                save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
+                parser_kwargs={"exit_on_error": False},
+            )
+        except ArgumentError as e:  # jsonargparse would print the whole usage; one line is enough
+            raise InputError(f"{' '.join(str(e).split())} (see --help)") from None
+
+
+def vq_cli(args: Sequence[str], run: bool = True) -> VQCLI:
+    """Build (and by default run) the ``ret-train vq`` CLI on ``args``."""
+    from ret_toolkit.vq.datamodule import BlockDataModule
+    from ret_toolkit.vq.module import VQModule
+
+    return _cli(VQCLI, VQModule, BlockDataModule, VQ_DEFAULTS, args, run)
+
+
+def macro_cli(args: Sequence[str], run: bool = True) -> MacroCLI:
+    """Build (and by default run) the ``ret-train macro`` CLI on ``args``."""
+    from ret_toolkit.macro.datamodule import TrajectoryDataModule
+    from ret_toolkit.macro.module import RETModule
+
+    return _cli(MacroCLI, RETModule, TrajectoryDataModule, MACRO_DEFAULTS, args, run)
+
+
+def _report_checkpoint(name: str, cli: LightningCLI) -> None:
+    ckpt = getattr(cli.trainer.checkpoint_callback, "last_model_path", "") if cli.trainer else ""
+    if ckpt and cli.trainer.is_global_zero:
+        print(f"ret-train {name}: checkpoint {ckpt}")
 
 
 def _macro(args: Sequence[str]) -> int:
     cli = macro_cli(args)
-    module = cli.model
-    if getattr(module, "collapse_message", None):
-        raise InputError(module.collapse_message)
-    ckpt = getattr(cli.trainer.checkpoint_callback, "last_model_path", "") if cli.trainer else ""
-    if ckpt and cli.trainer.is_global_zero:
-        print(f"ret-train macro: checkpoint {ckpt}")
+    if getattr(cli.model, "collapse_message", None):
+        raise InputError(cli.model.collapse_message)
+    _report_checkpoint("macro", cli)
     return 0
 
 
-COMMANDS = {"macro": _macro}
+def _vq(args: Sequence[str]) -> int:
+    cli = vq_cli(args)
+    health = getattr(cli.model, "health_history", None)
+    if health and cli.trainer and cli.trainer.is_global_zero:
+        h = health[-1]
+        print(f"ret-train vq: code perplexity {h['code_perplexity']:.1f} of {cli.model.hparams.num_codes}, "
+              f"dead codes {100 * h['dead_code_fraction']:.0f} %, reconstruction EV {h['recon_ev']:.3f}")
+    _report_checkpoint("vq", cli)
+    return 0
+
+
+COMMANDS = {"macro": _macro, "vq": _vq}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -76,6 +129,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"usage: ret-train {{{','.join(COMMANDS)}}} fit [options]  (ret-train macro fit --help)", file=sys.stderr)
         return 2
     name = argv[0]
+    import logging
+
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to 0" is noise
     return run_cli(f"ret-train {name}", lambda: COMMANDS[name](argv[1:]))
 
 

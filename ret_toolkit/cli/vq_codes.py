@@ -1,0 +1,69 @@
+"""``ret-vq-codes``: encode a store's blocks with a trained VQ checkpoint.
+
+    ret-vq-codes --ckpt runs/vq/vq/version_0/checkpoints/last.ckpt --store traj.h5 --out prefix_codes.h5
+    # the same single-token model, applied 3 tokens after the anchor:
+    ret-vq-codes --ckpt token.ckpt --store traj.h5 --out t3.h5 --start 3 --stop 4 --align-stop 10
+
+Writes an HDF5 codes file (``/codes``, ``/sequence``, ``/anchor``); files made
+with the same anchors and alignment line up row by row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Sequence
+
+from activation_cache.cli import OneLineParser, run_cli
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="ret-vq-codes", description=__doc__.split("\n\n")[0])
+    p.add_argument("--ckpt", required=True, help="VQ checkpoint from ret-train vq")
+    p.add_argument("--store", required=True, help="trajectory store of the same model")
+    p.add_argument("--out", required=True, help="output .h5 codes file")
+    p.add_argument("--layers", default=None, help="override the block's layers (same count as trained)")
+    p.add_argument("--start", default=None, help="override the block's first offset from the anchor ('none' = sequence start)")
+    p.add_argument("--stop", type=int, default=None, help="override the block's end offset (exclusive)")
+    p.add_argument("--anchor", default=None, help="prompt_end, all, meta:<field> or a token index (default: as trained)")
+    p.add_argument("--anchor-stride", type=int, default=None)
+    p.add_argument("--align-stop", type=int, default=None,
+                   help="keep only anchors where offsets up to this (exclusive) also fit, to line up several files")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _run(argv: Sequence[str]) -> int:
+    from ret_toolkit.vq.blocks import BlockSpec
+    from ret_toolkit.vq.codes import checkpoint_block, encode_store_blocks, load_vq, write_codes
+
+    a = parser().parse_args(argv)
+    module = load_vq(a.ckpt)
+    block = checkpoint_block(module)
+    changes = {}
+    if a.layers is not None:
+        changes["layers"] = a.layers
+    if a.start is not None:
+        changes["start"] = None if a.start.lower() == "none" else int(a.start)
+    if a.stop is not None:
+        changes["stop"] = a.stop
+    block = dataclasses.replace(block, **changes)
+    align = [BlockSpec(layers=block.layers, start=a.align_stop - 1, stop=a.align_stop)] if a.align_stop else []
+    codes, anchors = encode_store_blocks(module, a.store, block, a.anchor, a.anchor_stride, align,
+                                         batch_size=a.batch_size, progress=not a.quiet)
+    write_codes(a.out, codes, anchors, store=str(a.store), checkpoint=str(a.ckpt), model=module.hparams.source_model,
+                block=json.dumps(dataclasses.asdict(block)), num_codes=module.hparams.num_codes)
+    used = len(set(codes.tolist()))
+    print(f"ret-vq-codes: {a.out}: {len(codes)} blocks, {used} of {module.hparams.num_codes} codes used")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("ret-vq-codes", lambda: _run(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""LightningDataModule of blocks from trajectory stores, for VQ-VAE training (split by sequence).
+
+Anchors are chosen where the trained block *and* every block in ``align_with``
+fit, so the codes of several VQ models can later be compared row by row.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+from torch.utils.data import DataLoader
+
+from activation_cache.data import ChunkShuffleSampler, ConcatChunked
+from activation_cache.errors import InputError
+from activation_cache.reader import TrajectoryStore
+from ret_toolkit.storeset import StoreSet
+from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, block_anchors, collate_cells
+
+
+def block_max_offset(block: BlockSpec) -> int:
+    """Largest |position offset| a block can have (sizes the position embedding)."""
+    lo = -block.max_positions if block.start is None else block.start
+    return max(abs(lo), abs(block.stop - 1), 1)
+
+
+class BlockDataModule(pl.LightningDataModule):
+    """Blocks of (layer, position) cells for ``ret-train vq``.
+
+    Args:
+        stores: paths of one or more stores of the same model.
+        block: the block to compress (layers, start, stop, max_positions).
+        align_with: further blocks that must also fit at every anchor.
+        anchor: ``"prompt_end"`` (default), ``"all"``, ``"meta:<field>"`` or a token index.
+        anchor_stride: with ``anchor="all"``, take every n-th position.
+        batch_size: blocks per batch (per process under DDP).
+        val_fraction, split_seed: by-sequence validation split.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        stores: list[str],
+        block: BlockSpec = BlockSpec(),
+        align_with: Sequence[BlockSpec] = (),
+        anchor: str = "prompt_end",
+        anchor_stride: int = 1,
+        batch_size: int = 256,
+        val_fraction: float = 0.2,
+        split_seed: int = 0,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if anchor_stride < 1:
+            raise InputError(f"anchor_stride must be >= 1, got {anchor_stride}")
+        self.store_set = StoreSet.open(stores, val_fraction, split_seed)
+        self.block, self.align_with = block, tuple(align_with)
+        with TrajectoryStore(self.store_set.paths[0]) as st:
+            self.layer_names = block.layer_names(st)
+        self.model_name = self.store_set.model_name
+        self.d_model = self.store_set.d_model
+        self.n_block_layers = len(self.layer_names)
+        self.max_offset = block_max_offset(block)
+        self.standardization = None
+        # anchors now, not in setup(): a block that fits nowhere fails before training starts
+        self.split_anchors = [(self.anchors(i, tr), self.anchors(i, va)) for i, (tr, va) in enumerate(self.store_set.splits)]
+        if sum(len(tr) for tr, _ in self.split_anchors) == 0:
+            raise InputError(f"no anchor of {anchor!r} fits the block(s) in the training sequences of "
+                             f"{', '.join(self.store_set.paths)} (block positions [{block.start}, {block.stop}) "
+                             "relative to the anchor; positive offsets need generated tokens: ret-extract --generate)")
+
+    @property
+    def block_info(self) -> dict:
+        """Provenance stored in the checkpoint: resolved layers, positions, anchor."""
+        return {**self.block.to_dict(), "layer_names": self.layer_names, "anchor": self.hparams.anchor,
+                "anchor_stride": self.hparams.anchor_stride}
+
+    def anchors(self, store_index: int, sequences: np.ndarray) -> np.ndarray:
+        with TrajectoryStore(self.store_set.paths[store_index]) as st:
+            return block_anchors(st, (self.block, *self.align_with), self.hparams.anchor, self.hparams.anchor_stride,
+                                 sequences)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.standardization is None:
+            self.standardization = self.store_set.train_standardization(self.layer_names)
+        paths = self.store_set.paths
+        self.train_set = ConcatChunked([StoreBlocks(p, self.block, tr) for p, (tr, _) in zip(paths, self.split_anchors)])
+        self.val_set = ConcatChunked([StoreBlocks(p, self.block, va) for p, (_, va) in zip(paths, self.split_anchors)])
+
+    def _loader(self, ds: ConcatChunked, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        sampler = ChunkShuffleSampler(ds, shuffle=shuffle, seed=hp.split_seed, drop_last=shuffle)
+        return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
+                          collate_fn=collate_cells, persistent_workers=hp.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if len(self.val_set) else []
