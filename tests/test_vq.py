@@ -226,6 +226,18 @@ def test_ret_train_vq_checkpoint_codes_and_reproducibility(stores, tmp_path, cap
     assert np.array_equal(np.stack([codes["sequence"], codes["anchor"]], 1), expect)
     assert codes["codes"].min() >= 0 and codes["codes"].max() < 8
     assert json.loads(codes["block"])["max_positions"] == 6
+    # two files over different blocks line up row by row when given the same --align range
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    assert vq_codes_cmd.main(["--ckpt", str(ckpt), "--store", str(stores["gpt2"]), "--out", str(a), "--quiet",
+                              "--anchor", "all", "--align=-6:3"]) == 0
+    assert vq_codes_cmd.main(["--ckpt", str(ckpt), "--store", str(stores["gpt2"]), "--out", str(b), "--quiet",
+                              "--anchor", "all", "--start=-2", "--stop", "0", "--align=-6:3"]) == 0
+    ra, rb = read_codes(a), read_codes(b)
+    assert len(ra["codes"]) > len(codes["codes"])
+    assert np.array_equal(ra["sequence"], rb["sequence"]) and np.array_equal(ra["anchor"], rb["anchor"])
+    with open_store(stores["gpt2"]) as st:
+        assert (ra["anchor"] >= 6).all() and (ra["anchor"] + 3 <= st.lengths()[ra["sequence"]]).all()
+    assert json.loads(rb["block"])["start"] == -2
 
 
 def test_print_config_has_block_keys(capsys):
@@ -249,6 +261,7 @@ def test_bad_input_is_one_line_exit_2(stores, tmp_path):
         (("ret-vq-codes", "--ckpt", str(tmp_path / "nope.ckpt"), "--store", str(stores["gpt2"]), "--out", str(tmp_path / "x.h5")), "not found"),
         (("ret-vq-codes", "--ckpt", str(stores["gpt2"]), "--store", str(stores["gpt2"]), "--out", str(tmp_path / "x.h5")), "not a loadable VQ checkpoint"),
         (("ret-vq-codes", "--ckpt", ckpt, "--store", str(stores["gpt2"]), "--out", str(tmp_path / "x.h5"), "--layers", "0"), "trained on 2"),
+        (("ret-vq-codes", "--ckpt", ckpt, "--store", str(stores["gpt2"]), "--out", str(tmp_path / "x.h5"), "--align", "5"), "START:STOP"),
         (("ret-train", "vq", "fit", f"--data.stores=[{stores['gpt2']}]", "--data.block.layers=9"), "unknown layer 9"),
         (("ret-train", "vq", "fit", f"--data.stores=[{stores['gpt2']}]", "--data.block.start=50", "--data.block.stop=60",
           f"--trainer.default_root_dir={tmp_path}"), "no anchor"),

@@ -2,7 +2,7 @@
 
     ret-vq-codes --ckpt runs/vq/vq/version_0/checkpoints/last.ckpt --store traj.h5 --out prefix_codes.h5
     # the same single-token model, applied 3 tokens after the anchor:
-    ret-vq-codes --ckpt token.ckpt --store traj.h5 --out t3.h5 --start 3 --stop 4 --align-stop 10
+    ret-vq-codes --ckpt token.ckpt --store traj.h5 --out t3.h5 --start 3 --stop 4 --align -8:10
 
 Writes an HDF5 codes file (``/codes``, ``/sequence``, ``/anchor``); files made
 with the same anchors and alignment line up row by row.
@@ -29,15 +29,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", type=int, default=None, help="override the block's end offset (exclusive)")
     p.add_argument("--anchor", default=None, help="prompt_end, all, meta:<field> or a token index (default: as trained)")
     p.add_argument("--anchor-stride", type=int, default=None)
-    p.add_argument("--align-stop", type=int, default=None,
-                   help="keep only anchors where offsets up to this (exclusive) also fit, to line up several files")
+    p.add_argument("--align", default=None, metavar="START:STOP",
+                   help="keep only anchors where the offsets START..STOP-1 all lie inside the sequence "
+                        "(e.g. -8:10), so files for different blocks line up row by row")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--quiet", action="store_true")
     return p
 
 
-def _run(argv: Sequence[str]) -> int:
+def _align_block(spec: str, layers: str):
+    from activation_cache.errors import InputError
     from ret_toolkit.vq.blocks import BlockSpec
+
+    try:
+        start, stop = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise InputError(f"--align {spec!r}: expected START:STOP offsets like -8:10") from None
+    return BlockSpec(layers=layers, start=start, stop=stop)
+
+
+def _run(argv: Sequence[str]) -> int:
     from ret_toolkit.vq.codes import checkpoint_block, encode_store_blocks, load_vq, write_codes
 
     a = parser().parse_args(argv)
@@ -51,7 +62,7 @@ def _run(argv: Sequence[str]) -> int:
     if a.stop is not None:
         changes["stop"] = a.stop
     block = dataclasses.replace(block, **changes)
-    align = [BlockSpec(layers=block.layers, start=a.align_stop - 1, stop=a.align_stop)] if a.align_stop else []
+    align = [_align_block(a.align, block.layers)] if a.align else []
     codes, anchors = encode_store_blocks(module, a.store, block, a.anchor, a.anchor_stride, align,
                                          batch_size=a.batch_size, progress=not a.quiet)
     write_codes(a.out, codes, anchors, store=str(a.store), checkpoint=str(a.ckpt), model=module.hparams.source_model,
