@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+import lightning.pytorch as pl
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
-from activation_cache.data import standardization_stats
+from activation_cache.data import ChunkShuffleSampler, ConcatChunked, standardization_stats
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 
@@ -76,3 +78,27 @@ class StoreSet:
         mean = s1 / total
         std = (s2 / total - mean**2).clamp_min(0).sqrt()
         return mean.float(), std.float()
+
+
+class StoreDataModule(pl.LightningDataModule):
+    """Loaders shared by the store-backed data modules.
+
+    Subclasses set ``train_set`` / ``val_set`` (:class:`ConcatChunked`) in
+    ``setup`` and have hparams ``batch_size``, ``split_seed``, ``num_workers``.
+    Training batches are chunk-local shuffles (:class:`ChunkShuffleSampler`,
+    DDP-aware); validation is in order.
+    """
+
+    collate_fn = None
+
+    def _loader(self, ds: ConcatChunked, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        sampler = ChunkShuffleSampler(ds, shuffle=shuffle, seed=hp.split_seed, drop_last=shuffle)
+        return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
+                          collate_fn=self.collate_fn, persistent_workers=hp.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_set, shuffle=False) if len(self.val_set) else []

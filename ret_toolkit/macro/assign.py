@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 from activation_cache.schema import open_h5
+from ret_toolkit.checkpoint import load_checkpoint
 from ret_toolkit.macro.module import RETModule
 
 MACRO_FORMAT = "ret-macrostates"
@@ -32,14 +33,7 @@ MACRO_FORMAT = "ret-macrostates"
 
 def load_ret(ckpt: str | Path) -> RETModule:
     """Load a RET checkpoint (``weights_only=True``: nothing is unpickled) in eval mode."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise InputError(f"RET checkpoint not found: {ckpt}")
-    try:
-        module = RETModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # a file that is not a RET checkpoint
-        raise InputError(f"{ckpt}: not a loadable RET checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return module.eval()
+    return load_checkpoint(RETModule, ckpt, "RET")
 
 
 def check_store(module: RETModule, store: TrajectoryStore) -> list[str]:

@@ -9,13 +9,11 @@ every rank; tokens of one sequence never land on both sides.
 from __future__ import annotations
 
 
-import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
 
-from activation_cache.data import ChunkShuffleSampler, ConcatChunked, TokenWindows
+from activation_cache.data import ConcatChunked, TokenWindows
 from activation_cache.errors import InputError
-from ret_toolkit.storeset import StoreSet
+from ret_toolkit.storeset import StoreDataModule, StoreSet
 
 
 def resolve_layers(spec: str, n_model_layers: int, available: list[str]) -> list[str]:
@@ -38,7 +36,7 @@ def resolve_layers(spec: str, n_model_layers: int, available: list[str]) -> list
     return names
 
 
-class TrajectoryDataModule(pl.LightningDataModule):
+class TrajectoryDataModule(StoreDataModule):
     """Windows of hidden states from trajectory stores, for RET training.
 
     Args:
@@ -92,17 +90,3 @@ class TrajectoryDataModule(pl.LightningDataModule):
         if len(self.train_set) == 0:
             raise InputError(f"no training window of {self.length} tokens fits in the sequences of {', '.join(self.stores)}; "
                              "use shorter window/max_horizon or longer sequences")
-
-    def _loader(self, ds: ConcatChunked, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        sampler = ChunkShuffleSampler(ds, shuffle=shuffle, seed=hp.split_seed, drop_last=shuffle)
-        return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
-                          drop_last=False, persistent_workers=hp.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        if len(self.val_set) == 0:
-            return []
-        return self._loader(self.val_set, shuffle=False)

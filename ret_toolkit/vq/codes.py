@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 from activation_cache.schema import open_h5
+from ret_toolkit.checkpoint import load_checkpoint
 from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, block_anchors, collate_cells
 from ret_toolkit.vq.module import VQModule
 
@@ -35,14 +36,7 @@ CODES_FORMAT = "ret-vq-codes"
 
 def load_vq(ckpt: str | Path) -> VQModule:
     """Load a VQ checkpoint (``weights_only=True``: nothing is unpickled) in eval mode."""
-    ckpt = Path(ckpt)
-    if not ckpt.is_file():
-        raise InputError(f"VQ checkpoint not found: {ckpt}")
-    try:
-        module = VQModule.load_from_checkpoint(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # a file that is not a VQ checkpoint
-        raise InputError(f"{ckpt}: not a loadable VQ checkpoint ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
-    return module.eval()
+    return load_checkpoint(VQModule, ckpt, "VQ")
 
 
 def checkpoint_block(module: VQModule) -> BlockSpec:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import lightning.pytorch as pl
 import numpy as np
-from torch.utils.data import DataLoader
 
-from activation_cache.data import ChunkShuffleSampler, ConcatChunked
+from activation_cache.data import ConcatChunked
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
-from ret_toolkit.storeset import StoreSet
+from ret_toolkit.storeset import StoreDataModule, StoreSet
 from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, block_anchors, collate_cells
 
 
@@ -25,7 +23,7 @@ def block_max_offset(block: BlockSpec) -> int:
     return max(abs(lo), abs(block.stop - 1), 1)
 
 
-class BlockDataModule(pl.LightningDataModule):
+class BlockDataModule(StoreDataModule):
     """Blocks of (layer, position) cells for ``ret-train vq``.
 
     Args:
@@ -38,6 +36,8 @@ class BlockDataModule(pl.LightningDataModule):
         val_fraction, split_seed: by-sequence validation split.
         num_workers: DataLoader worker processes.
     """
+
+    collate_fn = staticmethod(collate_cells)
 
     def __init__(
         self,
@@ -88,15 +88,3 @@ class BlockDataModule(pl.LightningDataModule):
         paths = self.store_set.paths
         self.train_set = ConcatChunked([StoreBlocks(p, self.block, tr) for p, (tr, _) in zip(paths, self.split_anchors)])
         self.val_set = ConcatChunked([StoreBlocks(p, self.block, va) for p, (_, va) in zip(paths, self.split_anchors)])
-
-    def _loader(self, ds: ConcatChunked, shuffle: bool) -> DataLoader:
-        hp = self.hparams
-        sampler = ChunkShuffleSampler(ds, shuffle=shuffle, seed=hp.split_seed, drop_last=shuffle)
-        return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
-                          collate_fn=collate_cells, persistent_workers=hp.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_set, shuffle=False) if len(self.val_set) else []

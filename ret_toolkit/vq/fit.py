@@ -7,14 +7,15 @@ is already in memory.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ret_toolkit.vq.blocks import TensorBlocks, collate_cells
+from ret_toolkit.vq.blocks import BlockSpec, TensorBlocks, collate_cells
+from ret_toolkit.vq.datamodule import BlockDataModule
 from ret_toolkit.vq.module import VQModule
 
 
@@ -55,3 +56,25 @@ def dataset_codes(module: VQModule, ds: Dataset, batch_size: int = 1024) -> np.n
     module = module.eval()
     out = [module.codes(b).cpu().numpy() for b in DataLoader(ds, batch_size=batch_size, collate_fn=collate_cells)]
     return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+
+def fit_vq_store(stores: Sequence[str] | str, block: BlockSpec, align_with: Sequence[BlockSpec] = (),
+                 anchor: str = "all", anchor_stride: int = 1, max_epochs: int = 10, batch_size: int = 128,
+                 seed: int = 0, val_fraction: float = 0.2, trainer_kwargs: dict[str, Any] | None = None,
+                 **module_kwargs: Any) -> VQModule:
+    """Train a :class:`VQModule` on a block of trajectory stores (what ``ret-train vq fit`` does); eval mode.
+
+    The module records the store's model and the block (``block_info``), so
+    :func:`ret_toolkit.vq.codes.encode_store_blocks` can check later input.
+    """
+    pl.seed_everything(seed, verbose=False)
+    dm = BlockDataModule(list([stores] if isinstance(stores, str) else stores), block=block, align_with=align_with,
+                         anchor=anchor, anchor_stride=anchor_stride, batch_size=batch_size, val_fraction=val_fraction,
+                         split_seed=seed)
+    module = VQModule(**{"d_input": dm.d_model, "n_layers": dm.n_block_layers, "max_offset": dm.max_offset,
+                         "source_model": dm.model_name, "block_info": dm.block_info, "seed": seed, **module_kwargs})
+    trainer = pl.Trainer(**{"max_epochs": max_epochs, "accelerator": "cpu", "devices": 1, "logger": False,
+                            "enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False,
+                            "num_sanity_val_steps": 0, **(trainer_kwargs or {})})
+    trainer.fit(module, datamodule=dm)
+    return module.eval()
