@@ -5,6 +5,7 @@
     ret-train macro fit --print_config          # a complete, editable YAML config
     ret-train macro fit --config run.yaml --ckpt_path runs/macro/.../last.ckpt   # resume
     ret-train vq fit --data.stores='[traj.h5]' --data.block.layers=1-28 --data.block.stop=0
+    ret-train task fit --data.task=pathfinding --data.path_nodes=4      # a small GPT on a synthetic task
 
 Every hyperparameter of the model (``--model.*``), the data (``--data.*``) and
 the Lightning trainer (``--trainer.*``) is a YAML key and a flag. Runs under
@@ -61,6 +62,22 @@ class VQCLI(LightningCLI):
         parser.link_arguments("data.block_info", "model.block_info", apply_on="instantiate")
 
 
+TASK_DEFAULTS = {
+    "default_root_dir": "runs/task",
+    "max_epochs": 10,
+    "log_every_n_steps": 20,
+    "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "runs/task", "name": "task"}},
+}
+
+
+class TaskCLI(LightningCLI):
+    """LightningCLI for TaskLM + TaskDataModule; the tokenizer's size and special ids flow to the model."""
+
+    def add_arguments_to_parser(self, parser) -> None:
+        for key in ("vocab_size", "bos_id", "eos_id", "pad_id"):
+            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+
+
 def _cli(cli_class, module, datamodule, defaults: dict, args: Sequence[str], run: bool):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -85,6 +102,14 @@ def vq_cli(args: Sequence[str], run: bool = True) -> VQCLI:
     from ret_toolkit.vq.module import VQModule
 
     return _cli(VQCLI, VQModule, BlockDataModule, VQ_DEFAULTS, args, run)
+
+
+def task_cli(args: Sequence[str], run: bool = True) -> TaskCLI:
+    """Build (and by default run) the ``ret-train task`` CLI on ``args``."""
+    from ret_toolkit.planning.datamodule import TaskDataModule
+    from ret_toolkit.planning.model import TaskLM
+
+    return _cli(TaskCLI, TaskLM, TaskDataModule, TASK_DEFAULTS, args, run)
 
 
 def macro_cli(args: Sequence[str], run: bool = True) -> MacroCLI:
@@ -120,7 +145,20 @@ def _vq(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"macro": _macro, "vq": _vq}
+def _task(args: Sequence[str]) -> int:
+    from ret_toolkit.planning.datamodule import export_task_model
+
+    cli = task_cli(args)
+    if cli.trainer is None or not cli.trainer.is_global_zero:
+        return 0
+    out = export_task_model(cli.model, cli.datamodule.tokenizer, f"{cli.trainer.log_dir}/model")
+    acc = cli.model.accuracy_history[-1] if cli.model.accuracy_history else float("nan")
+    print(f"ret-train task: {cli.datamodule.hparams.task} held-out accuracy {acc:.3f}; model for ret-extract --model: {out}")
+    _report_checkpoint("task", cli)
+    return 0
+
+
+COMMANDS = {"macro": _macro, "vq": _vq, "task": _task}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

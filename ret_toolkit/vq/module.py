@@ -89,7 +89,7 @@ class VQModule(pl.LightningModule):
         self.register_buffer("cell_std", torch.ones(n_layers, d_input))
         self._pending: tuple[Tensor, Tensor] | None = None
         self._code_step = 0
-        self._health: dict[str, Tensor] = {}
+        self._health: dict[str, dict[str, Tensor]] = {}
         self.health_history: list[dict[str, float]] = []
 
     # ---- standardisation (per layer, travels with the checkpoint) ----
@@ -165,8 +165,7 @@ class VQModule(pl.LightningModule):
             self.log(f"{stage}/{key}", out[key], on_step=False, on_epoch=True, sync_dist=True, batch_size=bs)
         if stage == "train":
             self._pending = (out["e"], out["codes"])
-        if stage == "val" or not self.trainer.enable_validation:
-            self._accumulate(out)
+        self._accumulate(out, stage)
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -187,30 +186,31 @@ class VQModule(pl.LightningModule):
         self._pending = None
 
     # ---- health metrics ----
+    #
+    # Sums are kept per stage. Validation blocks come from fixed weights and are preferred;
+    # an epoch whose validation loop saw no block (none configured, or an empty split)
+    # reports its training blocks instead.
 
-    def _reset_health(self) -> None:
+    def _zero_health(self) -> dict[str, Tensor]:
         K, D = self.hparams.num_codes, self.hparams.d_input
         z = lambda *shape: torch.zeros(*shape, device=self.device)  # noqa: E731
-        self._health = {"counts": z(K), "sse": z(()), "x_sum": z(D), "x_sq": z(D), "n": z(())}
+        return {"counts": z(K), "sse": z(()), "x_sum": z(D), "x_sq": z(D), "n": z(())}
 
-    def _accumulate(self, out: dict) -> None:
-        if not self._health:
-            self._reset_health()
-        h = self._health
+    def _accumulate(self, out: dict, stage: str) -> None:
+        h = self._health.setdefault(stage, self._zero_health())
         h["counts"] += torch.bincount(out["codes"], minlength=self.hparams.num_codes).float()
         h["sse"] += out["sse"]
         h["x_sum"] += out["x_sum"]
         h["x_sq"] += out["x_sq"]
         h["n"] += out["n_cells"]
 
-    def _log_health(self) -> None:
-        """Collective under DDP (every rank calls it): all-reduce the epoch's sums, log, record."""
-        if not self._health:
-            self._reset_health()  # a rank without batches still joins the all-reduce
-        h = {k: all_reduce_sum(v) for k, v in self._health.items()}
-        self._health = {}
+    def _log_health(self, stage: str) -> bool:
+        """Collective under DDP (every rank calls it): all-reduce one stage's sums, log, record.
+        Returns False (logging nothing) when no rank saw a block."""
+        local = self._health.pop(stage, None) or self._zero_health()  # a rank without batches still joins
+        h = {k: all_reduce_sum(v) for k, v in local.items()}
         if float(h["n"]) == 0:
-            return
+            return False
         p = h["counts"] / h["counts"].sum()
         perplexity = float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum()))
         dead = float((h["counts"] == 0).float().mean())
@@ -219,24 +219,26 @@ class VQModule(pl.LightningModule):
         metrics = {"code_perplexity": perplexity, "dead_code_fraction": dead, "recon_ev": ev}
         for k, v in metrics.items():
             self.log(k, v, on_step=False, on_epoch=True, prog_bar=k != "recon_ev")
-        self.health_history.append({"epoch": self.current_epoch, **metrics})
+        self.health_history.append({"epoch": self.current_epoch, "on": stage, **metrics})
+        return True
 
     def on_validation_epoch_start(self) -> None:
-        self._reset_health()
+        self._health.pop("val", None)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self._health = {}
+            self._health.pop("val", None)
             return
-        self._log_health()
+        if self._log_health("val"):
+            self._val_health_epoch = self.current_epoch
 
     def on_train_epoch_start(self) -> None:
-        if not self.trainer.enable_validation:
-            self._reset_health()
+        self._health.pop("train", None)
 
     def on_train_epoch_end(self) -> None:
-        if not self.trainer.enable_validation:
-            self._log_health()
+        if getattr(self, "_val_health_epoch", None) != self.current_epoch:
+            self._log_health("train")
+        self._health.pop("train", None)
 
     # ---- optimisation ----
 

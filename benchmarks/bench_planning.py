@@ -1,0 +1,125 @@
+"""Planning analyses at full size: small GPTs trained on grammar and path-finding, then horizon / branch / history.
+
+In one run, for each task (grammar; path-finding short, 4 nodes per path; optionally long, 6):
+  1. train a small Llama-style GPT (4 layers, 64 wide) with `ret-train task` (Lightning, CPU),
+     unless --models points at already trained model directories;
+  2. `run_planning`: held-out accuracy, trajectories, VQ probes, every MI with a
+     bootstrap CI and its permutation-null level;
+  3. baseline in the same run: the same analyses on an *untrained* model of the
+     same shape (what the probes report when there is no plan to find).
+Prints the horizon curves side by side, the branch ratios (trained vs untrained)
+and ends with `pathfinding_branch_ratio: <value>` (short paths, trained model).
+
+    .venv/bin/python benchmarks/bench_planning.py [--long] [--mtp-heads 2] [--models '{"pathfinding4": DIR}']
+Writes benchmarks/results/bench_planning.json and the figures to benchmarks/results/planning.html.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, report  # noqa: E402
+
+from ret_toolkit.cli.train import task_cli  # noqa: E402
+from ret_toolkit.planning import ProbeSettings, TaskDataModule, TaskLM, export_task_model  # noqa: E402
+from ret_toolkit.planning.run import run_planning  # noqa: E402
+from ret_toolkit.viz.planning import write_planning_report  # noqa: E402
+
+
+def train(task: str, path_nodes: int, args, root: Path) -> tuple[str, float]:
+    """Train with the ret-train task CLI; returns (model dir, seconds)."""
+    t0 = time.perf_counter()
+    cli = task_cli(["fit", f"--data.task={task}", f"--data.path_nodes={path_nodes}", f"--data.n_train={args.n_train}",
+                    "--data.n_val=500", f"--data.batch_size={args.batch_size}", f"--model.lr={args.lr}", f"--model.mtp_heads={args.mtp_heads}",
+                    f"--model.n_layer={args.layers}", f"--model.n_embd={args.width}", f"--trainer.max_epochs={args.epochs}",
+                    f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
+                    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
+    out = export_task_model(cli.model, cli.datamodule.tokenizer, root / "model")
+    print(f"  trained {task}/{path_nodes}: accuracy by epoch {[round(a, 3) for a in cli.model.accuracy_history]}, "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    return str(out), time.perf_counter() - t0
+
+
+def untrained(task: str, path_nodes: int, args, root: Path) -> str:
+    torch.manual_seed(0)
+    dm = TaskDataModule(task, path_nodes=path_nodes)
+    m = TaskLM(vocab_size=dm.vocab_size, bos_id=dm.bos_id, eos_id=dm.eos_id, pad_id=dm.pad_id,
+               n_layer=args.layers, n_embd=args.width)
+    return str(export_task_model(m, dm.tokenizer, root / "untrained"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--long", action="store_true", help="also the long path-finding variant (6 nodes per path)")
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--n-train", type=int, default=100000)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--width", type=int, default=64)
+    ap.add_argument("--mtp-heads", type=int, default=0)
+    ap.add_argument("--n", type=int, default=2000, help="held-out samples traced per task")
+    ap.add_argument("--probe-epochs", type=int, default=10)
+    ap.add_argument("--models", type=json.loads, default={}, help='JSON {"grammar": dir, "pathfinding4": dir, ...} to skip training')
+    ap.add_argument("--work", default="benchmarks/results/planning_runs")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+    work = Path(args.work)
+    settings = ProbeSettings(epochs=args.probe_epochs)
+    runs = [("grammar", 4), ("pathfinding", 4)] + ([("pathfinding", 6)] if args.long else [])
+    results, baselines, timing = [], {}, {}
+    for task, nodes in runs:
+        key = task if task == "grammar" else f"{task}{nodes}"
+        print(f"{key}:", flush=True)
+        if key in args.models:
+            model_dir = args.models[key]
+        else:
+            model_dir, timing[key] = train(task, nodes, args, work / key)
+        r = run_planning(model_dir, task, work / key / "analysis", n=args.n, path_nodes=nodes, settings=settings,
+                         progress=False)
+        results.append(r)
+        if task == "pathfinding":
+            b = run_planning(untrained(task, nodes, args, work / key), task, work / key / "analysis_untrained",
+                             n=args.n, path_nodes=nodes, settings=settings, progress=False)
+            baselines[key] = b["branch"]
+        print(f"  accuracy {r['accuracy']['accuracy']:.3f}, analyses {r['seconds']:.0f} s", flush=True)
+
+    print("\nhorizon nMI [95% CI] (null level)")
+    for r in results:
+        name = r["task"] if r["task"] == "grammar" else f"path-finding {r['path_nodes']}"
+        cells = "  ".join(f"τ{c['tau']}: {c['nmi']:.3f} [{c['nmi_ci_low']:.3f},{c['nmi_ci_high']:.3f}] ({c['null_mean']:.3f})"
+                          for c in r["horizon"]["curve"])
+        print(f"  {name:<16} acc {r['accuracy']['accuracy']:.3f}  {cells}")
+    ratio_short = float("nan")
+    print("\nbranch ratio MI(prefix; unused correct path) / MI(prefix; decoy) [95% CI]")
+    for r in results:
+        if r["task"] != "pathfinding":
+            continue
+        key = f"pathfinding{r['path_nodes']}"
+        b, u = r["branch"], baselines[key]
+        print(f"  {key}: trained {b['ratio']:.2f} [{b['ratio_ci_low']:.2f}, {b['ratio_ci_high']:.2f}] (n={b['n']}), "
+              f"untrained {u['ratio']:.2f} [{u['ratio_ci_low']:.2f}, {u['ratio_ci_high']:.2f}] (n={u['n']})")
+        if r["path_nodes"] == 4:
+            ratio_short = b["ratio"]
+    grammar = next(r for r in results if r["task"] == "grammar")["horizon"]["curve"]
+    decay = grammar[-1]["nmi"] / grammar[0]["nmi"] if grammar[0]["nmi"] else float("nan")
+    print(f"grammar horizon nMI(τ={grammar[-1]['tau']}) / nMI(τ=1): {decay:.3f}")
+    write_planning_report(RESULTS / "planning.html", results)
+    report("bench_planning", "pathfinding_branch_ratio", ratio_short, {
+        "args": vars(args), "train_seconds": timing, "results": results, "untrained_branch": baselines,
+        "grammar_horizon_decay": decay,
+    })
+
+
+if __name__ == "__main__":
+    main()

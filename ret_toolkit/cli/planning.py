@@ -1,0 +1,61 @@
+"""``ret-planning``: horizon, branch-awareness and history analyses of a model trained on a synthetic task.
+
+    ret-train task fit --data.task=pathfinding --data.path_nodes=4
+    ret-planning --model runs/task/task/version_0/model --task pathfinding --path-nodes 4 --out plan_short
+
+Writes ``planning.json`` (accuracy, every MI with its bootstrap CI and
+permutation-null level) and ``planning.html`` (figures) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from activation_cache.cli import OneLineParser, run_cli
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="ret-planning", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="model directory from ret-train task (or any GPT-style transformers dir)")
+    p.add_argument("--task", required=True, choices=["pathfinding", "grammar"])
+    p.add_argument("--path-nodes", type=int, default=4, help="path-finding: nodes per path (4 short, 6 long)")
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--n", type=int, default=2000, help="held-out task samples to trace")
+    p.add_argument("--epochs", type=int, default=10, help="epochs of each VQ probe")
+    p.add_argument("--max-tau", type=int, default=10)
+    p.add_argument("--prefix-positions", type=int, default=4)
+    p.add_argument("--permutations", type=int, default=200)
+    p.add_argument("--bootstrap", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _run(argv: Sequence[str]) -> int:
+    from ret_toolkit.planning.analysis import ProbeSettings
+    from ret_toolkit.planning.run import run_planning
+
+    a = parser().parse_args(argv)
+    s = ProbeSettings(prefix_positions=a.prefix_positions, max_tau=a.max_tau, epochs=a.epochs,
+                      n_permutations=a.permutations, n_boot=a.bootstrap, seed=a.seed)
+    r = run_planning(a.model, a.task, a.out, n=a.n, path_nodes=a.path_nodes, settings=s, progress=not a.quiet)
+    print(f"ret-planning: {a.task}: accuracy {r['accuracy']['accuracy']:.3f} (n={r['accuracy']['n']})")
+    for c in r["horizon"]["curve"]:
+        print(f"  tau={c['tau']:>2}  nMI {c['nmi']:.3f} [{c['nmi_ci_low']:.3f}, {c['nmi_ci_high']:.3f}]  "
+              f"MI {c['mi']:.3f} bits (null {c['null_mean']:.3f})")
+    if r.get("branch", {}).get("mi_unused"):
+        b = r["branch"]
+        print(f"  branch ratio {b['ratio']:.2f} [{b['ratio_ci_low']:.2f}, {b['ratio_ci_high']:.2f}]: "
+              f"unused {b['mi_unused']['mi']:.3f} bits, decoy {b['mi_decoy']['mi']:.3f} bits (n={b['n']})")
+    print(f"ret-planning: {a.out}/planning.json, {a.out}/planning.html")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("ret-planning", lambda: _run(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Planning analyses on a trajectory store with VQ probes (DESIGN.md §4.4).
+
+- **horizon**: nMI(prefix block code; last-layer code at T+τ-1), τ = 1..K — how far
+  ahead the computation at the anchor carries information about future states;
+- **branch awareness** (path-finding): MI(prefix code; the correct path the model
+  did *not* take) / MI(prefix code; the decoy path). A path enters as its first
+  hop after the start node, bucketed into ``n_buckets`` classes by node index,
+  so both variables have the same small, uniform support and their estimates
+  share the same bias;
+- **history**: MI(next-token decision code; code of an earlier block of
+  positions at a layer group), as a layer-group x block heatmap.
+
+Every MI comes with its permutation-null level and a bootstrap CI
+(:func:`ret_toolkit.info.bootstrap_ci`, Miller–Madow).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from activation_cache.reader import TrajectoryStore
+from ret_toolkit.info import (bootstrap_ci, entropy, mutual_information, normalized_mutual_information,
+                              permutation_test)
+from ret_toolkit.vq.blocks import BlockSpec
+from ret_toolkit.vq.codes import encode_store_blocks
+from ret_toolkit.vq.fit import fit_vq_store
+
+
+#: fewer valid answers than this and the branch ratio is not estimated
+MIN_BRANCH_SAMPLES = 20
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Sizes of the VQ probes and the resampling.
+
+    prefix_positions: the prefix block is positions [T - prefix_positions, T) ...
+    prefix_layers: ... at these layers (``ret-extract --layers`` syntax; default all blocks).
+    max_tau: horizon τ = 1..max_tau (capped by what the sequences hold).
+    history_block: positions per earlier block in the history heatmap;
+    history_blocks: how many earlier blocks; history_groups: layer groups.
+    max_train_blocks: probes trained at every position use a stride that keeps
+        about this many training blocks (the codes are still computed everywhere).
+    """
+
+    prefix_positions: int = 4
+    prefix_layers: str = "all"
+    max_tau: int = 10
+    history_block: int = 4
+    history_blocks: int = 4
+    history_groups: int = 2
+    num_codes: int = 32
+    epochs: int = 10
+    batch_size: int = 128
+    dim: int = 64
+    depth: int = 1
+    n_permutations: int = 200
+    n_boot: int = 200
+    n_buckets: int = 8
+    max_train_blocks: int = 20000
+    seed: int = 0
+
+    def vq_kwargs(self) -> dict:
+        return {"max_epochs": self.epochs, "batch_size": self.batch_size, "num_codes": self.num_codes,
+                "dim": self.dim, "depth": self.depth, "seed": self.seed}
+
+
+def mi_summary(a: np.ndarray, b: np.ndarray, s: ProbeSettings) -> dict:
+    """MI (Miller–Madow, bits) with bootstrap CI and permutation null, and nMI.
+
+    The nMI CI is the MI CI divided by sqrt(H(a) H(b)) of the full data.
+    """
+    perm = permutation_test(a, b, n_permutations=s.n_permutations, estimator="miller_madow", seed=s.seed)
+    ci = bootstrap_ci(a, b, n_boot=s.n_boot, estimator="miller_madow", seed=s.seed)
+    norm = float(np.sqrt(max(entropy(a), 1e-12) * max(entropy(b), 1e-12)))
+    return {"mi": perm["value"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "null_mean": perm["null_mean"],
+            "p_value": perm["p_value"], "nmi": normalized_mutual_information(a, b, estimator="miller_madow"),
+            "nmi_ci_low": ci["ci_low"] / norm, "nmi_ci_high": ci["ci_high"] / norm, "n": int(len(a))}
+
+
+def fit_everywhere(store: str, block: BlockSpec, s: ProbeSettings):
+    """A VQ probe trained on ``block`` at (a strided subset of) every position of the store."""
+    with TrajectoryStore(store) as st:
+        stride = max(1, -(-st.n_tokens // s.max_train_blocks))
+    return fit_vq_store(store, block, anchor="all", anchor_stride=stride, **s.vq_kwargs())
+
+
+def _fitting_tau(store: str, anchor: str, prefix: BlockSpec, max_tau: int) -> int:
+    """Largest τ <= max_tau for which some anchor has the prefix and T+τ-1 inside its sequence."""
+    from ret_toolkit.vq.blocks import block_anchors
+
+    with TrajectoryStore(store) as st:
+        for tau in range(max_tau, 0, -1):
+            if len(block_anchors(st, [prefix, BlockSpec("all", tau - 1, tau)], anchor)):
+                return tau
+    return 0
+
+
+def horizon_curve(store: str, s: ProbeSettings, anchor: str = "prompt_end", anchor_stride: int = 1) -> dict:
+    """nMI(prefix code; last-layer code at T+τ-1) for τ = 1..K on anchors where every τ fits."""
+    with TrajectoryStore(store) as st:
+        last = str(st.n_model_layers - 1)
+    prefix = BlockSpec(layers=s.prefix_layers, start=-s.prefix_positions, stop=0)
+    K = _fitting_tau(store, anchor, prefix, s.max_tau)
+    if K == 0:
+        raise ValueError(f"{store}: no anchor ({anchor}) has the prefix block and a token after it")
+    ahead = [BlockSpec(layers=last, start=tau - 1, stop=tau) for tau in range(1, K + 1)]
+    vq_prefix = fit_vq_store(store, prefix, ahead, anchor=anchor, anchor_stride=anchor_stride, **s.vq_kwargs())
+    vq_token = fit_everywhere(store, BlockSpec(layers=last, start=0, stop=1), s)
+    align = [prefix, *ahead]
+    c_prefix, anchors = encode_store_blocks(vq_prefix, store, prefix, anchor, anchor_stride, align, progress=False)
+    rows = []
+    for tau, block in enumerate(ahead, start=1):
+        c_tau, _ = encode_store_blocks(vq_token, store, block, anchor, anchor_stride, align, progress=False)
+        rows.append({"tau": tau, **mi_summary(c_prefix, c_tau, s)})
+    return {"anchor": anchor, "n_anchors": int(len(anchors)), "prefix_block": asdict(prefix), "curve": rows,
+            "health": {"prefix": vq_prefix.health_history[-1], "token": vq_token.health_history[-1]}}
+
+
+def path_variables(store: str, anchors: np.ndarray, n_buckets: int) -> dict[str, np.ndarray]:
+    """Per anchor row: the model's choice (1, 2 or 0 = invalid) and the bucketed first hops
+    of the unused correct path and of the decoy."""
+    with TrajectoryStore(store) as st:
+        meta = {f: st.meta_column(f) for f in ("path1", "path2", "decoy", "start", "goal", "edges")}
+        tokens = {int(s): st.decode_tokens(int(s)) for s in np.unique(anchors[:, 0])}
+    choice, unused, decoy = [], [], []
+    for s, t in anchors:
+        p1, p2, d = (json.loads(meta[k][s]) for k in ("path1", "path2", "decoy"))
+        out = [w.strip() for w in tokens[int(s)][t:] if w.strip()]
+        first = out[1] if len(out) > 1 else None  # out[0] is the start node
+        c = 1 if first == p1[1] else 2 if first == p2[1] else 0
+        choice.append(c)
+        other = p2 if c == 1 else p1
+        unused.append(int(other[1][1:]) % n_buckets)
+        decoy.append(int(d[1][1:]) % n_buckets)
+    return {"choice": np.array(choice), "unused": np.array(unused), "decoy": np.array(decoy)}
+
+
+def branch_awareness(store: str, s: ProbeSettings) -> dict:
+    """MI(prefix code; unused correct path) / MI(prefix code; decoy path) at the end of the prompt,
+    over the sequences where the model produced a valid first hop; paired bootstrap CI of the ratio."""
+    prefix = BlockSpec(layers=s.prefix_layers, start=-s.prefix_positions, stop=0)
+    second = BlockSpec(layers="all", start=0, stop=2)  # the model's start node and first hop exist
+    vq = fit_vq_store(store, prefix, [second], anchor="prompt_end", **s.vq_kwargs())
+    codes, anchors = encode_store_blocks(vq, store, prefix, "prompt_end", 1, [second], progress=False)
+    v = path_variables(store, anchors, s.n_buckets)
+    ok = v["choice"] > 0
+    c, u, d = codes[ok], v["unused"][ok], v["decoy"][ok]
+    base = {"n": int(ok.sum()), "n_invalid_first_hop": int((~ok).sum()), "health": vq.health_history[-1]}
+    if ok.sum() < MIN_BRANCH_SAMPLES:
+        nan = float("nan")
+        return {**base, "mi_unused": None, "mi_decoy": None, "ratio": nan, "ratio_ci_low": nan, "ratio_ci_high": nan,
+                "note": f"only {int(ok.sum())} outputs start with a correct first hop; need {MIN_BRANCH_SAMPLES}"}
+    mi_u, mi_d = mi_summary(c, u, s), mi_summary(c, d, s)
+    rng = np.random.default_rng(s.seed)
+    ratios = []
+    for _ in range(s.n_boot):
+        i = rng.integers(0, len(c), len(c))
+        num = mutual_information(c[i], u[i], estimator="miller_madow")
+        den = mutual_information(c[i], d[i], estimator="miller_madow")
+        ratios.append(num / den if den > 0 else np.inf)
+    lo, hi = np.quantile(ratios, [0.025, 0.975])
+    ratio = mi_u["mi"] / mi_d["mi"] if mi_d["mi"] > 0 else float("inf")
+    return {**base, "mi_unused": mi_u, "mi_decoy": mi_d, "ratio": float(ratio), "ratio_ci_low": float(lo),
+            "ratio_ci_high": float(hi)}
+
+
+def layer_groups(n_layers: int, k: int) -> list[str]:
+    """Split blocks 0..n_layers-1 into k contiguous groups, as layer specs like ``"0-1"``."""
+    edges = np.linspace(0, n_layers, k + 1).round().astype(int)
+    return [f"{a}-{b - 1}" for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
+def history_heatmap(store: str, s: ProbeSettings, anchor: str = "all", anchor_stride: int = 1) -> dict:
+    """MI(decision code at T; code of positions [T-(j+1)B, T-jB) at layer group g) for every (g, j)."""
+    with TrajectoryStore(store) as st:
+        n_layers = st.n_model_layers
+    last = str(n_layers - 1)
+    B, J = s.history_block, s.history_blocks
+    decision = BlockSpec(layers=last, start=0, stop=1)
+    blocks = [BlockSpec(layers="all", start=-(j + 1) * B, stop=-j * B) for j in range(J)]
+    align = [decision, *blocks]
+    vq_dec = fit_everywhere(store, decision, s)
+    c_dec, anchors = encode_store_blocks(vq_dec, store, decision, anchor, anchor_stride, align, progress=False)
+    groups = layer_groups(n_layers, s.history_groups)
+    cells = []
+    for g in groups:
+        vq_g = fit_everywhere(store, BlockSpec(layers=g, start=-B, stop=0), s)
+        for j in range(J):
+            spec = BlockSpec(layers=g, start=-(j + 1) * B, stop=-j * B)
+            c, _ = encode_store_blocks(vq_g, store, spec, anchor, anchor_stride, align, progress=False)
+            cells.append({"layers": g, "block": j, "positions": [spec.start, spec.stop], **mi_summary(c_dec, c, s)})
+    return {"anchor": anchor, "n_anchors": int(len(anchors)), "groups": groups, "cells": cells}
+
+
+def task_accuracy(store: str, task, samples: Sequence) -> dict:
+    """Score the model's generated continuations in the store with the task's scorer."""
+    with TrajectoryStore(store) as st:
+        ok = []
+        for i in range(st.n_sequences):
+            words = [w.strip() for w, g in zip(st.decode_tokens(i), st.generated(i)) if g and w.strip()]
+            ok.append(task.score(samples[i], " ".join(words)))
+    return {"n": len(ok), "accuracy": float(np.mean(ok)) if ok else float("nan")}

@@ -1,0 +1,86 @@
+"""Figures of the planning analyses: horizon curves, branch awareness, history heatmap; one HTML page."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Sequence
+
+import plotly.graph_objects as go
+import plotly.io as pio
+
+from ret_toolkit.viz.trajectory import figure_style
+
+
+def _label(result: dict) -> str:
+    if result.get("task") == "pathfinding":
+        return f"path-finding ({result.get('path_nodes')} nodes)"
+    return str(result.get("task"))
+
+
+def horizon_figure(results: Sequence[dict]) -> go.Figure:
+    """nMI(prefix; token at T+τ-1) vs τ for each result, with bootstrap CIs and the permutation-null level."""
+    fig = go.Figure()
+    for r in results:
+        curve = r["horizon"]["curve"]
+        taus = [c["tau"] for c in curve]
+        nmi = [c["nmi"] for c in curve]
+        fig.add_trace(go.Scatter(
+            x=taus, y=nmi, mode="lines+markers", name=_label(r),
+            error_y=dict(type="data", symmetric=False, array=[c["nmi_ci_high"] - c["nmi"] for c in curve],
+                         arrayminus=[c["nmi"] - c["nmi_ci_low"] for c in curve])))
+        norm = [c["nmi"] / c["mi"] if c["mi"] else 0.0 for c in curve]
+        fig.add_trace(go.Scatter(x=taus, y=[c["null_mean"] * k for c, k in zip(curve, norm)], mode="lines",
+                                 line=dict(dash="dot"), name=f"{_label(r)}: permutation null"))
+    fig.update_layout(xaxis_title="τ (tokens ahead of the anchor)", yaxis_title="nMI (Miller–Madow)")
+    return figure_style(fig, title="Planning horizon: prefix code vs the token τ ahead", height=420)
+
+
+def branch_figure(results: Sequence[dict]) -> go.Figure:
+    """MI(prefix; unused correct path) and MI(prefix; decoy) with CIs and null levels."""
+    fig = go.Figure()
+    rows = [r for r in results if r.get("branch", {}).get("mi_unused")]
+    for key, name in (("mi_unused", "unused correct path"), ("mi_decoy", "decoy path")):
+        vals = [r["branch"][key] for r in rows]
+        fig.add_trace(go.Bar(
+            x=[_label(r) for r in rows], y=[v["mi"] for v in vals], name=name,
+            error_y=dict(type="data", symmetric=False, array=[v["ci_high"] - v["mi"] for v in vals],
+                         arrayminus=[v["mi"] - v["ci_low"] for v in vals])))
+    for r in rows:
+        b = r["branch"]
+        fig.add_annotation(x=_label(r), y=max(b["mi_unused"]["ci_high"], b["mi_decoy"]["ci_high"]), yshift=14,
+                           text=f"ratio {b['ratio']:.2f} [{b['ratio_ci_low']:.2f}, {b['ratio_ci_high']:.2f}]",
+                           showarrow=False)
+    fig.update_layout(barmode="group", yaxis_title="MI with the prefix code (bits)")
+    return figure_style(fig, title="Branch awareness", height=400)
+
+
+def history_figure(result: dict) -> go.Figure:
+    """Heatmap of MI(decision code; earlier block code) by layer group and block."""
+    h = result["history"]
+    groups = h["groups"]
+    blocks = sorted({c["block"] for c in h["cells"]})
+    z = [[next(c["mi"] for c in h["cells"] if c["layers"] == g and c["block"] == j) for j in blocks] for g in groups]
+    cols = [next(f"[{c['positions'][0]}, {c['positions'][1]})" for c in h["cells"] if c["block"] == j) for j in blocks]
+    fig = go.Figure(go.Heatmap(z=z, x=cols, y=[f"layers {g}" for g in groups], colorscale="Viridis",
+                               colorbar=dict(title="bits"), hovertemplate="%{y}, positions %{x}: %{z:.3f} bits<extra></extra>"))
+    fig.update_layout(xaxis_title="earlier block (positions relative to T)")
+    return figure_style(fig, title=f"History: {_label(result)}", height=300)
+
+
+def write_planning_report(path: str | Path, results: Sequence[dict]) -> Path:
+    """One self-contained HTML page with every figure of ``results``."""
+    figs = [horizon_figure(results)]
+    if any("branch" in r for r in results):
+        figs.append(branch_figure(results))
+    figs += [history_figure(r) for r in results]
+    acc = "".join(f"<li>{html.escape(_label(r))}: accuracy {r['accuracy']['accuracy']:.3f} "
+                  f"(n = {r['accuracy']['n']})</li>" for r in results)
+    body = "".join(pio.to_html(f, full_html=False, include_plotlyjs="inline" if i == 0 else False)
+                   for i, f in enumerate(figs))
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Planning analyses</title></head>"
+            f"<body style='font-family:sans-serif;max-width:1100px;margin:auto'><h1>Planning analyses</h1>"
+            f"<ul>{acc}</ul>{body}</body></html>")
+    path = Path(path)
+    path.write_text(page)
+    return path

@@ -1,0 +1,146 @@
+"""Planning: task batches, the small-GPT LightningModule (MTP, export), ret-train task, the analyses and ret-planning."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from activation_cache.extract import ExtractConfig, extract
+from activation_cache.models import load_model
+from activation_cache.reader import open_store
+from ret_toolkit.cli import planning as planning_cmd
+from ret_toolkit.cli.train import task_cli
+from ret_toolkit.planning import ProbeSettings, TaskDataModule, TaskLM, export_task_model
+from ret_toolkit.planning.analysis import layer_groups, path_variables
+from ret_toolkit.planning.run import run_planning, write_sentences_jsonl
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_loss_mask_covers_the_answer_for_paths_and_everything_for_grammar():
+    dm = TaskDataModule("pathfinding", n_train=8, n_val=4)
+    dm.setup()
+    s, enc = dm.train_samples[0], dm.train_set[0]
+    n_prompt = len(dm.tokenizer(s.prompt)["input_ids"])
+    assert enc["input_ids"][0] == dm.bos_id and enc["input_ids"][-1] == dm.eos_id
+    assert enc["loss_mask"] == [0] * n_prompt + [1] * (len(enc["input_ids"]) - n_prompt)
+    assert dm.tokenizer.decode(enc["input_ids"][n_prompt:-1]) == s.target
+    g = TaskDataModule("grammar", n_train=8, n_val=4)
+    g.setup()
+    assert g.train_set[0]["loss_mask"] == [0] + [1] * (len(g.train_set[0]["input_ids"]) - 1)
+    batch = dm.collate(dm.train_set[:3])
+    lengths = [len(x["input_ids"]) for x in dm.train_set[:3]]
+    assert batch["input_ids"].shape == (3, max(lengths)) and batch["attention_mask"].sum(1).tolist() == lengths
+
+
+def test_training_lowers_the_loss_and_mtp_heads_train_too():
+    torch.manual_seed(0)
+    dm = TaskDataModule("grammar", n_train=256, n_val=32, batch_size=32)
+    dm.setup()
+    m = TaskLM(vocab_size=dm.vocab_size, bos_id=dm.bos_id, eos_id=dm.eos_id, pad_id=dm.pad_id, n_layer=2, n_embd=32,
+               n_head=2, mtp_heads=2, lr=3e-3, warmup_steps=5)
+    batch = dm.collate(dm.train_set[:64])
+    before = m.losses(batch)
+    assert set(before) == {"ntp", "mtp"}
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = sum(m.losses(batch).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = m.losses(batch)
+    assert after["ntp"] < 0.75 * before["ntp"] and after["mtp"] < 0.9 * before["mtp"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-layer path-finding GPT from `ret-train task fit` (one short epoch: structure, not skill)."""
+    root = tmp_path_factory.mktemp("task")
+    cli = task_cli(["fit", "--data.task=pathfinding", "--data.n_train=512", "--data.n_val=64", "--data.batch_size=64",
+                    "--model.n_layer=2", "--model.n_embd=32", "--model.n_head=2", "--model.eval_samples=32",
+                    "--trainer.max_epochs=1", f"--trainer.default_root_dir={root}",
+                    f"--trainer.logger.init_args.save_dir={root}", "--trainer.enable_progress_bar=false",
+                    "--trainer.enable_model_summary=false"])
+    assert len(cli.model.accuracy_history) == 1 and 0.0 <= cli.model.accuracy_history[0] <= 1.0
+    model_dir = export_task_model(cli.model, cli.datamodule.tokenizer, root / "model")
+    return model_dir, cli
+
+
+def test_exported_model_loads_and_traces_like_any_model(trained, tmp_path):
+    model_dir, cli = trained
+    loaded = load_model(str(model_dir))
+    assert loaded.arch.n_layers == 2
+    ids = cli.datamodule.collate(cli.datamodule.val_set[:2])
+    with torch.no_grad():
+        a = loaded.model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
+        b = cli.model.model(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"]).logits
+    torch.testing.assert_close(a, b)
+
+
+def test_path_variables_read_the_models_choice(trained, tmp_path):
+    """On a forward-mode store of the reference answers, the 'choice' is the sample's target path."""
+    model_dir, cli = trained
+    samples = cli.datamodule.val_samples[:12]
+    prompts = tmp_path / "p.jsonl"
+    write_sentences_jsonl(samples, prompts)
+    store = tmp_path / "s.h5"
+    extract(ExtractConfig(prompts=str(prompts), out=str(store), model=str(model_dir), batch_size=8), progress=False)
+    tok = cli.datamodule.tokenizer
+    anchors = np.array([[i, len(tok(s.prompt)["input_ids"])] for i, s in enumerate(samples)])
+    v = path_variables(str(store), anchors, n_buckets=8)
+    assert v["choice"].tolist() == [int(s.meta["target_path"]) for s in samples]
+    for s, u, d in zip(samples, v["unused"], v["decoy"]):
+        other = json.loads(s.meta["path1" if s.meta["target_path"] == 2 else "path2"])
+        assert u == int(other[1][1:]) % 8 and d == int(json.loads(s.meta["decoy"])[1][1:]) % 8
+
+
+def test_layer_groups():
+    assert layer_groups(4, 2) == ["0-1", "2-3"]
+    assert layer_groups(30, 3) == ["0-9", "10-19", "20-29"]
+    assert layer_groups(2, 3) == ["0-0", "1-1"]
+
+
+def test_run_planning_writes_every_analysis_with_cis_and_nulls(trained, tmp_path):
+    model_dir, _ = trained
+    s = ProbeSettings(epochs=1, batch_size=64, num_codes=8, dim=16, n_permutations=10, n_boot=10, history_blocks=2)
+    r = run_planning(str(model_dir), "pathfinding", tmp_path / "plan", n=160, settings=s, progress=False)
+    saved = json.loads((tmp_path / "plan" / "planning.json").read_text())
+    assert saved["accuracy"]["n"] == 160 and (tmp_path / "plan" / "planning.html").stat().st_size > 10_000
+    curve = r["horizon"]["curve"]
+    assert [c["tau"] for c in curve] == list(range(1, len(curve) + 1)) and 1 <= len(curve) <= 6
+    b = r["branch"]
+    assert b["n"] + b["n_invalid_first_hop"] == 160
+    if b["n"] >= 20:
+        curve = curve + [b["mi_unused"], b["mi_decoy"]]
+        assert b["ratio_ci_low"] <= b["ratio_ci_high"]
+    else:  # a one-epoch model rarely finds a first hop: no ratio rather than a meaningless one
+        assert b["mi_unused"] is None and np.isnan(b["ratio"]) and "need 20" in b["note"]
+    for c in curve + r["history"]["cells"]:
+        assert c["ci_low"] <= c["ci_high"] and "null_mean" in c and 0 < c["p_value"] <= 1
+    assert len(r["history"]["cells"]) == 2 * 2  # layer groups x earlier blocks
+    with open_store(tmp_path / "plan" / "trajectories.h5") as st:
+        assert st.n_sequences == 160 and st.generated(0).any()
+
+
+def test_ret_planning_bad_model_is_one_line_exit_2(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    r = subprocess.run([str(BIN / "ret-planning"), "--model", str(tmp_path / "nope"), "--task", "pathfinding",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300, env=env)
+    lines = [x for x in r.stderr.splitlines() if x.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert planning_cmd.parser().parse_args(["--model", "m", "--task", "grammar", "--out", "o"]).n == 2000
