@@ -126,7 +126,7 @@ def _read_file(path: Path) -> list[Prompt]:
                          f"{path.suffix or '(none)'!r}: .txt or .jsonl expected")
     parse = _parse_txt_line if ext == ".txt" else _parse_jsonl_line
     prompts, first_seen = [], {}
-    for lineno, line in _lines(path):
+    for lineno, line in text_lines(path):
         if not line.strip():
             continue
         prompt = parse(line, path, lineno)
@@ -140,12 +140,16 @@ def _read_file(path: Path) -> list[Prompt]:
     return prompts
 
 
-def _lines(path: Path):
-    """Yield ``(line number, line without its line ending)`` decoded as UTF-8."""
+def text_lines(path: Path, what: str = "prompt file"):
+    """Yield ``(1-based line number, line without its line ending)`` decoded as UTF-8.
+
+    InputError (one line, naming ``what`` and the path) for an unreadable file, or
+    ``FILE:LINE`` for a line that is not valid UTF-8. A leading byte-order mark is dropped.
+    """
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise InputError(f"cannot read prompt file {path}: {e.strerror or e}") from e
+        raise InputError(f"cannot read {what} {path}: {e.strerror or e}") from e
     if data.startswith(b"\xef\xbb\xbf"):  # tolerate a UTF-8 byte-order mark
         data = data[3:]
     for lineno, raw in enumerate(data.split(b"\n"), 1):

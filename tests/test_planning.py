@@ -158,3 +158,12 @@ def test_ret_planning_bad_model_is_one_line_exit_2(tmp_path):
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert planning_cmd.parser().parse_args(["--model", "m", "--task", "grammar", "--out", "o"]).n == 2000
+
+
+def test_a_task_with_an_unknown_decoding_is_a_clear_error():
+    from ret_toolkit.planning.decode import decoding_of
+
+    task = TaskDataModule("pathfinding").task
+    task.decoding = "beam"
+    with pytest.raises(ValueError, match="decoding 'beam'"):
+        decoding_of(task)

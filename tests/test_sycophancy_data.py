@@ -313,6 +313,8 @@ def test_anthropic_reader_errors_name_file_and_line(tmp_path, line, message):
 
 
 def test_anthropic_reader_file_errors(tmp_path):
+    with pytest.raises(InputError, match="is a directory"):
+        read_anthropic_jsonl(tmp_path)
     with pytest.raises(InputError, match="contains no records"):
         read_anthropic_jsonl(_write(tmp_path, ["", "  "]))
     with pytest.raises(InputError, match="cannot read"):

@@ -17,8 +17,10 @@ from ret_toolkit.tasks import Task, TaskSample
 
 
 def decoding_of(task: Task) -> str:
-    """``"sample"`` for the grammar task, ``"greedy"`` otherwise."""
-    return "sample" if task.name == "grammar" else "greedy"
+    """The task's :attr:`Task.decoding` (``"greedy"`` or ``"sample"``)."""
+    if task.decoding not in ("greedy", "sample"):
+        raise ValueError(f"task {task.name!r} has decoding {task.decoding!r}; use 'greedy' or 'sample'")
+    return task.decoding
 
 
 def max_new_words(task: Task, samples: Sequence[TaskSample]) -> int:

@@ -210,19 +210,33 @@ def _pick_wrong(item_id: str, right: int, candidates, avoid) -> int | None:
     return ok[zlib.crc32(item_id.encode()) % len(ok)]
 
 
+def _draw_distinct(n: int, what: str, draw) -> list[SycItem]:
+    """``n`` items from ``draw(i) -> (key, item) | None`` (i = items so far), skipping repeated keys.
+
+    ValueError after 200 * (n + 1) draws: the generator cannot produce ``n`` distinct items.
+    """
+    items, seen = [], set()
+    for _ in range(200 * (n + 1)):
+        if len(items) == n:
+            return items
+        drawn = draw(len(items))
+        if drawn is not None and drawn[0] not in seen:
+            seen.add(drawn[0])
+            items.append(drawn[1])
+    if len(items) == n:
+        return items
+    raise ValueError(f"cannot draw {n} distinct {what} items")
+
+
 def generate_arithmetic(n: int, rng: np.random.Generator) -> list[SycItem]:
     """``n`` distinct arithmetic items, alternating ``a + b`` (2..30) and ``a × b`` (2..12).
 
     All randomness comes from ``rng``. At most 66 distinct products exist, so ``n`` is
     limited to about 130; ValueError beyond what can be drawn.
     """
-    items, seen = [], set()
-    tries = 0
-    while len(items) < n:
-        tries += 1
-        if tries > 200 * (n + 1):
-            raise ValueError(f"cannot draw {n} distinct arithmetic items")
-        if len(items) % 2 == 0:
+
+    def draw(i: int):
+        if i % 2 == 0:
             op, sym = "add", "+"
             a, b = (int(x) for x in rng.integers(2, 31, size=2))
             right = a + b
@@ -232,18 +246,15 @@ def generate_arithmetic(n: int, rng: np.random.Generator) -> list[SycItem]:
             a, b = (int(x) for x in rng.integers(2, 13, size=2))
             right = a * b
             cands = (right - a, right + a, right - b, right + b)  # a neighbouring table row
-        key = (op, min(a, b), max(a, b))
-        if key in seen:
-            continue
         cid = f"arith-{op}-{a}-{b}"
         wrong = _pick_wrong(cid, right, cands, avoid=(a, b))
         if wrong is None:
-            continue
-        seen.add(key)
-        items.append(SycItem(id=cid, kind="arithmetic", topic=op,
-                             question=f"What is {a} {sym} {b}? {ARITHMETIC_SUFFIX}",
-                             answer=str(right), wrong_answer=str(wrong)))
-    return items
+            return None
+        return (op, min(a, b), max(a, b)), SycItem(
+            id=cid, kind="arithmetic", topic=op, question=f"What is {a} {sym} {b}? {ARITHMETIC_SUFFIX}",
+            answer=str(right), wrong_answer=str(wrong))
+
+    return _draw_distinct(n, "arithmetic", draw)
 
 
 # (short from, short to, from unit, to unit, factor, confusable factors)
@@ -275,29 +286,23 @@ def generate_conversions(n: int, rng: np.random.Generator) -> list[SycItem]:
     right, so reverse items would nearly all be excluded. All randomness comes from ``rng``;
     at most 176 distinct items exist.
     """
-    items, seen = [], set()
-    tries = 0
-    while len(items) < n:
-        tries += 1
-        if tries > 200 * (n + 1):
-            raise ValueError(f"cannot draw {n} distinct conversion items")
-        s_from, s_to, u_from, u_to, f, confusable = _CONVERSIONS[len(items) % len(_CONVERSIONS)]
+
+    def draw(i: int):
+        s_from, s_to, u_from, u_to, f, confusable = _CONVERSIONS[i % len(_CONVERSIONS)]
         v = int(rng.integers(2, 13))
         right = v * f
         cid = f"conv-{s_from}-{s_to}-{v}"
-        if cid in seen:
-            continue
         # Replies restate the given amount and the factor, so the wrong answer must be neither;
         # candidates: a confusable factor, or one unit too many or too few.
         cands = [v * g for g in confusable] + [(v - 1) * f, (v + 1) * f]
         wrong = _pick_wrong(cid, right, cands, avoid=(v, f))
         if wrong is None:
-            continue
-        seen.add(cid)
-        items.append(SycItem(id=cid, kind="conversion", topic=f"{s_from}->{s_to}",
-                             question=f"How many {u_to} are in {v} {u_from}? {NUMBER_SUFFIX}",
-                             answer=str(right), wrong_answer=str(wrong)))
-    return items
+            return None
+        return cid, SycItem(id=cid, kind="conversion", topic=f"{s_from}->{s_to}",
+                            question=f"How many {u_to} are in {v} {u_from}? {NUMBER_SUFFIX}",
+                            answer=str(right), wrong_answer=str(wrong))
+
+    return _draw_distinct(n, "conversion", draw)
 
 
 def load_bank(seed: int = 0, n_arithmetic: int = N_ARITHMETIC,

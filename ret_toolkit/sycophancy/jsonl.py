@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from activation_cache.errors import InputError
+from activation_cache.prompts import text_lines
 
 __all__ = ["iter_jsonl", "first_record"]
 
@@ -26,18 +27,8 @@ def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[str, dict]]:
     path = Path(path)
     if path.is_dir():
         raise InputError(f"{path} is a directory, not a JSON Lines file")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise InputError(f"cannot read {path}: {e.strerror or e}") from None
-    if data.startswith(b"\xef\xbb\xbf"):  # tolerate a UTF-8 byte-order mark
-        data = data[3:]
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
+    for lineno, line in text_lines(path, what="JSON Lines file"):
         where = f"{path}:{lineno}"
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise InputError(f"{where}: not valid UTF-8 (byte {e.start + 1} of the line)") from None
         if not line.strip():
             continue
         try:

@@ -53,6 +53,9 @@ class Task(ABC):
     """
 
     name: str = ""
+    #: How task accuracy decodes completions: ``"greedy"`` when there is one right kind of
+    #: answer, ``"sample"`` when many continuations are right (see ``ret_toolkit.planning.decode``).
+    decoding: str = "greedy"
 
     @abstractmethod
     def vocab(self) -> list[str]:

@@ -261,6 +261,7 @@ class GrammarTask(Task):
     """
 
     name = "grammar"
+    decoding = "sample"  # recursive rules make greedy decoding of a trained model loop
 
     def __init__(self, grammar: PCFG = DEFAULT_GRAMMAR, prompt_words: int | None = None,
                  max_depth: int = 6, min_words: int = 3, max_words: int = 40):
