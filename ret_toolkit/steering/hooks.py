@@ -69,7 +69,10 @@ class Steering:
         gain: extra factor on every delta, read at each hook call (default 1.0).
             A closed-loop controller (e.g. a ``LogitsProcessor`` or stopping
             criterion watching the macrostate) can change it between decoding
-            steps without re-registering hooks; 0 switches steering off.
+            steps without re-registering hooks; 0 switches steering off. A
+            float applies to the whole batch; a (B,) tensor gives one factor per
+            batch row (e.g. :class:`ret_toolkit.steering.closed_loop.ClosedLoop`
+            switching steering per sequence).
     """
 
     def __init__(self, plan: SteeringPlan):
@@ -117,8 +120,13 @@ class Steering:
             d = state["d"]
             if d.dtype != h.dtype or d.device != h.device:
                 d = state["d"] = d.to(device=h.device, dtype=h.dtype)
-            if self.gain != 1.0:
-                d = d * self.gain
+            gain = self.gain
+            if isinstance(gain, torch.Tensor):  # one factor per batch row: (B,) -> (B, 1, ..., 1)
+                if gain.numel() != h.shape[0]:
+                    raise InputError(f"steering gain has {gain.numel()} values for a batch of {h.shape[0]}")
+                d = d * gain.to(device=h.device, dtype=h.dtype).view(-1, *([1] * (h.dim() - 1)))
+            elif gain != 1.0:
+                d = d * gain
             if everywhere:
                 new = h + d
             else:

@@ -1,0 +1,257 @@
+"""``ret-steer``: generate with a steering vector or a RET group, optionally closed-loop or as an α sweep.
+
+    ret-steer --vector happy --prompt "Tell me about your day." --alpha 0.5
+    ret-steer --ret demo_out --group 3 --prompts reasoning --limit 4 --alpha 0.3
+    ret-steer --ret demo_out --group 3 --detect 3 --when out --prompt "What is 7 times 8?"   # closed loop
+    ret-steer --ret demo_out --group 3 --prompts reasoning --limit 16 --sweep --alphas 0,0.1,0.2,0.4 --out sweep3
+
+``--ret DIR`` is a ret-demo / ret-macro output directory (``ret_macro.ckpt``,
+``macrostates.h5`` and the store they were made from). ``--group G`` builds the
+vector of group G there (group mean minus overall mean at the RET layer, scaled
+to the median token norm; ``--save-vector`` keeps it); ``--vector PATH`` uses a
+saved one instead. The sweep writes ``sweep.json`` and ``sweep.html`` into
+``--out``: share of generated tokens in group G (RET groups of the *unsteered*
+model re-reading the text) and perplexity under the unsteered model, per α.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from activation_cache.cli import OneLineParser, run_cli
+from activation_cache.errors import InputError
+
+
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{what} {text!r}: expected comma-separated numbers like 0,0.25,0.5") from None
+    if not values or not all(math.isfinite(v) for v in values):
+        raise InputError(f"{what} {text!r}: every value must be a finite number")
+    return values
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InputError(f"{what} {text!r}: expected comma-separated group ids like 3 or 3,5") from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="ret-steer", description=__doc__.split("\n\n")[0])
+    src = p.add_argument_group("what to steer with (one of --vector / --group)")
+    src.add_argument("--vector", help="saved steering vector (PATH.safetensors + PATH.json)")
+    src.add_argument("--ret", metavar="DIR", help="ret-demo / ret-macro output directory")
+    src.add_argument("--store", help="trajectory store for --group (default: the one recorded in DIR/macrostates.h5)")
+    src.add_argument("--group", type=int, help="RET group: build its vector (and the sweep's target group)")
+    src.add_argument("--layers", help="decoder blocks for the group vector, e.g. 15 (default: the RET layer; must be in the store)")
+    src.add_argument("--save-vector", metavar="PATH", help="also save the group vector (PATH.safetensors + PATH.json)")
+    inp = p.add_argument_group("prompts (one of --prompt / --prompts)")
+    inp.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    inp.add_argument("--prompts", help="prompt file (.txt / .jsonl) or built-in set (reasoning, chat)")
+    inp.add_argument("--limit", type=int, default=None, help="first N prompts of --prompts")
+    inp.add_argument("--no-chat", action="store_true", help="feed plain text as is (default: as one chat user turn, like ret-demo)")
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
+    gen.add_argument("--alpha", type=float, default=0.5, help="steering coefficient (default 0.5; the vector is as long as a typical hidden state)")
+    gen.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
+    gen.add_argument("--max-new-tokens", type=int, default=40)
+    gen.add_argument("--batch-size", type=int, default=8)
+    gen.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--baseline", action="store_true", help="also print the unsteered continuation")
+    loop = p.add_argument_group("closed loop (needs --ret)")
+    loop.add_argument("--detect", metavar="G[,G...]", help="steer only while the detected macrostate is in (or out of) these groups")
+    loop.add_argument("--when", choices=["in", "out"], default="in", help="steer while the group is in (default) / out of --detect")
+    sw = p.add_argument_group("α sweep (needs --ret and --group)")
+    sw.add_argument("--sweep", action="store_true", help="sweep α; write DIR/sweep.json and DIR/sweep.html")
+    sw.add_argument("--alphas", default="0,0.1,0.2,0.3,0.5", help="α values of the sweep (0 is always added)")
+    sw.add_argument("--out", help="output directory of the sweep (created)")
+    sw.add_argument("--max-ppl-ratio", type=float, default=1.5, help="fluency budget for the best α (default 1.5)")
+    return p
+
+
+def _check_args(a) -> None:
+    """Everything that can be checked before a model is loaded."""
+    if a.vector is None and a.group is None:
+        raise InputError("give --vector PATH or --group G (with --ret DIR)")
+    if a.vector and a.group is not None and not a.sweep:
+        raise InputError("give --vector or --group, not both (with --sweep, --group names the target group)")
+    if a.group is not None and a.ret is None:
+        raise InputError("--group needs --ret DIR (a ret-demo / ret-macro output directory)")
+    if (a.detect or a.sweep) and a.ret is None:
+        raise InputError(f"{'--detect' if a.detect else '--sweep'} needs --ret DIR (the RET encoder reads the macrostate)")
+    if a.sweep and a.group is None:
+        raise InputError("--sweep needs --group G: the target group whose share is measured")
+    if a.sweep and not a.out:
+        raise InputError("--sweep needs --out DIR")
+    if a.sweep and a.detect:
+        raise InputError("--sweep and --detect do not combine; sweep open-loop, then try the closed loop")
+    if bool(a.prompt) == bool(a.prompts):
+        raise InputError("give --prompt TEXT (repeatable) or --prompts FILE, not both or neither")
+    if not math.isfinite(a.alpha):
+        raise InputError(f"--alpha must be a finite number, got {a.alpha}")
+    if not math.isfinite(a.max_ppl_ratio) or a.max_ppl_ratio <= 0:
+        raise InputError(f"--max-ppl-ratio must be a positive number, got {a.max_ppl_ratio}")
+    if a.max_new_tokens < 1 or a.batch_size < 1 or (a.limit is not None and a.limit < 1):
+        raise InputError("--max-new-tokens, --batch-size and --limit must be >= 1")
+    if a.vector:
+        from ret_toolkit.steering.vector import SteeringVector
+
+        for path in SteeringVector.paths(a.vector):
+            if not path.is_file():
+                raise InputError(f"steering vector file not found: {path}")
+    if a.save_vector and not Path(a.save_vector).resolve().parent.is_dir():
+        raise InputError(f"--save-vector: directory does not exist: {Path(a.save_vector).resolve().parent}")
+
+
+def _prompts(a) -> list:
+    from activation_cache.prompts import read_prompts
+
+    if a.prompt:
+        if not all(p.strip() for p in a.prompt):
+            raise InputError("--prompt is empty")
+        return list(a.prompt)
+    prompts = read_prompts(a.prompts)
+    return prompts[: a.limit] if a.limit else prompts
+
+
+def _print_sweep(result: dict, best: dict) -> None:
+    base = result["baseline"]
+    print(f"target group {result['target_group']}: {result['settings']['n_prompts']} prompts, "
+          f"up to {result['settings']['max_new_tokens']} new tokens each")
+    print(f"{'alpha':>7}{'share':>8}{'perplexity':>12}{'x base':>8}{'tokens':>8}  example")
+    for p in result["points"]:
+        mark = " *" if p["alpha"] == best["alpha"] else "  "
+        ratio = p["perplexity"] / base["perplexity"] if base["perplexity"] else float("nan")
+        example = " ".join(p["example"].split())[:60]
+        print(f"{p['alpha']:>7.3g}{p['share']:>8.3f}{p['perplexity']:>12.2f}{ratio:>8.2f}{p['n_tokens']:>8}{mark} {example!r}")
+
+
+def _run(argv: Sequence[str]) -> int:
+    a = parser().parse_args(argv)
+    _check_args(a)
+    alphas = _floats(a.alphas, "--alphas") if a.sweep else []
+    detect = _ints(a.detect, "--detect") if a.detect else []
+    prompts = _prompts(a)
+    if a.sweep:
+        out = Path(a.out)
+        if out.exists() and not out.is_dir():
+            raise InputError(f"--out {out} exists and is not a directory")
+
+    from ret_toolkit.steering import find_outputs, group_vector, load_reader
+    from ret_toolkit.steering.vector import SteeringVector
+
+    outputs = find_outputs(a.ret, store=a.store) if a.ret else None
+    reader = load_reader(outputs.checkpoint) if outputs else None
+    if reader is not None:  # unknown groups fail before the model is loaded
+        if a.group is not None:
+            reader.check_groups([a.group], "--group")
+        if detect:
+            reader.check_groups(detect, "--detect")
+
+    from activation_cache.models import load_model
+
+    loaded = load_model(a.model)
+    if reader is not None:
+        reader.check_model(loaded)
+    if a.vector:
+        vec = SteeringVector.load(a.vector, loaded)
+    else:
+        layers = _ints(a.layers, "--layers") if a.layers else None
+        vec = group_vector(outputs, a.group, layers, model=loaded)
+        vec.check_model(loaded)
+        if a.save_vector:
+            paths = vec.save(a.save_vector)
+            print(f"ret-steer: saved the group-{a.group} vector to {paths[0]} + {paths[1].name}", file=sys.stderr)
+
+    from ret_toolkit.steering.evaluate import render_prompts
+
+    tok = loaded.tokenizer
+    prompt_ids = render_prompts(tok, prompts, chat=not a.no_chat)
+    if a.sweep:
+        return _sweep(a, loaded, reader, vec, alphas, prompt_ids)
+    return _generate(a, loaded, reader, vec, detect, prompt_ids, [_label(p) for p in prompts])
+
+
+def _label(prompt) -> str:
+    """A prompt's own words for the printout (a Prompt's text, or its last chat turn)."""
+    if isinstance(prompt, str):
+        return prompt
+    if prompt.text is not None:
+        return prompt.text
+    return str(prompt.messages[-1].get("content", "")) if prompt.messages else ""
+
+
+def _generate(a, loaded, reader, vec, detect, prompt_ids, labels) -> int:
+    from ret_toolkit.steering.closed_loop import closed_loop_generate
+    from ret_toolkit.steering.evaluate import left_pad, eos_ids, generate_continuations
+
+    tok = loaded.tokenizer
+    common = dict(max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, do_sample=a.sample, seed=a.seed)
+    base = generate_continuations(loaded, tok, prompt_ids, **common) if a.baseline else None
+    if detect:
+        stop = eos_ids(loaded, tok)
+        gen, steered = [], []
+        for lo in range(0, len(prompt_ids), a.batch_size):
+            batch = left_pad(prompt_ids[lo : lo + a.batch_size], tok.pad_token_id)
+            seqs, loop = closed_loop_generate(loaded, batch, vec, reader, detect, a.alpha, a.when, tokenizer=tok,
+                                              max_new_tokens=a.max_new_tokens, do_sample=a.sample)
+            width = batch["input_ids"].shape[1]
+            for row, s in zip(seqs, loop.steered):
+                ids = []
+                for t in row[width:].tolist():
+                    if t in stop:
+                        break
+                    ids.append(t)
+                gen.append(ids)
+                fed = s[1 : len(ids) + 1]  # forwards that read this row's generated tokens
+                steered.append((int(fed.sum()), len(fed)))
+    else:
+        gen = generate_continuations(loaded, tok, prompt_ids, vec, a.alpha, positions=a.positions, **common)
+        steered = None
+    for i, ids in enumerate(gen):
+        print(f"=== prompt {i}: {' '.join(labels[i].split())}")
+        if base is not None:
+            print(f"--- unsteered:\n{tok.decode(base[i], skip_special_tokens=True)}")
+            print(f"--- steered (alpha {a.alpha:g}):")
+        print(tok.decode(ids, skip_special_tokens=True))
+        if steered is not None:
+            print(f"[closed loop: steered {steered[i][0]} of {steered[i][1]} fed-back tokens "
+                  f"(steering while the macrostate is {a.when} {{{a.detect}}})]")
+    return 0
+
+
+def _sweep(a, loaded, reader, vec, alphas, prompt_ids) -> int:
+    from ret_toolkit.steering.evaluate import best_point, share_gain_ci, sweep
+    from ret_toolkit.viz.steering import write_sweep_html
+
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result = sweep(loaded, loaded.tokenizer, reader, vec, a.group, alphas, prompt_ids, positions=a.positions,
+                   max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, do_sample=a.sample, seed=a.seed)
+    best = best_point(result, a.max_ppl_ratio)
+    result.update(best_alpha=best["alpha"], max_ppl_ratio=a.max_ppl_ratio,
+                  share_gain=best["share"] - result["baseline"]["share"],
+                  share_gain_ci=share_gain_ci(result, best["alpha"]), vector=vec.manifest)
+    (out / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_sweep_html(out / "sweep.html", [result], a.max_ppl_ratio)
+    _print_sweep(result, best)
+    print(f"ret-steer: best alpha {best['alpha']:g} (perplexity within {a.max_ppl_ratio:g}x of alpha 0): share "
+          f"{result['baseline']['share']:.3f} -> {best['share']:.3f}; {out / 'sweep.json'}, {out / 'sweep.html'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("ret-steer", lambda: _run(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Steering ingredients from a ``ret-macro`` / ``ret-demo`` output directory.
+
+Such a directory holds ``ret_macro.ckpt`` (RET encoder + k-means centroids) and
+``macrostates.h5`` (z and group per token of a store, whose path it records;
+``ret-demo`` also keeps the store itself, ``trajectories.h5``). From it:
+
+- :func:`find_outputs` — the three paths, checked;
+- :func:`group_vector` — the steering vector of one group (mean hidden state of
+  the group's tokens minus the overall mean, scaled to the median token norm,
+  via :func:`ret_toolkit.steering.from_groups`), at the RET layer(s) or any
+  layer the store holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from activation_cache.errors import InputError
+from activation_cache.reader import TrajectoryStore
+from ret_toolkit.steering.construct import from_groups
+from ret_toolkit.steering.vector import SteeringVector
+
+__all__ = ["RETOutputs", "find_outputs", "group_vector"]
+
+
+@dataclass(frozen=True)
+class RETOutputs:
+    """Paths of a RET macrostate run: checkpoint with centroids, macrostate file, trajectory store."""
+
+    checkpoint: Path
+    macro_file: Path
+    store: Path
+
+
+def find_outputs(directory: str | Path, *, store: str | Path | None = None) -> RETOutputs:
+    """Resolve ``ret_macro.ckpt``, ``macrostates.h5`` and the store of a ret-macro / ret-demo directory.
+
+    The store is ``store`` if given, else the path recorded in the macrostate
+    file, else ``trajectories.h5`` next to it.
+
+    Raises:
+        InputError: a missing directory or file.
+    """
+    from ret_toolkit.macro.assign import open_macro
+
+    d = Path(directory)
+    if not d.is_dir():
+        raise InputError(f"RET output directory not found: {d} (run ret-demo or ret-macro first)")
+    ckpt, macro = d / "ret_macro.ckpt", d / "macrostates.h5"
+    for p in (ckpt, macro):
+        if not p.is_file():
+            raise InputError(f"{d}: no {p.name} (expected a ret-macro / ret-demo output directory)")
+    if store is None:
+        with open_macro(macro) as f:
+            recorded = f.attrs.get("store")
+        recorded = Path(recorded.decode() if isinstance(recorded, bytes) else str(recorded or ""))
+        store = recorded if recorded.name and recorded.is_file() else d / "trajectories.h5"
+    store = Path(store)
+    if not store.is_file():
+        raise InputError(f"trajectory store not found: {store} (pass --store)")
+    return RETOutputs(ckpt, macro, store)
+
+
+def group_vector(outputs: RETOutputs, group: int, layers: Iterable[int] | None = None, *, model=None,
+                 model_name: str | None = None, scale: str | None = "median") -> SteeringVector:
+    """Steering vector toward macrostate ``group``: group mean minus overall mean per layer.
+
+    Rows are every stored token except each sequence's first (an attention
+    sink in many LMs, with a hidden-state norm ~100x the others, see
+    :mod:`ret_toolkit.steering.construct`); groups are the macrostate file's.
+
+    Args:
+        outputs: :func:`find_outputs`.
+        group: target group id.
+        layers: decoder blocks to build it at (default: the layers the RET
+            checkpoint reads); each must be in the store.
+        model, model_name: identity recorded in the manifest (default: the
+            store's model name).
+
+    Raises:
+        InputError: an unknown group, a layer the store lacks, a store / macro
+            file mismatch.
+    """
+    from ret_toolkit.macro.assign import open_macro
+
+    with open_macro(outputs.macro_file) as f:
+        groups = f["group"][:] if "group" in f else None
+        k = int(f.attrs.get("k", 0))
+        reader_layers = str(f.attrs.get("layers", ""))
+    if groups is None:
+        raise InputError(f"{outputs.macro_file}: no /group dataset (run ret-macro to assign macrostates)")
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or not 0 <= group < max(k, 1):
+        raise InputError(f"group {group!r} does not exist: the macrostates have groups 0..{k - 1}")
+    with TrajectoryStore(outputs.store) as store:
+        if store.n_tokens != len(groups):
+            raise InputError(f"{outputs.store} has {store.n_tokens} tokens but {outputs.macro_file} has "
+                             f"{len(groups)}: not the store these macrostates were made from")
+        names = [x for x in reader_layers.split(",") if x] if layers is None else [str(x) for x in layers]
+        bad = [x for x in names if not x.isdigit()]
+        if bad or not names:
+            raise InputError(f"steering layers must be decoder-block indices, got {bad or 'none'}")
+        hidden = {int(store.check_layer(x)): store.h5[f"hidden/{store.check_layer(x)}"] for x in names}
+        mask = np.ones(len(groups), bool)
+        mask[store.offsets[:-1]] = False  # first token of every sequence
+        name = model_name if model_name is not None else (None if model is not None else store.model)
+        vec = from_groups(hidden, groups.astype(np.int64), int(group), mask=mask, scale=scale, model=model,
+                          model_name=name, meta={"macro_file": str(outputs.macro_file), "store": str(outputs.store)})
+    if model is None and not vec.n_layers:
+        vec.n_layers = store.n_model_layers
+    return vec

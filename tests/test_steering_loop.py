@@ -1,0 +1,344 @@
+"""Closed-loop steering (detect, then steer), the α sweep's share / perplexity, and ret-steer's error paths."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning
+import numpy as np
+import pytest
+import torch
+
+from activation_cache.errors import InputError
+from ret_toolkit.macro.module import RETModule
+from ret_toolkit.steering import ClosedLoop, SteeringVector, closed_loop_generate, steer
+from ret_toolkit.steering.detect import MacrostateReader
+from ret_toolkit.steering.evaluate import (best_point, generate_continuations, reread, score_point, share_gain_ci,
+                                           sweep, target_share_gain)
+from tiny_models import make_tiny_model, save_tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+PROMPTS = ["The quick brown fox jumps over the lazy dog.", "What is 2 + 3?", "Hi"]  # "Hi": shorter than the window
+D = 32  # tiny llama width
+
+
+def _blocks(model):
+    from activation_cache.arch import find_architecture, get_module
+
+    return get_module(model, find_architecture(model).block_path)
+
+
+def _reader(model, tok, window=3, k=3, layer=0, source_model=""):
+    """A random RET encoder on block ``layer`` whose centroids are z of real tokens, so groups vary."""
+    torch.manual_seed(0)
+    ret = RETModule(d_input=D, window=window, z_dim=4, hidden=16, predictor_hidden=16, source_layers=str(layer),
+                    source_model=source_model).eval()
+    enc = tok(PROMPTS[0], return_tensors="pt")
+    with torch.no_grad():
+        h = model(**enc, output_hidden_states=True).hidden_states[layer + 1][0]
+        z = ret.encode_sequence(h)
+    ret.centroids = z[torch.linspace(1, len(z) - 1, k).long()].clone()
+    return MacrostateReader(ret)
+
+
+def _vector(seed=1, layer=1, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return SteeringVector({layer: scale * torch.randn(D, generator=g)})
+
+
+@pytest.fixture
+def tiny():
+    model, tok = make_tiny_model("llama")
+    return model, tok, _reader(model, tok)
+
+
+# --------------------------------------------------------------------------- closed loop
+
+
+def _run_with_probes(model, tok, vec, reader, groups, when, alpha=1.0, n=8):
+    """Closed-loop generate; per forward, block 1's output before and after the steering hook."""
+    before, after = [], []
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    with ClosedLoop(model, vec, reader, groups, alpha=alpha, when=when) as loop:
+        block = _blocks(model)[1]
+        # prepend=True after steer's own prepended hook: runs first, sees the unsteered output
+        h1 = block.register_forward_hook(lambda m, a, out: before.append(out.detach().clone()), prepend=True)
+        h2 = block.register_forward_hook(lambda m, a, out: after.append(out.detach().clone()))
+        try:
+            model.generate(**enc, max_new_tokens=n, do_sample=False)
+        finally:
+            h1.remove()
+            h2.remove()
+    return loop, before, after
+
+
+@pytest.mark.parametrize("when", ["in", "out"])
+def test_closed_loop_steers_exactly_the_steps_the_detector_fires_on(tiny, when):
+    model, tok, reader = tiny
+    vec = _vector()
+    pilot, _, _ = _run_with_probes(model, tok, vec, reader, [0], when)
+    trigger = [int(pilot.groups[0, 0])]  # the group row 0 starts in: fires on step 1 at least for row 0
+    loop, before, after = _run_with_probes(model, tok, vec, reader, trigger, when)
+    groups, steered = loop.groups, loop.steered
+    assert groups.shape == steered.shape == (len(PROMPTS), len(before))
+    inside = torch.isin(groups, torch.tensor(trigger))
+    expect = inside if when == "in" else ~inside
+    # detect, then steer: forward i is steered iff the group detected after forward i-1 qualifies
+    assert not steered[:, 0].any()  # the prompt is read unsteered
+    assert torch.equal(steered[:, 1:], expect[:, :-1])
+    assert steered.any() and (~steered[:, 1:]).any(), "the test needs both steered and unsteered steps"
+    # ... and the residual stream really changes on exactly those steps, by alpha * v
+    torch.testing.assert_close(after[0], before[0])
+    for i in range(1, len(before)):
+        diff = (after[i] - before[i])[:, -1]  # (B, D): the one new token of this step
+        for b in range(len(PROMPTS)):
+            want = vec[1] if steered[b, i] else torch.zeros(D)
+            torch.testing.assert_close(diff[b], want, atol=1e-5, rtol=1e-5)
+
+
+def test_streamed_groups_equal_offline_groups_of_the_same_text(tiny):
+    model, tok, reader = tiny
+    enc = tok(PROMPTS, return_tensors="pt", padding=True)
+    zero = SteeringVector({1: torch.zeros(D)})  # nothing steered: the streamed states are the plain ones
+    seqs, loop = closed_loop_generate(model, enc, zero, reader, [0], tokenizer=tok, max_new_tokens=6)
+    width = enc["input_ids"].shape[1]
+    for b in range(len(PROMPTS)):
+        real = seqs[b][torch.cat([enc["attention_mask"][b].bool(), torch.ones(6, dtype=torch.bool)])]
+        with torch.no_grad():
+            h = model(input_ids=real[None], output_hidden_states=True).hidden_states[1][0]
+        offline = reader.groups(h)
+        n_prompt = int(enc["attention_mask"][b].sum())
+        # column j: the last prompt token (j = 0), then generated token j-1
+        assert torch.equal(loop.groups[b], offline[n_prompt - 1 : n_prompt - 1 + loop.groups.shape[1]])
+    assert seqs.shape[1] == width + 6
+
+
+def test_closed_loop_removes_its_hooks_and_checks_input(tiny):
+    model, tok, reader = tiny
+    blocks = _blocks(model)
+
+    def counts():
+        return (len(model._forward_pre_hooks), len(model._forward_hooks), [len(b._forward_hooks) for b in blocks])
+
+    before = counts()
+    with pytest.raises(KeyError):
+        with ClosedLoop(model, _vector(), reader, [1]):
+            assert counts() != before
+            raise KeyError("boom")
+    assert counts() == before
+    cases = [
+        (lambda: ClosedLoop(model, _vector(), reader, [7]), "group 7 does not exist"),
+        (lambda: ClosedLoop(model, _vector(), reader, [1], when="maybe"), "when must be"),
+        (lambda: ClosedLoop(model, _vector(), reader, ["a"]), "not an integer group id"),
+        (lambda: ClosedLoop(model, SteeringVector({1: torch.ones(48)}), reader, [1]), "d_model 48"),
+        (lambda: ClosedLoop(make_tiny_model("gpt2")[0], _vector(), reader, [1]), "d_input 32"),
+        (lambda: ClosedLoop(model, _vector(), reader, [1], model_name="other"), None),
+    ]
+    for call, pattern in cases[:-1]:
+        with pytest.raises(InputError, match=pattern) as err:
+            call()
+        assert "\n" not in str(err.value)
+    named = _reader(model, tok, source_model="tiny-llama")
+    with pytest.raises(InputError, match="trained on hidden states of 'tiny-llama'"):
+        ClosedLoop(model, _vector(), named, [1], model_name="other")
+    assert counts() == before
+
+
+# --------------------------------------------------------------------------- sweep: share and perplexity
+
+
+def test_score_point_pools_tokens_and_best_point_respects_the_fluency_budget():
+    scored = [(np.log([2.0, 4.0]), np.array([1, 1])), (np.zeros(0), np.zeros(0, np.int64)),
+              (np.log([8.0]), np.array([0]))]
+    p = score_point(0.5, 1, scored, k=3, example="x")
+    assert p.n_tokens == 3 and p.n_prompts == 3
+    assert p.share == pytest.approx(2 / 3)
+    assert p.perplexity == pytest.approx(4.0)  # exp(mean(log 2, log 4, log 8)) = 4
+    assert p.group_shares == pytest.approx([1 / 3, 2 / 3, 0.0])
+    assert p.prompt_counts == [[2, 2], [0, 0], [0, 1]]
+    # paired bootstrap over prompts: a constant per-prompt gain gives a zero-width interval
+    paired = {"points": [dict(alpha=0.0, prompt_counts=[[1, 4], [0, 4]]), dict(alpha=1.0, prompt_counts=[[3, 4], [2, 4]])]}
+    assert share_gain_ci(paired, 1.0) == pytest.approx((0.5, 0.5))
+    pts = [dict(alpha=0.0, share=0.1, perplexity=2.0, n_tokens=9), dict(alpha=0.2, share=0.3, perplexity=2.9, n_tokens=9),
+           dict(alpha=0.4, share=0.6, perplexity=3.1, n_tokens=9), dict(alpha=-0.2, share=0.9, perplexity=2.0, n_tokens=9)]
+    result = {"points": pts, "baseline": pts[0]}
+    assert best_point(result)["alpha"] == 0.2  # 0.4 costs 1.55x; negative α is not "toward" the group
+    assert target_share_gain(result) == pytest.approx(0.2)
+    assert best_point(result, max_ppl_ratio=2.0)["alpha"] == 0.4
+    flat = {"points": [pts[0], dict(alpha=1.0, share=0.0, perplexity=2.0, n_tokens=9)], "baseline": pts[0]}
+    assert target_share_gain(flat) == 0.0  # nothing helps: α = 0 is the best point
+
+
+def test_reread_matches_unpadded_single_forwards(tiny):
+    model, tok, reader = tiny
+    prompt_ids = [tok(p)["input_ids"] for p in PROMPTS]
+    generated = [[5, 6, 7, 8], [9], []]  # different lengths, one empty
+    scored = reread(model, reader, prompt_ids, generated, batch_size=2)
+    assert [len(s[0]) for s in scored] == [4, 1, 0]
+    for p, g, (nll, groups) in zip(prompt_ids, generated, scored):
+        if not g:
+            continue
+        ids = torch.tensor([p + g])
+        with torch.no_grad():
+            out = model(input_ids=ids, output_hidden_states=True)
+        logp = torch.log_softmax(out.logits[0], -1)
+        want = [-logp[len(p) - 1 + j, t].item() for j, t in enumerate(g)]
+        np.testing.assert_allclose(nll, want, rtol=1e-4, atol=1e-5)
+        assert np.array_equal(groups, reader.groups(out.hidden_states[1][0])[len(p):].numpy())
+
+
+def test_sweep_baseline_is_the_plain_model_and_steering_moves_the_text(tiny):
+    model, tok, reader = tiny
+    prompt_ids = [tok(p)["input_ids"] for p in PROMPTS]
+    vec = _vector(layer=0, scale=4.0)
+    plain = generate_continuations(model, tok, prompt_ids, max_new_tokens=5)
+    seen = []
+    result = sweep(model, tok, reader, vec, 1, [2.0, 1.0], prompt_ids, max_new_tokens=5, batch_size=2,
+                   progress=seen.append)
+    alphas = [p["alpha"] for p in result["points"]]
+    assert alphas == [0.0, 1.0, 2.0] and len(seen) == 3  # 0 added, sorted
+    base = result["baseline"]
+    assert base["n_tokens"] == sum(len(g) for g in plain)
+    want = score_point(0.0, 1, reread(model, reader, prompt_ids, plain), reader.k)
+    assert base["share"] == pytest.approx(want.share) and base["perplexity"] == pytest.approx(want.perplexity)
+    for p in result["points"]:
+        assert 0.0 <= p["share"] <= 1.0 and p["perplexity"] > 0 and sum(p["group_shares"]) == pytest.approx(1.0)
+    with steer(model, vec, alpha=2.0):
+        steered_ids = generate_continuations(model, tok, prompt_ids, max_new_tokens=5)
+    assert steered_ids != plain  # the vector changes the greedy text (so α matters)
+    assert result["points"][2]["perplexity"] != pytest.approx(base["perplexity"])
+    json.dumps(result)  # JSON-ready
+    with pytest.raises(InputError, match="target group 5 does not exist"):
+        sweep(model, tok, reader, vec, 5, [1.0], prompt_ids)
+    with pytest.raises(InputError, match="finite"):
+        sweep(model, tok, reader, vec, 1, [float("nan")], prompt_ids)
+
+
+# --------------------------------------------------------------------------- ret-steer CLI
+
+
+@pytest.fixture(scope="module")
+def ret_dir(tmp_path_factory):
+    """A tiny-llama model dir, a store of it, and a ret-macro-style directory (ckpt + macrostates)."""
+    from activation_cache.extract import ExtractConfig, extract
+    from activation_cache.models import load_model
+    from activation_cache.reader import open_store
+    from ret_toolkit.macro.assign import assign_groups, encode_store
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("steer_cli")
+    model_dir = save_tiny_model("llama", root / "tiny-llama")
+    loaded = load_model(str(model_dir))
+    out = root / "ret"
+    out.mkdir()
+    store = out / "trajectories.h5"
+    extract(ExtractConfig(prompts="reasoning", limit=6, out=str(store), model=str(model_dir), generate=6,
+                          layers="0,1", batch_size=6, chat=True), loaded=loaded, progress=False)
+    with open_store(store) as s:
+        name = s.model
+    torch.manual_seed(0)
+    ret = RETModule(d_input=D, window=3, z_dim=4, hidden=16, predictor_hidden=16, source_layers="0",
+                    source_model=name).eval()
+    encode_store(ret, store, out / "macrostates.h5", progress=False)
+    import h5py
+
+    with h5py.File(out / "macrostates.h5", "r") as f:
+        z = f["z"][:]
+    ret.centroids = torch.from_numpy(z[np.linspace(0, len(z) - 1, 3).astype(int)]).clone()
+    torch.save({"state_dict": ret.state_dict(), "hyper_parameters": dict(ret.hparams),
+                "pytorch-lightning_version": lightning.__version__,
+                "macrostates": {"centroids": ret.centroids}}, out / "ret_macro.ckpt")
+    assign_groups(out / "macrostates.h5", ret)
+    return {"root": root, "model": str(model_dir), "ret": str(out)}
+
+
+def _steer(capsys, *args):
+    from ret_toolkit.cli.steer import main
+
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:  # argparse usage errors exit from parse_args
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line(err, *needles):
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ret-steer: error: "), lines[0]
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+
+
+def test_cli_bad_input_is_one_line_exit_2(ret_dir, tmp_path, capsys):
+    m, ret = ret_dir["model"], ret_dir["ret"]
+    other = SteeringVector({0: torch.ones(48)})  # d_model of tiny GPT-2, not tiny Llama
+    other.save(tmp_path / "wide")
+    nan = SteeringVector({0: torch.ones(D)})
+    tensors, _ = nan.save(tmp_path / "nan")
+    from safetensors.torch import save_file
+
+    save_file({"layer.0": torch.full((D,), float("nan"))}, str(tensors))
+    cases = [
+        (["--vector", tmp_path / "missing", "--prompt", "hi"], ["steering vector file not found"]),
+        (["--ret", tmp_path / "nowhere", "--group", "1", "--prompt", "hi"], ["RET output directory not found"]),
+        (["--ret", ret, "--group", "9", "--prompt", "hi", "--model", m], ["--group 9 does not exist", "0..2"]),
+        (["--ret", ret, "--group", "1", "--detect", "1,5", "--prompt", "hi", "--model", m], ["--detect 5"]),
+        (["--vector", tmp_path / "wide", "--prompt", "hi", "--model", m], ["d_model 48 but", "d_model 32"]),
+        (["--vector", tmp_path / "nan", "--prompt", "hi", "--model", m], ["non-finite"]),
+        (["--ret", ret, "--group", "1", "--prompt", "hi", "--alpha", "nan"], ["--alpha must be a finite number"]),
+        (["--ret", ret, "--group", "1", "--prompt", "hi", "--sweep", "--out", tmp_path / "o", "--alphas", "0,nan"],
+         ["every value must be a finite number"]),
+        (["--ret", ret, "--group", "1", "--prompt", "hi", "--sweep"], ["--sweep needs --out"]),
+        (["--group", "1", "--prompt", "hi"], ["--group needs --ret"]),
+        (["--vector", tmp_path / "wide"], ["--prompt TEXT"]),
+        (["--ret", ret, "--group", "1", "--prompts", tmp_path / "none.jsonl"], ["prompt file not found"]),
+        (["--ret", ret, "--group", "1", "--prompt", "hi", "--alpha", "x"], ["invalid float value"]),
+        ([], ["--vector PATH or --group G"]),
+    ]
+    for args, needles in cases:
+        rc, out, err = _steer(capsys, *args)
+        assert rc == 2, (args, err)
+        assert out == ""
+        _one_line(err, *needles)
+
+
+def test_cli_generates_closed_loop_and_sweeps(ret_dir, tmp_path, capsys):
+    m, ret = ret_dir["model"], ret_dir["ret"]
+    common = ["--ret", ret, "--group", "1", "--model", m, "--max-new-tokens", "4"]
+    rc, out, err = _steer(capsys, *common, "--prompt", "What is 2 + 3?", "--prompt", "Add 4 and 5.",
+                          "--save-vector", tmp_path / "g1")
+    assert rc == 0, err
+    assert out.count("=== prompt") == 2
+    vec = SteeringVector.load(tmp_path / "g1")
+    assert vec.construction["method"] == "groups" and vec.construction["group"] == 1 and vec.layers == [0]
+    rc, out, err = _steer(capsys, *common, "--prompt", "What is 2 + 3?", "--detect", "0,2", "--when", "out")
+    assert rc == 0, err
+    assert "[closed loop: steered" in out
+    rc, out, err = _steer(capsys, *common, "--prompts", "reasoning", "--limit", "3", "--sweep", "--alphas", "0.5,1",
+                          "--out", tmp_path / "sw")
+    assert rc == 0, err
+    result = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    assert [p["alpha"] for p in result["points"]] == [0.0, 0.5, 1.0]
+    assert result["target_group"] == 1 and math.isfinite(result["share_gain"])
+    assert "plotly" in (tmp_path / "sw" / "sweep.html").read_text()[:5000].lower()
+    assert "best alpha" in out.splitlines()[-1]
+
+
+def test_console_script_exit_2_no_traceback(tmp_path):
+    script = Path(sys.executable).parent / "ret-steer"
+    if not script.exists():
+        pytest.skip("ret-steer console script not installed (pip install -e .)")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([str(script), "--vector", str(tmp_path / "missing"), "--prompt", "hi"], capture_output=True,
+                       text=True, env=env, timeout=120)
+    assert p.returncode == 2 and p.stdout == ""
+    _one_line(p.stderr, "steering vector file not found")
