@@ -8,6 +8,15 @@
 - :mod:`~ret_toolkit.sycophancy.outcomes`: labels for a whole run, exclusions counted.
 - :mod:`~ret_toolkit.sycophancy.external`: Anthropic model-written-evals sycophancy JSONL.
 - :mod:`~ret_toolkit.sycophancy.dataset`: :func:`load_dataset` for all of the above.
+
+Forecasting (import from the modules; they load torch and the activation cache):
+
+- :mod:`~ret_toolkit.sycophancy.trajectories`: both turns traced in generate mode, labels and
+  conversation ids in the store's ``/meta``;
+- :mod:`~ret_toolkit.sycophancy.features`: RET / raw / length features at k = 0 and after k reply tokens;
+- :mod:`~ret_toolkit.sycophancy.forecast`: grouped stratified CV, AUROC with bootstrap CIs;
+- :mod:`~ret_toolkit.sycophancy.run`: :func:`~ret_toolkit.sycophancy.run.run_forecast` end to end
+  (``ret-forecast``).
 """
 
 from ret_toolkit.sycophancy.bank import KINDS, SycItem, load_bank, load_facts, read_bank_jsonl, write_bank_jsonl

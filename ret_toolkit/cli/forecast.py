@@ -1,0 +1,85 @@
+"""``ret-forecast``: can early macrostates tell whether the model is about to cave to user pushback?
+
+    ret-forecast --dataset bank --macro-ckpt demo_out/ret_macro.ckpt --out forecast_out
+    ret-forecast --dataset sycophancy_on_nlp_survey.jsonl --macro-ckpt demo_out/ret_macro.ckpt --out nlp --n-items 300
+
+``--dataset`` is ``bank`` (the shipped question bank: answer, pushback, reply) or a JSONL file:
+Anthropic model-written-evals sycophancy records (``question``, ``answer_matching_behavior``,
+``answer_not_matching_behavior``; one turn, caved = chose the sycophantic option) or a bank of
+your own (``id``, ``question``, ``answer``, ``wrong_answer``). Writes the trajectory stores,
+``forecast.json`` (counts, exclusions, AUROC per feature set and k with bootstrap CIs) and
+``forecast.html`` (lead-time curve) into ``--out``.
+
+Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback), 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from activation_cache.cli import OneLineParser, run_cli
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not ks:
+        raise argparse.ArgumentTypeError("no lead time given")
+    return ks
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="ret-forecast", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", required=True, help="'bank' or a JSONL file (Anthropic sycophancy format or your own bank)")
+    p.add_argument("--model", default=None, help="model spec as for ret-extract (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--macro-ckpt", required=True, help="RET checkpoint with macrostates (ret_macro.ckpt from ret-macro / ret-demo)")
+    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--n-items", type=int, default=None, metavar="N", help="use N items spread over the dataset (quick runs)")
+    p.add_argument("--ks", type=_ks, default=(0, 1, 2, 4, 8, 16), help="lead times: reply tokens read before forecasting (default 0,1,2,4,8,16)")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="reply tokens generated per turn (>= the largest k)")
+    p.add_argument("--layer", default=None, help="layer of the raw-hidden-state baseline (default: the RET checkpoint's layer)")
+    p.add_argument("--pushbacks", default="seeded", choices=["seeded", "all"], help="one pushback template per item (seeded) or every template")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by conversation)")
+    p.add_argument("--repeats", type=int, default=5, help="cross-validation repeats with different fold shuffles")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (of conversations) for the CIs")
+    p.add_argument("--pca-dims", type=int, default=None, help="PCA dimensions of the raw baseline (default: as many as RET features)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0, help="pushback assignment, bank sampling, folds and bootstrap")
+    p.add_argument("--overwrite", action="store_true", help="regenerate the stores instead of reusing them")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def _run(argv: Sequence[str]) -> int:
+    from ret_toolkit.sycophancy.run import ForecastSettings, check_settings, format_table, run_forecast
+
+    a = parser().parse_args(argv)
+    s = ForecastSettings(n_items=a.n_items, ks=a.ks, max_new_tokens=a.max_new_tokens, layer=a.layer,
+                         pushbacks=a.pushbacks, seed=a.seed, batch_size=a.batch_size, folds=a.folds,
+                         repeats=a.repeats, n_boot=a.bootstrap, pca_dims=a.pca_dims, overwrite=a.overwrite)
+    check_settings(s)
+    # Read the dataset before loading any model, so a malformed file fails in a second.
+    from ret_toolkit.sycophancy.dataset import load_dataset
+
+    items = load_dataset(a.dataset, seed=a.seed)
+    r = run_forecast(items, a.out, a.macro_ckpt, model=a.model, settings=s, progress=not a.quiet, dataset_name=a.dataset)
+    d = r["data"]
+    rate = "n/a" if d["caving_rate"] is None else f"{d['caving_rate']:.3f}"
+    excl = ", ".join(f"{k} {v}" for k, v in d["exclusions"].items() if v) or "none"
+    print(f"ret-forecast: {r['n_items']} items, {r['n_kept']} kept ({r['n_positive']} caved, caving rate {rate}); "
+          f"excluded {r['n_excluded']}: {excl}")
+    print(format_table(r))
+    print(f"ret-forecast: {a.out}/forecast.json, {a.out}/forecast.html")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli("ret-forecast", lambda: _run(sys.argv[1:] if argv is None else argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""Will the model cave? Cross-validated logistic forecasts from early features, AUROC with CIs.
+
+Protocol (DESIGN.md §4.5), for every feature set and lead time k:
+
+1. Folds: stratified k-fold *grouped by conversation* (:func:`grouped_folds`): all sequences
+   of one conversation (pushback variants sharing a question and first answer) are in the
+   same fold, so a forecaster is never tested on a conversation it was trained on.
+2. Model, fitted on the training folds only: standardise -> (``raw_pca``: PCA) ->
+   L2 logistic regression whose strength C is chosen by an inner grouped CV on the training
+   folds (:func:`fit_model`). ``majority`` predicts the training folds' majority label (a constant: AUROC 0.5).
+3. Out-of-fold scores for every sequence; repeated with ``repeats`` different fold shuffles.
+4. ``mean``: the mean over folds and repeats of the within-fold AUROC (caved = positive;
+   :func:`cv_auroc` says why not pooled). ``ci_low`` / ``ci_high``: percentile interval of the
+   same statistic over a bootstrap that resamples *conversations* with replacement
+   (:func:`bootstrap_auroc`). The bootstrap holds the fitted scores fixed: it covers the
+   sampling of conversations, not refitting.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
+
+from activation_cache.errors import InputError
+
+__all__ = ["auroc", "bootstrap_auroc", "cv_auroc", "fold_index", "grouped_folds", "fit_model", "oof_scores", "evaluate_forecast",
+           "C_GRID"]
+
+#: Inverse L2 strengths tried by the inner CV.
+C_GRID = (0.001, 0.01, 0.1, 1.0)
+
+
+def auroc(y, score) -> float:
+    """Area under the ROC curve of ``score`` for binary ``y`` (Mann-Whitney, ties count 1/2).
+
+    y: (N,) 0/1; score: (N,) float. NaN when only one class is present.
+    Equals ``sklearn.metrics.roc_auc_score`` but costs one rank pass, so thousands of
+    bootstrap resamples stay cheap.
+    """
+    y = np.asarray(y).astype(bool)
+    n_pos = int(y.sum())
+    n_neg = y.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = rankdata(np.asarray(score, dtype=np.float64))
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def grouped_folds(y, groups, n_splits: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified k-fold with every group (conversation) inside one fold: [(train_idx, test_idx)].
+
+    ``n_splits`` is lowered to the number of groups holding the rarer class when there are
+    fewer (each test fold needs both classes for a useful split); InputError below 2.
+    """
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise InputError(f"need both caved and held examples to forecast; all {len(y)} are {int(classes[0]) if len(y) else 'absent'}")
+    rare = min(len(np.unique(groups[y == c])) for c in classes)
+    n = min(n_splits, rare)
+    if n < 2:
+        raise InputError(f"need at least 2 conversations of each class for cross-validation, got {rare}")
+    cv = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
+    return [(tr, te) for tr, te in cv.split(np.zeros(len(y)), y, groups)]
+
+
+def fit_model(kind: str, X, y, groups, n_components: int | None = None, seed: int = 0):
+    """Fit a scikit-learn pipeline on ``X`` (N, F), ``y`` (N,): ``"logistic"`` or ``"pca_logistic"``.
+
+    Standardise -> (PCA to ``n_components``) -> L2 logistic regression. C is chosen from
+    :data:`C_GRID` by mean within-fold AUROC of an inner grouped CV (3 folds) on these rows,
+    with the scaler / PCA fitted on all of them (only the choice of C sees that); with too
+    little data for an inner split C = 0.1.
+    """
+    steps = [StandardScaler()]
+    if kind == "pca_logistic":
+        steps.append(PCA(n_components=n_components, random_state=seed))
+    elif kind != "logistic":
+        raise ValueError(f"unknown model kind {kind!r}")
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+    pre = make_pipeline(*steps).fit(X)
+    Z = pre.transform(X)
+    try:
+        inner = grouped_folds(y, groups, 3, seed)
+    except InputError:
+        inner = None
+    C = 0.1
+    if inner is not None:
+        # A plain loop: LogisticRegressionCV costs ~100x more here (parallel and scorer overhead).
+        score = {c: np.nanmean([auroc(y[te], LogisticRegression(C=c, max_iter=2000).fit(Z[tr], y[tr])
+                                      .decision_function(Z[te])) for tr, te in inner]) for c in C_GRID}
+        C = max(C_GRID, key=lambda c: (score[c], -c))  # ties: the stronger regularisation
+    return make_pipeline(*steps, LogisticRegression(C=C, max_iter=2000)).fit(X, y)
+
+
+def oof_scores(X, y, groups, folds, kind: str, n_components: int | None = None, seed: int = 0) -> np.ndarray:
+    """Out-of-fold P(caved) for every row: (N, F) -> (N,). ``kind``: ``"majority"`` or a
+    :func:`fit_model` kind. PCA dimensions are capped by the training rows and features."""
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    out = np.full(len(y), np.nan)
+    # Many tiny fits: BLAS threads only add contention on a shared 2-core machine (10x slower).
+    with threadpool_limits(limits=1):
+        _fill_oof(out, X, y, groups, folds, kind, n_components, seed)
+    return out
+
+
+def _fill_oof(out, X, y, groups, folds, kind, n_components, seed) -> None:
+    for tr, te in folds:
+        if kind == "majority":
+            out[te] = float(y[tr].mean() >= 0.5)  # the majority label: a constant, so AUROC 0.5
+            continue
+        nc = None if n_components is None else int(min(n_components, len(tr) - 1, X.shape[1]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence chatter on tiny quick runs
+            model = fit_model(kind, X[tr], y[tr], groups[tr], nc, seed)
+        out[te] = model.predict_proba(X[te])[:, 1]
+
+
+def fold_index(folds, n: int) -> np.ndarray:
+    """int (n,): the test fold of every row, from ``[(train_idx, test_idx)]``."""
+    out = np.full(n, -1, dtype=np.int64)
+    for j, (_, te) in enumerate(folds):
+        out[te] = j
+    return out
+
+
+def cv_auroc(y, scores: Sequence[np.ndarray], fold_ids: Sequence[np.ndarray]) -> float:
+    """Mean within-fold AUROC over every fold of every repeat (folds with one class skipped).
+
+    Within-fold, not pooled: out-of-fold scores of different folds come from different
+    models whose offsets track their training folds' class balance, which pooled ranking
+    would turn into a spurious (below-chance) signal on label noise.
+    """
+    y = np.asarray(y)
+    vals = [auroc(y[f == j], s[f == j]) for s, f in zip(scores, fold_ids) for j in np.unique(f)]
+    vals = [v for v in vals if not np.isnan(v)]
+    return float(np.mean(vals)) if vals else float("nan")
+
+
+def bootstrap_auroc(y, scores: Sequence[np.ndarray], fold_ids: Sequence[np.ndarray], groups, n_boot: int = 1000,
+                    alpha: float = 0.05, seed: int = 0) -> dict:
+    """``{"mean", "ci_low", "ci_high", "std", "n_boot_used"}`` of :func:`cv_auroc`.
+
+    scores / fold_ids: one (N,) array per CV repeat (out-of-fold scores, test fold of each row).
+    The CI is the percentile interval over resamples of groups (conversations) with
+    replacement; resamples with a single class are skipped (``n_boot_used`` counts the rest).
+    """
+    y = np.asarray(y)
+    groups = np.asarray(groups)
+    scores = [np.asarray(s, dtype=np.float64) for s in scores]
+    fold_ids = [np.asarray(f) for f in fold_ids]
+    mean = cv_auroc(y, scores, fold_ids)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    boot = []
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        yb = y[idx]
+        if yb.min() == yb.max():
+            continue
+        v = cv_auroc(yb, [s[idx] for s in scores], [f[idx] for f in fold_ids])
+        if not np.isnan(v):
+            boot.append(v)
+    if not boot:
+        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "std": float("nan"), "n_boot_used": 0}
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return {"mean": mean, "ci_low": float(lo), "ci_high": float(hi),
+            "std": float(np.std(boot, ddof=1)) if len(boot) > 1 else 0.0, "n_boot_used": len(boot)}
+
+
+#: Feature set -> (model kind, uses PCA) for :func:`evaluate_forecast`.
+_KINDS = {"ret": "logistic", "raw_pca": "pca_logistic", "length": "logistic", "majority": "majority"}
+
+
+def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 1000, pca_dims: int | None = None,
+                      seed: int = 0, progress: bool = True) -> dict:
+    """AUROC(k) with bootstrap CIs for ``ret``, ``raw_pca``, ``length`` and ``majority``.
+
+    Args:
+        data: :class:`~ret_toolkit.sycophancy.features.ForecastData`.
+        pca_dims: PCA dimensions of the raw baseline; default the number of RET features
+            (same capacity for both probes).
+
+    Returns:
+        ``{"auroc": {set: {str(k): {"mean", "ci_low", "ci_high", "std", "n_boot_used"}}},
+        "settings": {...}}``.
+    """
+    from tqdm.auto import tqdm
+
+    y, groups = data.y, data.conversations
+    if pca_dims is None:
+        pca_dims = int(data.features["ret"][data.ks[0]].shape[1])
+    fold_sets = [grouped_folds(y, groups, n_splits, seed + r) for r in range(repeats)]
+    fold_ids = [fold_index(f, len(y)) for f in fold_sets]
+    result: dict = {"auroc": {}, "settings": {
+        "n_splits": len(fold_sets[0]), "repeats": repeats, "n_boot": n_boot, "pca_dims": pca_dims, "seed": seed,
+        "C_grid": list(C_GRID), "n_features": {}}}
+    jobs = [(name, k) for name in _KINDS for k in data.ks]
+    for name, k in tqdm(jobs, desc="forecast", unit="fit", disable=not progress):
+        _evaluate_one(data, name, k, fold_sets, fold_ids, pca_dims, n_boot, seed, result)
+    return result
+
+
+def _evaluate_one(data, name: str, k: int, fold_sets, fold_ids, pca_dims: int, n_boot: int, seed: int,
+                  result: dict) -> None:
+    """Out-of-fold scores of one feature set at one k for every repeat, and their AUROC entry."""
+    X = data.features["length" if name == "majority" else name][k]  # majority ignores its features
+    result["settings"]["n_features"][name] = int(X.shape[1]) if name != "majority" else 0
+    scores = [oof_scores(X, data.y, data.conversations, folds, _KINDS[name], pca_dims, seed) for folds in fold_sets]
+    result["auroc"].setdefault(name, {})[str(k)] = bootstrap_auroc(data.y, scores, fold_ids, data.conversations,
+                                                                   n_boot, seed=seed)

@@ -1,0 +1,404 @@
+"""Sycophancy forecast: trajectories with labels in /meta, feature positions, grouped CV,
+AUROC / bootstrap, forecast.json contract and ret-forecast errors (tiny random models)."""
+
+from __future__ import annotations
+
+import json
+import zlib
+
+import lightning
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from activation_cache.annotate import add_meta
+from activation_cache.errors import InputError
+from activation_cache.models import load_model
+from activation_cache.reader import open_store
+from ret_toolkit.cli import forecast as forecast_cmd
+from ret_toolkit.macro.assign import load_ret
+from ret_toolkit.macro.module import RETModule
+from ret_toolkit.sycophancy import load_bank, read_anthropic_jsonl
+from ret_toolkit.sycophancy import outcomes as outcomes_mod
+from ret_toolkit.sycophancy import trajectories as traj
+from ret_toolkit.sycophancy.features import (FEATURE_SETS, ForecastData, extract_features, forecast_position,
+                                            sequence_features)
+from ret_toolkit.sycophancy.forecast import (auroc, bootstrap_auroc, cv_auroc, evaluate_forecast, fold_index,
+                                            grouped_folds, oof_scores)
+from tiny_models import save_tiny_model
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+LAYER = "1"
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny random Llama saved to disk, loaded, and a RET checkpoint (with centroids) for it."""
+    root = tmp_path_factory.mktemp("syc_tiny")
+    model_dir = save_tiny_model("llama", root / "llama")
+    loaded = load_model(str(model_dir))
+    torch.manual_seed(0)
+    m = RETModule(d_input=32, window=4, z_dim=4, hidden=16, predictor_hidden=16,
+                  source_model=loaded.name, source_layers=LAYER)
+    m.centroids = torch.randn(5, 4)
+    ckpt = root / "ret_macro.ckpt"
+    # The layout Lightning writes; load_ret reads it with weights_only=True.
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
+                "pytorch-lightning_version": lightning.__version__,
+                "macrostates": {"centroids": m.centroids}}, ckpt)
+    return {"dir": str(model_dir), "loaded": loaded, "ckpt": ckpt, "module": load_ret(ckpt)}
+
+
+def _stub_first(item, reply):
+    """A random model never answers right: decide turn 1 from the item id (3 of 4 pass)."""
+    return zlib.crc32(item.id.encode()) % 4 != 0
+
+
+def _stub_second(item, reply):
+    return ("caved", "held", "unclear")[zlib.crc32((item.id + reply).encode()) % 3]
+
+
+@pytest.fixture
+def stub_labeller(monkeypatch):
+    """Deterministic labels from ids and replies, so tiny random models give both classes.
+
+    Patched where the pipeline looks them up (trajectories and outcomes both use the
+    labeller's answer_correct; outcomes uses label_item)."""
+    monkeypatch.setattr(traj, "answer_correct", _stub_first)
+    monkeypatch.setattr(outcomes_mod, "answer_correct", _stub_first)
+    monkeypatch.setattr(outcomes_mod, "label_item", _stub_second)
+
+
+@pytest.fixture(scope="module")
+def traced(tiny, tmp_path_factory):
+    """12 bank items x every pushback template, traced with the stub labeller."""
+    mp = pytest.MonkeyPatch()
+    mp.setattr(traj, "answer_correct", _stub_first)
+    mp.setattr(outcomes_mod, "answer_correct", _stub_first)
+    mp.setattr(outcomes_mod, "label_item", _stub_second)
+    try:
+        items = traj.pick_items(load_bank(), 12)
+        out = tmp_path_factory.mktemp("syc_traced")
+        res = traj.trace_dataset(items, out, tiny["loaded"], LAYER,
+                                 traj.TraceSettings(max_new_tokens=6, pushbacks="all", batch_size=32),
+                                 model=tiny["dir"], progress=False)
+    finally:
+        mp.undo()
+    return items, res
+
+
+# --------------------------------------------------------------------------- trajectories
+
+
+def test_trace_puts_labels_and_conversation_ids_in_meta(traced):
+    items, res = traced
+    with open_store(res.store) as st:
+        meta = {f: st.meta_column(f) for f in ("prompt_id", "conversation_id", "label", "caved", "turn_start", "pushback")}
+        gen = [st.generated(s) for s in range(st.n_sequences)]
+    assert meta["prompt_id"] == list(res.labels)
+    assert [res.labels[p] for p in meta["prompt_id"]] == meta["label"]
+    assert all(c == {"caved": "1", "held": "0", "unclear": ""}[lab] for c, lab in zip(meta["caved"], meta["label"]))
+    # every pushback variant of an item shares its conversation id; ids are item ids
+    assert all(p.split("~")[0] == c for p, c in zip(meta["prompt_id"], meta["conversation_id"]))
+    assert {p.split("~")[1] for p in meta["prompt_id"]} == set(meta["pushback"])
+    # the store holds the pushback prompt and the generated reply tokens
+    assert all(g.any() and not g[0] for g in gen)
+    assert all(int(t) > 0 for t in meta["turn_start"])
+
+
+def test_trace_counts_exclusions(traced):
+    items, res = traced
+    s = res.summary()
+    n_first_ok = sum(_stub_first(it, "") for it in items)
+    assert s["first_turn"] == {"correct": n_first_ok, "wrong": len(items) - n_first_ok, "unclear": 0}
+    assert s["n_sequences"] == n_first_ok * 7 and s["n_pushbacks_per_item"] == 7
+    assert s["exclusions"]["first_wrong"] == (len(items) - n_first_ok) * 7
+    assert s["exclusions"]["second_unclear"] == sum(v == "unclear" for v in res.labels.values())
+    assert s["n_kept"] + s["n_excluded"] == s["n_candidates"] == len(items) * 7
+    assert 0 < s["n_positive"] < s["n_kept"]
+    with open_store(res.first_store) as st:
+        assert st.meta_column("first_correct") == ["true" if _stub_first(it, "") else "false" for it in items]
+
+
+def test_trace_reuses_stores(traced, tiny, stub_labeller):
+    items, res = traced
+    again = traj.trace_dataset(items, res.store.parent, tiny["loaded"], LAYER,
+                               traj.TraceSettings(max_new_tokens=6, pushbacks="all", batch_size=32),
+                               model=tiny["dir"], progress=False)
+    assert again.labels == res.labels
+
+
+def test_last_turn_start_is_where_the_pushback_starts(tiny):
+    tok = tiny["loaded"].tokenizer
+    msgs = [{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5"},
+            {"role": "user", "content": "No, it is 6."}]
+    start = traj.last_turn_start(msgs, tok)
+    ids = tok(tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids[start:]).startswith("<|user|>No, it is 6.")
+    assert traj.last_turn_start(msgs[:1], tok) == 0
+
+
+def test_choice_items_are_one_turn(tiny, tmp_path, monkeypatch):
+    path = tmp_path / "nlp.jsonl"
+    rows = [{"question": f"I agree with claim {i}. Do you?\n\nChoices:\n (A) Agree\n (B) Disagree\n\nAnswer:",
+             "answer_matching_behavior": " (A)", "answer_not_matching_behavior": " (B)"} for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    items = read_anthropic_jsonl(path)
+    monkeypatch.setattr(traj, "chose_sycophantic", lambda it, r: [True, False, None][(int(it.id.split(":")[1]) - 1) % 3])
+    res = traj.trace_dataset(items, tmp_path / "out", tiny["loaded"], LAYER, traj.TraceSettings(max_new_tokens=4),
+                             model=tiny["dir"], progress=False)
+    assert res.first_store is None and res.store.name == "choice.h5"
+    assert list(res.labels.values()) == ["caved", "held", "unclear"] * 2
+    assert res.exclusions["choice_unclear"] == 2
+    with open_store(res.store) as st:
+        assert st.meta_column("caved") == ["1", "0", ""] * 2
+        assert st.meta_column("conversation_id") == [it.id for it in items]
+
+
+def test_add_meta_rules(traced):
+    _, res = traced
+    with open_store(res.store) as st:
+        n = st.n_sequences
+    with pytest.raises(InputError, match="values for"):
+        add_meta(res.store, {"x": ["a"] * (n + 1)})
+    with pytest.raises(InputError, match="written by the extraction"):
+        add_meta(res.store, {"prompt_id": ["a"] * n}, replace=True)
+    with pytest.raises(InputError, match="exists"):
+        add_meta(res.store, {"label": ["a"] * n})
+    with pytest.raises(InputError, match="strings"):
+        add_meta(res.store, {"y": [1] * n})
+
+
+# --------------------------------------------------------------------------- feature positions
+
+
+def test_forecast_position():
+    assert forecast_position(10, 5, 0) == 9  # last prompt token
+    assert forecast_position(10, 5, 1) == 10  # after the first reply token
+    assert forecast_position(10, 5, 16) == 14  # the reply ended: its last row
+    with pytest.raises(ValueError):
+        forecast_position(0, 5, 0)
+
+
+def test_sequence_features_read_the_right_rows():
+    n_prompt, n_reply, turn_start, K = 7, 5, 3, 4
+    T = n_prompt + n_reply
+    h = np.arange(T, dtype=np.float32)[:, None].repeat(3, 1)  # row t holds t
+    z = -np.arange(T, dtype=np.float32)[:, None].repeat(2, 1)
+    groups = np.arange(T) % K
+    f = sequence_features(h, z, groups, n_prompt, n_reply, turn_start, (0, 1, 2, 4, 8), K)
+    for k, row in ((0, 6), (1, 7), (2, 8), (4, 10), (8, 11)):
+        ret, raw = f["ret"][k], f["raw_pca"][k]
+        assert raw[0] == row and ret[0] == -row  # value at the position
+        assert raw[3] == pytest.approx(np.mean(range(turn_start, row + 1)))  # mean over the turn
+        assert ret[2] == pytest.approx(-np.mean(range(turn_start, row + 1)))
+        hist = ret[4:]
+        assert hist.sum() == pytest.approx(1.0) and len(hist) == K
+        assert hist == pytest.approx(np.bincount(np.arange(turn_start, row + 1) % K, minlength=K) / (row + 1 - turn_start))
+        assert f["length"][k] == pytest.approx(np.log([n_prompt, n_prompt - turn_start]))
+
+
+def test_store_features_k0_is_last_pushback_token(traced, tiny):
+    _, res = traced
+    data = extract_features(res.store, tiny["module"], ks=(0, 1, 2, 4), progress=False)
+    tok = tiny["loaded"].tokenizer
+    with open_store(res.store) as st:
+        pids = st.meta_column("prompt_id")
+        prompts = {json.loads(line)["id"]: json.loads(line) for line in (res.store.parent / "turn2.jsonl").open()}
+        for i in (0, len(data) // 2, len(data) - 1):
+            s = pids.index(data.ids[i])
+            gen, tokens, h = st.generated(s), st.tokens(s), st.hidden(s, LAYER).astype(np.float32)
+            rendered = tok.apply_chat_template(prompts[data.ids[i]]["messages"], tokenize=False, add_generation_prompt=True)
+            prompt_ids = tok(rendered, add_special_tokens=False)["input_ids"]
+            n_p = len(prompt_ids)
+            assert data.n_prompt[i] == n_p and not gen[:n_p].any() and gen[n_p:].all()
+            assert tokens[n_p - 1] == prompt_ids[-1]  # k = 0: the last token of the pushback prompt
+            D = h.shape[1]
+            for k in (0, 1, 2, 4):
+                row = n_p - 1 + min(k, int(gen.sum()))
+                assert data.features["raw_pca"][k][i][:D] == pytest.approx(h[row], abs=1e-6)
+                z = tiny["module"].encode_sequence(torch.from_numpy(h)).numpy()
+                assert data.features["ret"][k][i][:4] == pytest.approx(z[row], abs=1e-5)
+    assert set(data.features) == set(FEATURE_SETS)
+    assert data.y.tolist() == [int(res.labels[p] == "caved") for p in data.ids]
+    assert data.n_unlabelled == sum(v == "unclear" for v in res.labels.values())
+
+
+def test_features_need_centroids_and_labels(traced, tiny):
+    _, res = traced
+    m = load_ret(tiny["ckpt"])
+    m.centroids = None
+    with pytest.raises(InputError, match="centroids"):
+        extract_features(res.store, m, progress=False)
+    with pytest.raises(InputError, match="not a labelled sycophancy store"):
+        extract_features(res.first_store, tiny["module"], progress=False)
+
+
+# --------------------------------------------------------------------------- CV, AUROC, bootstrap
+
+
+def test_grouped_folds_keep_conversations_together():
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 3)
+    y = (rng.random(120) < 0.7).astype(int)
+    folds = grouped_folds(y, groups, 5, seed=1)
+    assert len(folds) == 5
+    seen = np.zeros(120, int)
+    for tr, te in folds:
+        assert not set(groups[tr]) & set(groups[te])
+        assert set(y[te]) == {0, 1}
+        seen[te] += 1
+    assert (seen == 1).all()
+    # fewer groups of a class than folds: fewer folds; one class: a clear error
+    y2 = np.zeros(120, int)
+    y2[groups < 3] = 1
+    assert len(grouped_folds(y2, groups, 5)) == 3
+    with pytest.raises(InputError, match="both caved and held"):
+        grouped_folds(np.ones(10, int), np.arange(10))
+
+
+def test_auroc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    s = rng.integers(0, 5, 300).astype(float)
+    assert auroc(y, s) == pytest.approx(roc_auc_score(y, s))
+    assert np.isnan(auroc(np.ones(5), np.arange(5)))
+
+
+def _synthetic(separable: bool, n=240, seed=0) -> ForecastData:
+    rng = np.random.default_rng(seed)
+    groups = np.repeat(np.arange(n // 2), 2).astype(object)
+    y = (rng.random(n) < 0.6).astype(int)
+    X = rng.normal(size=(n, 6)).astype(np.float32)
+    if separable:
+        X[:, 0] += 4 * (2 * y - 1)
+    feats = {name: {0: X} for name in FEATURE_SETS}
+    return ForecastData(ids=np.arange(n).astype(object), conversations=groups, y=y, ks=(0,), features=feats,
+                        n_prompt=np.full(n, 10), n_reply=np.full(n, 5))
+
+
+def test_auroc_separable_vs_random():
+    sep = evaluate_forecast(_synthetic(True, n=160), repeats=1, n_boot=200, progress=False)["auroc"]
+    rnd = evaluate_forecast(_synthetic(False, n=160), repeats=1, n_boot=200, progress=False)["auroc"]
+    for name in ("ret", "raw_pca", "length"):
+        assert sep[name]["0"]["mean"] > 0.97 and sep[name]["0"]["ci_low"] > 0.9
+        r = rnd[name]["0"]
+        assert abs(r["mean"] - 0.5) < 0.1 and r["ci_low"] < 0.5 < r["ci_high"]
+    assert sep["majority"]["0"]["mean"] == 0.5 == rnd["majority"]["0"]["ci_high"]
+
+
+def test_random_labels_average_to_chance():
+    """Within-fold AUROC has no below-chance bias on label noise (pooled out-of-fold scores can)."""
+    vals = []
+    for seed in range(8):
+        d = _synthetic(False, n=120, seed=seed)
+        folds = grouped_folds(d.y, d.conversations, 5, seed)
+        s = oof_scores(d.features["ret"][0], d.y, d.conversations, folds, "logistic")
+        vals.append(cv_auroc(d.y, [s], [fold_index(folds, len(d.y))]))
+    assert abs(np.mean(vals) - 0.5) < 0.05
+
+
+def test_bootstrap_is_seeded_and_resamples_conversations():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    s = y + rng.normal(0, 1, 60)
+    f = np.arange(60) % 3
+    g = np.repeat(np.arange(20), 3)
+    a = bootstrap_auroc(y, [s], [f], g, n_boot=100, seed=3)
+    assert a == bootstrap_auroc(y, [s], [f], g, n_boot=100, seed=3)
+    assert a["ci_low"] < a["mean"] < a["ci_high"] and a["n_boot_used"] == 100
+    # one conversation: every resample is that conversation -> the CI collapses to the estimate
+    one = bootstrap_auroc(y, [s], [f], np.zeros(60), n_boot=20, seed=0)
+    assert one["ci_low"] == pytest.approx(one["mean"]) == pytest.approx(one["ci_high"])
+
+
+# --------------------------------------------------------------------------- ret-forecast
+
+
+def _error_line(capsys, rc: int) -> str:
+    assert rc == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_cli_writes_forecast_json(tiny, tmp_path, stub_labeller, capsys):
+    out = tmp_path / "fc"
+    rc = forecast_cmd.main(["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]),
+                            "--out", str(out), "--n-items", "20", "--pushbacks", "all", "--ks", "0,1,2",
+                            "--max-new-tokens", "4", "--repeats", "1", "--bootstrap", "50", "--batch-size", "32",
+                            "--quiet"])
+    assert rc == 0
+    r = json.loads((out / "forecast.json").read_text())
+    assert r["n_items"] == 20 and r["n_positive"] > 0 and r["n_excluded"] > 0
+    assert r["n_kept"] + r["n_excluded"] == 20 * 7
+    assert set(r["auroc"]) == {"ret", "raw_pca", "length", "majority"}
+    for by_k in r["auroc"].values():
+        assert list(by_k) == ["0", "1", "2"]
+        for c in by_k.values():
+            assert {"mean", "ci_low", "ci_high"} <= set(c) and c["ci_low"] <= c["mean"] <= c["ci_high"]
+    assert (out / "forecast.html").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "caving rate" in printed and "k=0" in printed
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "nope.jsonl"], "unknown sycophancy dataset"),
+    (["--dataset", "bank", "--ks", "0,x"], "comma-separated integers"),
+    (["--dataset", "bank", "--ks", "0,64"], "--max-new-tokens 40 must be"),
+    (["--dataset", "bank", "--pushbacks", "some"], "invalid choice"),
+    (["--dataset", "bank", "--n-items", "0"], "--n-items must be >= 1"),
+    (["--dataset", "bank", "--macro-ckpt", "missing.ckpt"], "RET checkpoint not found"),
+])
+def test_cli_bad_input_is_one_line(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = {"--macro-ckpt": "missing.ckpt", "--out": str(tmp_path / "o")}
+    argv = list(args) + [x for k, v in base.items() if k not in args for x in (k, v)]
+    try:
+        rc = forecast_cmd.main(argv)
+    except SystemExit as e:  # argparse usage errors exit from the parser (one line, status 2)
+        rc = e.code
+    assert message in _error_line(capsys, rc)
+
+
+def test_cli_malformed_jsonl_names_file_and_line(tmp_path, capsys):
+    path = tmp_path / "syc.jsonl"
+    good = {"question": "Q?\n (A) Agree\n (B) Disagree", "answer_matching_behavior": " (A)",
+            "answer_not_matching_behavior": " (B)"}
+    path.write_text(json.dumps(good) + "\n" + '{"question": "broken"\n')
+    line = _error_line(capsys, forecast_cmd.main(["--dataset", str(path), "--macro-ckpt", "x.ckpt",
+                                                  "--out", str(tmp_path / "o")]))
+    assert f"{path}:2:" in line
+
+
+def test_cli_checkpoint_of_another_model(tiny, tmp_path, capsys):
+    m = RETModule(d_input=32, window=4, z_dim=4, hidden=16, predictor_hidden=16, source_model="other-model",
+                  source_layers=LAYER)
+    m.centroids = torch.randn(3, 4)
+    ckpt = tmp_path / "other.ckpt"
+    torch.save({"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams),
+                "pytorch-lightning_version": lightning.__version__, "macrostates": {"centroids": m.centroids}}, ckpt)
+    line = _error_line(capsys, forecast_cmd.main(["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(ckpt),
+                                                  "--out", str(tmp_path / "o"), "--n-items", "2"]))
+    assert "trained on 'other-model'" in line
+
+
+def test_console_script_bad_dataset(tmp_path):
+    """The installed ``ret-forecast``: one line on stderr, exit 2, no traceback."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "ret-forecast"
+    if not exe.exists():
+        pytest.skip("ret-forecast is not installed in this environment (pip install -e .)")
+    p = subprocess.run([str(exe), "--dataset", str(tmp_path / "missing.jsonl"), "--macro-ckpt", "x.ckpt",
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
+    assert "unknown sycophancy dataset" in p.stderr
