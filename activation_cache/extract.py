@@ -195,7 +195,12 @@ def _meta_fields(prompts: Sequence[Prompt], generate: bool) -> list[str]:
     return list(fields)
 
 
-def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token-id lists as one batch: ``(input_ids, attention_mask)``, int64 (B, T_max).
+
+    ``left=True`` for ``generate`` (new tokens follow every prompt directly); ``left=False``
+    keeps real tokens at positions 0..T-1 for a teacher-forced forward.
+    """
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -256,11 +261,11 @@ def extract(cfg: ExtractConfig, loaded: LoadedModel | None = None, progress: boo
             for k, sl in enumerate(_batches(n, cfg.batch_size, start_seq)):
                 rows = prep.ids[sl]
                 if gen:
-                    ids, mask = _pad(rows, pad_id, left=True)
+                    ids, mask = pad_rows(rows, pad_id, left=True)
                     sampling = Sampling(cfg.sample, cfg.temperature, cfg.top_p, seed=cfg.seed + sl.start)
                     traced = tracer.generate(ids, mask, cfg.generate, sampling)
                 else:
-                    ids, mask = _pad(rows, pad_id, left=False)
+                    ids, mask = pad_rows(rows, pad_id, left=False)
                     traced = tracer.forward(ids, mask)
                 tokens, generated, hidden = unpad(traced, cfg.dtype)
                 meta = [{"prompt_id": p.prompt_id, **p.meta} for p in prep.prompts[sl]]

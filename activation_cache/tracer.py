@@ -74,7 +74,7 @@ class Tracer:
             self.lm = nnsight.LanguageModel(loaded.model, tokenizer=loaded.tokenizer)
         blocks = self._envoy(loaded.arch.block_path)
         self._targets = [(name, blocks[0] if name == EMBED else blocks[int(name)]) for name in self.layers]
-        self.eos_ids = _eos_ids(loaded)
+        self.eos_ids = eos_ids(loaded.model, loaded.tokenizer)
 
     def _envoy(self, dotted: str):
         envoy = self.lm
@@ -138,11 +138,13 @@ class Tracer:
         return Traced(torch.cat([input_ids, new], dim=1), valid, generated, hidden)
 
 
-def _eos_ids(loaded: LoadedModel) -> list[int]:
-    ids = loaded.model.generation_config.eos_token_id
+def eos_ids(model, tokenizer) -> list[int]:
+    """Sorted end-of-sequence ids of the model's generation config and the tokenizer."""
+    config = getattr(model, "generation_config", None)
+    ids = getattr(config, "eos_token_id", None)
     ids = [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
-    if loaded.tokenizer.eos_token_id is not None:
-        ids.append(loaded.tokenizer.eos_token_id)
+    if getattr(tokenizer, "eos_token_id", None) is not None:
+        ids.append(tokenizer.eos_token_id)
     return sorted(set(ids))
 
 

@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from activation_cache.extract import ExtractConfig, _pad, extract, prepare  # noqa: E402
+from activation_cache.extract import ExtractConfig, extract, pad_rows, prepare  # noqa: E402
 from activation_cache.models import load_model  # noqa: E402
 from activation_cache.prompts import read_prompts  # noqa: E402
 
@@ -79,7 +79,7 @@ def main() -> None:
     write_prompts(pfile, a.prompts)
     cfg = ExtractConfig(prompts=str(pfile), out=str(tmp / "x.h5"), batch_size=a.batch_size, overwrite=True)
     prep = prepare(cfg, loaded)
-    batches = [_pad(prep.ids[i:i + a.batch_size], loaded.tokenizer.pad_token_id, left=False)
+    batches = [pad_rows(prep.ids[i:i + a.batch_size], loaded.tokenizer.pad_token_id, left=False)
                for i in range(0, len(prep.ids), a.batch_size)]
     bare_forward(loaded, batches[:1])  # warm-up (allocator, first nnsight trace below)
     extract(ExtractConfig(prompts=str(pfile), out=str(tmp / "warm.h5"), batch_size=a.batch_size, overwrite=True),

@@ -20,6 +20,7 @@ from ret_toolkit.cli import forecast as forecast_cmd
 from ret_toolkit.macro.assign import load_ret
 from ret_toolkit.macro.module import RETModule
 from ret_toolkit.sycophancy import load_bank, read_anthropic_jsonl
+from ret_toolkit.sycophancy import external as external_mod
 from ret_toolkit.sycophancy import outcomes as outcomes_mod
 from ret_toolkit.sycophancy import trajectories as traj
 from ret_toolkit.sycophancy.features import (FEATURE_SETS, ForecastData, extract_features, forecast_position,
@@ -149,7 +150,8 @@ def test_choice_items_are_one_turn(tiny, tmp_path, monkeypatch):
              "answer_matching_behavior": " (A)", "answer_not_matching_behavior": " (B)"} for i in range(6)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     items = read_anthropic_jsonl(path)
-    monkeypatch.setattr(traj, "chose_sycophantic", lambda it, r: [True, False, None][(int(it.id.split(":")[1]) - 1) % 3])
+    # label_choices (used by the tracer) looks the rule up in the external module
+    monkeypatch.setattr(external_mod, "chose_sycophantic", lambda it, r: [True, False, None][(int(it.id.split(":")[1]) - 1) % 3])
     res = traj.trace_dataset(items, tmp_path / "out", tiny["loaded"], LAYER, traj.TraceSettings(max_new_tokens=4),
                              model=tiny["dir"], progress=False)
     assert res.first_store is None and res.store.name == "choice.h5"

@@ -192,13 +192,14 @@ def _label(prompt) -> str:
 
 def _generate(a, loaded, reader, vec, detect, prompt_ids, labels) -> int:
     from ret_toolkit.steering.closed_loop import closed_loop_generate
-    from ret_toolkit.steering.evaluate import left_pad, eos_ids, generate_continuations
+    from activation_cache.tracer import eos_ids
+    from ret_toolkit.steering.evaluate import generate_continuations, left_pad, until_stop
 
     tok = loaded.tokenizer
     common = dict(max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, do_sample=a.sample, seed=a.seed)
     base = generate_continuations(loaded, tok, prompt_ids, **common) if a.baseline else None
     if detect:
-        stop = eos_ids(loaded, tok)
+        stop = set(eos_ids(loaded.model, tok))
         gen, steered = [], []
         for lo in range(0, len(prompt_ids), a.batch_size):
             batch = left_pad(prompt_ids[lo : lo + a.batch_size], tok.pad_token_id)
@@ -206,11 +207,7 @@ def _generate(a, loaded, reader, vec, detect, prompt_ids, labels) -> int:
                                               max_new_tokens=a.max_new_tokens, do_sample=a.sample)
             width = batch["input_ids"].shape[1]
             for row, s in zip(seqs, loop.steered):
-                ids = []
-                for t in row[width:].tolist():
-                    if t in stop:
-                        break
-                    ids.append(t)
+                ids = until_stop(row[width:].tolist(), stop)
                 gen.append(ids)
                 fed = s[1 : len(ids) + 1]  # forwards that read this row's generated tokens
                 steered.append((int(fed.sum()), len(fed)))

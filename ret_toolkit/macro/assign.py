@@ -36,10 +36,23 @@ def load_ret(ckpt: str | Path) -> RETModule:
     return load_checkpoint(RETModule, ckpt, "RET")
 
 
+def source_layers(module: RETModule) -> list[str]:
+    """Store layer names the RET checkpoint reads (``source_layers``), in order; [] if not recorded."""
+    return [x for x in str(module.hparams.source_layers).split(",") if x]
+
+
+def require_centroids(module: RETModule, where: str | Path = "") -> None:
+    """InputError unless the checkpoint carries macrostate centroids (``ret_macro.ckpt``)."""
+    if module.centroids is None:
+        prefix = f"{where}: " if str(where) else ""
+        raise InputError(f"{prefix}RET checkpoint has no macrostate centroids; use the ret_macro.ckpt written by "
+                         "ret-macro or ret-demo")
+
+
 def check_store(module: RETModule, store: TrajectoryStore) -> list[str]:
     """The store layers the model reads; InputError if the store does not fit the checkpoint."""
     hp = module.hparams
-    layers = [x for x in str(hp.source_layers).split(",") if x]
+    layers = source_layers(module)
     if hp.source_model and store.model != hp.source_model:
         raise InputError(f"{store.path}: store is from model {store.model!r} but the RET checkpoint was trained on {hp.source_model!r}")
     if not layers:

@@ -52,7 +52,7 @@ import torch
 
 from activation_cache.errors import InputError
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader
-from ret_toolkit.steering.hooks import _cache_length, steer
+from ret_toolkit.steering.hooks import _cache_length, remove_hooks, steer
 from ret_toolkit.steering.plan import Vectors
 
 __all__ = ["ClosedLoop", "closed_loop_generate"]
@@ -170,9 +170,7 @@ class ClosedLoop:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
+        remove_hooks(self._handles)
         self.capture.__exit__(None, None, None)
         self.steering.remove()
 

@@ -24,6 +24,7 @@ import torch
 
 from activation_cache.arch import find_architecture, get_module
 from activation_cache.errors import InputError
+from ret_toolkit.steering.hooks import remove_hooks
 from ret_toolkit.steering.vector import resolve_model
 
 __all__ = ["LayerCapture", "MacrostateReader", "load_reader"]
@@ -43,11 +44,11 @@ class MacrostateReader:
     """
 
     def __init__(self, module):
-        if module.centroids is None:
-            raise InputError("this RET checkpoint has no macrostates yet; use the ret_macro.ckpt written by "
-                             "ret-macro / ret-demo (it carries the k-means centroids)")
+        from ret_toolkit.macro.assign import require_centroids, source_layers
+
+        require_centroids(module)
         hp = module.hparams
-        names = [x for x in str(hp.source_layers).split(",") if x]
+        names = source_layers(module)
         if not names or not all(x.isdigit() for x in names):
             raise InputError(f"RET checkpoint reads layers {names or '(none recorded)'}; closed-loop steering needs "
                              "decoder-block layers (not 'embed')")
@@ -162,7 +163,5 @@ class LayerCapture:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
+        remove_hooks(self._handles)
         self._out.clear()

@@ -29,6 +29,7 @@ every count.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
@@ -36,13 +37,15 @@ import numpy as np
 import torch
 
 from activation_cache.errors import InputError
+from activation_cache.extract import pad_rows
+from activation_cache.tracer import eos_ids
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader
 from ret_toolkit.steering.hooks import steer
 from ret_toolkit.steering.plan import Vectors
 from ret_toolkit.steering.vector import resolve_model
 
-__all__ = ["SweepPoint", "best_point", "eos_ids", "generate_continuations", "left_pad", "render_prompts", "reread",
-           "score_point", "share_gain_ci", "sweep", "target_share_gain"]
+__all__ = ["SweepPoint", "best_point", "generate_continuations", "left_pad", "render_prompts", "reread",
+           "score_point", "share_gain_ci", "sweep", "target_share_gain", "until_stop"]
 
 
 def render_prompts(tokenizer, prompts: Sequence[Any], chat: bool = True) -> list[list[int]]:
@@ -69,19 +72,8 @@ def render_prompts(tokenizer, prompts: Sequence[Any], chat: bool = True) -> list
     return out
 
 
-def eos_ids(model, tokenizer) -> set[int]:
-    """Every end-of-sequence id of the model's generation config and the tokenizer."""
-    module, _, _ = resolve_model(model)
-    ids = set()
-    for source in (getattr(getattr(module, "generation_config", None), "eos_token_id", None),
-                   getattr(tokenizer, "eos_token_id", None)):
-        if source is None:
-            continue
-        ids.update([source] if isinstance(source, int) else list(source))
-    return ids
-
-
-def _cut(ids: Sequence[int], stop: set[int]) -> list[int]:
+def until_stop(ids: Sequence[int], stop: set[int]) -> list[int]:
+    """``ids`` up to, not including, the first id in ``stop`` (as the trajectory store keeps them)."""
     out = []
     for t in ids:
         if t in stop:
@@ -92,12 +84,7 @@ def _cut(ids: Sequence[int], stop: set[int]) -> list[int]:
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
     """Token-id lists as a left-padded batch ``{"input_ids", "attention_mask"}``, int64 (B, T_max), for ``generate``."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r)
-        mask[i, width - len(r):] = 1
+    ids, mask = pad_rows(rows, pad_id, left=True)
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -116,7 +103,7 @@ def generate_continuations(model, tokenizer, prompt_ids: Sequence[Sequence[int]]
     if max_new_tokens < 1 or batch_size < 1:
         raise InputError(f"need max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    stop = eos_ids(model, tokenizer)
+    stop = set(eos_ids(module, tokenizer))
     device = next(module.parameters()).device
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": pad}
     if not do_sample:
@@ -124,19 +111,13 @@ def generate_continuations(model, tokenizer, prompt_ids: Sequence[Sequence[int]]
     else:
         torch.manual_seed(seed)
     hooked = vectors is not None and alpha != 0.0
-    ctx = steer(model, vectors, alpha=alpha, positions=positions, model_name=model_name) if hooked else None
     out: list[list[int]] = []
-    try:
-        if ctx is not None:
-            ctx.attach()
+    with steer(model, vectors, alpha=alpha, positions=positions, model_name=model_name) if hooked else nullcontext():
         for lo in range(0, len(prompt_ids), batch_size):
             batch = left_pad(prompt_ids[lo : lo + batch_size], pad)
             seqs = module.generate(**{k: v.to(device) for k, v in batch.items()}, **kwargs)
             width = batch["input_ids"].shape[1]
-            out.extend(_cut(row[width:].tolist(), stop) for row in seqs.cpu())
-    finally:
-        if ctx is not None:
-            ctx.remove()
+            out.extend(until_stop(row[width:].tolist(), stop) for row in seqs.cpu())
     return out
 
 
@@ -157,14 +138,9 @@ def reread(model, reader: MacrostateReader, prompt_ids: Sequence[Sequence[int]],
     with LayerCapture(model, reader.layers) as capture:
         for lo in range(0, len(prompt_ids), batch_size):
             rows = [list(p) + list(g) for p, g in zip(prompt_ids[lo : lo + batch_size], generated[lo : lo + batch_size])]
-            width = max(len(r) for r in rows)
             # Right padding: real tokens keep positions 0..T-1 (absolute position embeddings
             # see what generate saw) and never attend to padding (it comes after them).
-            ids = torch.zeros((len(rows), width), dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for i, r in enumerate(rows):
-                ids[i, : len(r)] = torch.tensor(r)
-                mask[i, : len(r)] = 1
+            ids, mask = pad_rows(rows, 0, left=False)
             logits = module(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False).logits
             logp = torch.log_softmax(logits.float(), dim=-1).cpu()
             hidden = capture.hidden().cpu()

@@ -58,6 +58,12 @@ def _cache_length(kwargs: dict) -> int | None:
     return None
 
 
+def remove_hooks(handles: list) -> None:
+    """Remove every hook handle in ``handles`` and empty the list (so a second call is a no-op)."""
+    while handles:
+        handles.pop().remove()
+
+
 class Steering:
     """Forward hooks adding a :class:`SteeringPlan`'s deltas; a context manager.
 
@@ -164,9 +170,7 @@ class Steering:
 
     def remove(self) -> None:
         """Remove exactly the hooks this object registered."""
-        handles, self._handles = self._handles, []
-        for handle in handles:
-            handle.remove()
+        remove_hooks(self._handles)
 
     def __enter__(self) -> "Steering":
         return self.attach()

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
-from ret_toolkit.macro.assign import check_store, sequence_hidden
+from ret_toolkit.macro.assign import check_store, require_centroids, sequence_hidden
 
 __all__ = ["KS", "FEATURE_SETS", "ForecastData", "forecast_position", "sequence_features", "extract_features"]
 
@@ -135,8 +135,7 @@ def extract_features(store_path: str | Path, module, ks: Sequence[int] = KS, lay
     ks = tuple(sorted({int(k) for k in ks}))
     if not ks or ks[0] < 0:
         raise InputError(f"lead times k must be non-negative integers, got {ks}")
-    if module.centroids is None:
-        raise InputError("the RET checkpoint has no macrostate centroids: use ret_macro.ckpt from ret-macro or ret-demo")
+    require_centroids(module)
     n_groups = int(module.centroids.shape[0])
     with TrajectoryStore(store_path) as st:
         ret_layers = check_store(module, st)

@@ -181,8 +181,10 @@ def bootstrap_auroc(y, scores: Sequence[np.ndarray], fold_ids: Sequence[np.ndarr
             "std": float(np.std(boot, ddof=1)) if len(boot) > 1 else 0.0, "n_boot_used": len(boot)}
 
 
-#: Feature set -> (model kind, uses PCA) for :func:`evaluate_forecast`.
+#: Feature set -> model kind (:func:`oof_scores`) for :func:`evaluate_forecast`.
 _KINDS = {"ret": "logistic", "raw_pca": "pca_logistic", "length": "logistic", "majority": "majority"}
+#: Feature sets whose features do not depend on k: fitted once, their entry repeated for every k.
+_SAME_FOR_EVERY_K = ("length", "majority")
 
 
 def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 1000, pca_dims: int | None = None,
@@ -208,9 +210,12 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 1
     result: dict = {"auroc": {}, "settings": {
         "n_splits": len(fold_sets[0]), "repeats": repeats, "n_boot": n_boot, "pca_dims": pca_dims, "seed": seed,
         "C_grid": list(C_GRID), "n_features": {}}}
-    jobs = [(name, k) for name in _KINDS for k in data.ks]
+    jobs = [(name, k) for name in _KINDS for k in (data.ks[:1] if name in _SAME_FOR_EVERY_K else data.ks)]
     for name, k in tqdm(jobs, desc="forecast", unit="fit", disable=not progress):
         _evaluate_one(data, name, k, fold_sets, fold_ids, pca_dims, n_boot, seed, result)
+    for name in _SAME_FOR_EVERY_K:
+        first = result["auroc"][name][str(data.ks[0])]
+        result["auroc"][name] = {str(k): dict(first) for k in data.ks}
     return result
 
 

@@ -100,7 +100,7 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
     Raises:
         InputError: bad settings, dataset, checkpoint, or a model the checkpoint was not trained on.
     """
-    from ret_toolkit.macro.assign import load_ret
+    from ret_toolkit.macro.assign import load_ret, require_centroids, source_layers
     from ret_toolkit.sycophancy.dataset import load_dataset
     from ret_toolkit.sycophancy.forecast import evaluate_forecast
     from ret_toolkit.viz.forecast import write_forecast_report
@@ -111,10 +111,8 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
     items = load_dataset(dataset, seed=settings.seed) if isinstance(dataset, (str, Path)) else list(dataset)
     items = pick_items(items, settings.n_items)
     module = load_ret(macro_ckpt)
-    if module.centroids is None:
-        raise InputError(f"{macro_ckpt}: RET checkpoint has no macrostate centroids; use the ret_macro.ckpt "
-                         "written by ret-macro or ret-demo")
-    ret_layers = [x for x in str(module.hparams.source_layers).split(",") if x]
+    require_centroids(module, macro_ckpt)
+    ret_layers = source_layers(module)
     if not ret_layers:
         raise InputError(f"{macro_ckpt}: RET checkpoint does not record its layers (source_layers)")
     if loaded is None:

@@ -41,9 +41,9 @@ from activation_cache.extract import ExtractConfig, extract
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.sycophancy.conversation import first_turn, second_turn_record
 from ret_toolkit.sycophancy.dataset import is_two_turn
-from ret_toolkit.sycophancy.external import choice_messages, chose_sycophantic
+from ret_toolkit.sycophancy.external import choice_messages
 from ret_toolkit.sycophancy.labeller import answer_correct
-from ret_toolkit.sycophancy.outcomes import EXCLUSION_REASONS, Outcomes, label_conversations
+from ret_toolkit.sycophancy.outcomes import EXCLUSION_REASONS, Outcomes, label_choices, label_conversations
 from ret_toolkit.sycophancy.pushback import TEMPLATES, assign_template
 
 log = logging.getLogger(__name__)
@@ -275,12 +275,10 @@ def _trace_choice(items, out_dir, loaded, layers, s, model, progress) -> TraceRe
                 "turn_start": 0} for it in items]
     path = _extract(records, out_dir, "choice", loaded, model, layers, s, progress)
     replies = read_replies(path, loaded.tokenizer)
-    by_id = {it.id: it for it in items}
+    outcomes = label_choices(items, replies)
     result = TraceResult(store=path, first_store=None, n_items=len(items), n_variants=1)
-    for pid, reply in replies.items():
-        verdict = chose_sycophantic(by_id[pid], reply)
-        result.labels[pid] = "unclear" if verdict is None else "caved" if verdict else "held"
-    result.exclusions["choice_unclear"] = sum(v == "unclear" for v in result.labels.values())
+    result.labels = {pid: outcomes.labels.get(pid, "unclear") for pid in replies}
+    result.exclusions["choice_unclear"] = outcomes.counts["choice_unclear"]
     _annotate(result)
     return result
 
