@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, report  # noqa: E402
+from _common import RESULTS, add_threads_arg, report  # noqa: E402
 
 from activation_cache.models import load_model  # noqa: E402
 from activation_cache.reader import TrajectoryStore  # noqa: E402
@@ -86,9 +86,7 @@ def main() -> None:
     ap.add_argument("--max-groups", type=int, default=6)
     ap.add_argument("--groups", default=None, help="comma-separated group ids instead of the rule above")
     ap.add_argument("--max-ppl-ratio", type=float, default=1.5)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a shared 2-core machine 2 OpenMP threads spin and "
-                         "generation ran 12x slower, 0.2 vs 2.5 tok/s, in our measurement)")
+    add_threads_arg(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report  # noqa: E402
+from _common import add_threads_arg, report  # noqa: E402
 
 from activation_cache.models import load_model  # noqa: E402
 from activation_cache.prompts import read_prompts  # noqa: E402
@@ -50,9 +50,7 @@ def main() -> None:
     ap.add_argument("--layers", default="15", help="blocks that get the (zero) vector, comma-separated")
     ap.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
     ap.add_argument("--no-nnsight", action="store_true")
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (default 1: on a shared 2-core machine 2 OpenMP threads spin and "
-                         "generation ran 12x slower, 0.2 vs 2.5 tok/s, in our measurement)")
+    add_threads_arg(ap)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -33,7 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, report  # noqa: E402
+from _common import RESULTS, add_threads_arg, report  # noqa: E402
 
 from activation_cache.models import load_model  # noqa: E402
 from activation_cache.reader import open_store  # noqa: E402
@@ -65,8 +65,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 if other jobs share the CPU: "
-                    "a contended second OpenMP thread slows generation ~10x)")
+    add_threads_arg(ap, default=2)
     ap.add_argument("--work", default="benchmarks/results/sycophancy_run")
     args = ap.parse_args()
     if not Path(args.macro_ckpt).is_file():
