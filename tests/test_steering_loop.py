@@ -342,3 +342,14 @@ def test_console_script_exit_2_no_traceback(tmp_path):
                        text=True, env=env, timeout=120)
     assert p.returncode == 2 and p.stdout == ""
     _one_line(p.stderr, "steering vector file not found")
+
+
+def test_reader_needs_centroids_and_block_layers():
+    no_groups = RETModule(d_input=D, window=3, z_dim=4, hidden=16, predictor_hidden=16, source_layers="0")
+    with pytest.raises(InputError, match="no macrostate centroids") as err:
+        MacrostateReader(no_groups)
+    assert "\n" not in str(err.value)
+    embed = RETModule(d_input=D, window=3, z_dim=4, hidden=16, predictor_hidden=16, source_layers="embed")
+    embed.centroids = torch.zeros(2, 4)
+    with pytest.raises(InputError, match="decoder-block layers"):
+        MacrostateReader(embed)
