@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 DEMO_OUT ?= demo_out
+DEMO_QUICK_OUT ?= demo_quick
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
@@ -29,7 +30,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ret-demo --out $(DEMO_OUT)
 
 demo-quick: $(STAMP)
-	$(VENV)/bin/ret-demo --out $(DEMO_OUT) --quick
+	$(VENV)/bin/ret-demo --out $(DEMO_QUICK_OUT) --quick
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
@@ -38,4 +39,4 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info
+	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_QUICK_OUT) build *.egg-info

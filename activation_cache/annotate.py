@@ -16,7 +16,7 @@ import numpy as np
 
 from activation_cache import schema
 from activation_cache.errors import InputError
-from activation_cache.writer import _take_lock
+from activation_cache.writer import StoreLock
 
 __all__ = ["add_meta"]
 
@@ -33,7 +33,7 @@ def add_meta(path: str | Path, columns: Mapping[str, Sequence[str]], replace: bo
     or a field that exists and may not be replaced.
     """
     path = Path(path)
-    lock = _take_lock(path)
+    lock = StoreLock(path)
     try:
         with schema.open_h5(path, "a") as f:
             schema.check_is_store(f, path)

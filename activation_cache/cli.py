@@ -17,7 +17,8 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, cli_words
+from activation_cache.quiet import quiet_libraries
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -28,7 +29,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def run_cli(prog: str, body: Callable[[], int | None]) -> int:
-    """Run a CLI body: InputError -> one line + exit 2; Ctrl-C -> exit 130."""
+    """Run a CLI body: InputError -> one line + exit 2; Ctrl-C -> exit 130.
+
+    Messages name command-line flags (:func:`~activation_cache.errors.cli_words`),
+    and a reader that goes away (``ret-extract info s.h5 | head -1``) ends the
+    command quietly with status 0.
+    """
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
     for name in ("activation_cache", "ret_toolkit"):  # ours only: Lightning logs for itself
@@ -36,11 +42,10 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
         logger.setLevel(logging.INFO)
         if not logger.handlers:
             logger.addHandler(handler)
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()  # our own bars say what is happening
+    quiet_libraries()
     try:
-        return body() or 0
+        with cli_words():
+            return body() or 0
     except InputError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         if getattr(e, "hard_exit", False):
@@ -50,6 +55,11 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
             sys.stderr.flush()
             os._exit(2)
         return 2
+    except BrokenPipeError:
+        # The reader closed the pipe: what it wanted is printed. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail as well.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; committed data is kept, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -1,15 +1,49 @@
-"""User-facing errors.
+"""User-facing errors, in the caller's words.
 
 Every problem caused by the user's input (a missing file, a malformed line, an
 unknown layer, a mismatched store...) raises :class:`InputError` with a one-line
 message that says *what* is wrong and *where*. The CLIs print that line and exit
 with status 2, without a traceback.
+
+A message that names a setting spells it the way the caller set it:
+:func:`option` gives ``--batch-size`` while a console command runs (inside
+:func:`cli_words`) and ``batch_size`` (or ``overwrite=True``) to Python code.
 """
 
 from __future__ import annotations
+
+import contextvars
+from contextlib import contextmanager
+from typing import Iterator
+
+_UNDER_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("ret_under_cli", default=False)
+_UNSET = object()
 
 
 class InputError(ValueError):
     """Bad input from the user: a one-line message, exit status 2 in CLIs."""
 
     exit_code = 2
+
+
+@contextmanager
+def cli_words() -> Iterator[None]:
+    """Inside this block, :func:`option` names command-line flags."""
+    token = _UNDER_CLI.set(True)
+    try:
+        yield
+    finally:
+        _UNDER_CLI.reset(token)
+
+
+def option(name: str, value: object = _UNSET, *, flag: str | None = None) -> str:
+    """A setting as the caller spells it.
+
+    ``option("batch_size")`` is ``--batch-size`` under a CLI and ``batch_size``
+    in Python; ``option("overwrite", True)`` is ``--overwrite`` or
+    ``overwrite=True``. ``flag`` names a CLI flag that is not the keyword with
+    dashes (``option("n_boot", flag="--bootstrap")``).
+    """
+    if _UNDER_CLI.get():
+        return flag or "--" + name.replace("_", "-")
+    return name if value is _UNSET else f"{name}={value!r}"

@@ -22,9 +22,9 @@ import torch
 from tqdm.auto import tqdm
 
 from activation_cache import schema
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, option
 from activation_cache.models import LoadedModel, load_model
-from activation_cache.prompts import Prompt, read_prompts, render_prompt
+from activation_cache.prompts import Prompt, prompts_from_records, read_prompts, render_prompt
 from activation_cache.tracer import Sampling, Traced, Tracer
 from activation_cache.writer import Batch, StoreSpec, StoreWriter
 
@@ -35,6 +35,10 @@ log = logging.getLogger(__name__)
 class ExtractConfig:
     """Settings of one extraction (each is a ``ret-extract`` flag).
 
+    prompts: a ``.txt`` / ``.jsonl`` path or built-in set name, or prompts in
+        memory: a list of strings, JSONL-style dicts or :class:`~activation_cache.prompts.Prompt`
+        (see :func:`~activation_cache.prompts.prompts_from_records`). The store
+        records their digest, so a resume with other prompts is refused.
     layers: ``"all"``, or a comma list of block indices / ranges (``"0,5,10-12"``,
         negative counts from the end), optionally including ``"embed"``.
     generate: 0 = forward mode (prompt tokens only); N > 0 = generate mode,
@@ -45,7 +49,7 @@ class ExtractConfig:
     limit: use only the first ``limit`` prompts of the source (before sharding).
     """
 
-    prompts: str
+    prompts: str | Sequence
     out: str
     model: str | None = None
     layers: str = "all"
@@ -69,19 +73,19 @@ class ExtractConfig:
 
     def validate(self) -> None:
         if self.batch_size < 1:
-            raise InputError(f"--batch-size must be >= 1, got {self.batch_size}")
+            raise InputError(f"{option('batch_size')} must be >= 1, got {self.batch_size}")
         if self.generate < 0:
-            raise InputError(f"--generate must be >= 0, got {self.generate}")
+            raise InputError(f"{option('generate')} must be >= 0, got {self.generate}")
         if self.limit is not None and self.limit < 1:
-            raise InputError(f"--limit must be >= 1, got {self.limit}")
+            raise InputError(f"{option('limit')} must be >= 1, got {self.limit}")
         if self.max_tokens < 1:
-            raise InputError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+            raise InputError(f"{option('max_tokens')} must be >= 1, got {self.max_tokens}")
         if not 0 <= self.shard_index < self.num_shards:
-            raise InputError(f"--shard-index {self.shard_index} is not in 0..{self.num_shards - 1} (--num-shards {self.num_shards})")
+            raise InputError(f"{option('shard_index')} {self.shard_index} is not in 0..{self.num_shards - 1} ({option('num_shards')} {self.num_shards})")
         if self.dtype not in schema.HIDDEN_DTYPES:
-            raise InputError(f"unknown --dtype {self.dtype!r}; choose from {', '.join(schema.HIDDEN_DTYPES)}")
+            raise InputError(f"unknown {option('dtype')} {self.dtype!r}; choose from {', '.join(schema.HIDDEN_DTYPES)}")
         if self.compression not in schema.COMPRESSIONS:
-            raise InputError(f"unknown --compression {self.compression!r}; choose from lzf, gzip or none")
+            raise InputError(f"unknown {option('compression')} {self.compression!r}; choose from lzf, gzip or none")
 
 
 @dataclass
@@ -123,15 +127,15 @@ def parse_layers(spec: str, n_layers: int, embed: bool = False) -> list[str]:
         else:
             m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
             if not m:
-                raise InputError(f"bad --layers entry {part!r}: use 'all', 'embed', indices or ranges like 3-7")
+                raise InputError(f"bad {option('layers')} entry {part!r}: use 'all', 'embed', indices or ranges like 3-7")
             # Negative ends count from the last layer, so "2--1" is layer 2 to the last one.
             lo, hi = (_layer_index(int(v), n_layers) for v in (m[1], m[2] or m[1]))
             if lo > hi:
-                raise InputError(f"bad --layers range {part!r}: it selects layers {lo}..{hi}, which is empty")
+                raise InputError(f"bad {option('layers')} range {part!r}: it selects layers {lo}..{hi}, which is empty")
             names += [str(j) for j in range(lo, hi + 1)]
     out = list(dict.fromkeys(names))  # dedupe, keep order
     if not out:
-        raise InputError(f"--layers {spec!r} selects no layer")
+        raise InputError(f"{option('layers')} {spec!r} selects no layer")
     return sorted(out, key=lambda n: -1 if n == schema.EMBED else int(n))
 
 
@@ -149,12 +153,14 @@ def shard_slice(n: int, num_shards: int, shard_index: int) -> slice:
 
 def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> Prepared:
     """Read, shard, render and tokenise the prompts; resolve the layers."""
-    prompts = read_prompts(cfg.prompts)[: cfg.limit]
+    prompts = (read_prompts(cfg.prompts) if isinstance(cfg.prompts, (str, Path)) else
+               prompts_from_records(cfg.prompts))[: cfg.limit]
     # Fields from *all* prompts, so every shard has the same /meta layout.
     meta_fields = _meta_fields(prompts, cfg.generate > 0)
     prompts = prompts[shard_slice(len(prompts), cfg.num_shards, cfg.shard_index)]
     if not prompts:
-        raise InputError(f"shard {cfg.shard_index} of {cfg.num_shards} gets no prompts from {cfg.prompts}")
+        raise InputError(f"shard {cfg.shard_index} of {cfg.num_shards} gets no prompts from "
+                         f"{cfg.prompts if isinstance(cfg.prompts, (str, Path)) else 'the in-memory prompts'}")
     layers = parse_layers(cfg.layers, loaded.arch.n_layers, cfg.embed)
     tok = loaded.tokenizer
     ids, truncated = [], []
@@ -171,7 +177,7 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> Prepared:
         ids.append(list(row))
     if truncated:
         shown = ", ".join(truncated[:10]) + (f" and {len(truncated) - 10} more" if len(truncated) > 10 else "")
-        log.warning("truncated %d prompt(s) to --max-tokens %d: %s", len(truncated), cfg.max_tokens, shown)
+        log.warning("truncated %d prompt(s) to %s %d: %s", len(truncated), option("max_tokens"), cfg.max_tokens, shown)
     return Prepared(prompts, ids, layers, meta_fields, truncated)
 
 
@@ -181,6 +187,8 @@ def store_config(cfg: ExtractConfig, loaded: LoadedModel, prep: Prepared) -> dic
     conf = asdict(cfg)
     for k in ("out", "overwrite"):
         conf.pop(k)
+    if not isinstance(cfg.prompts, (str, Path)):
+        conf["prompts"] = "<in memory>"  # their content is in prompts_sha256
     conf.update(model=loaded.name, model_revision=loaded.revision, layers=prep.layers,
                 n_prompts=len(prep.prompts), prompts_sha256=digest.hexdigest())
     return conf
@@ -289,7 +297,7 @@ def _check_finite(hidden: dict[str, np.ndarray], prompts: Sequence[Prompt]) -> N
         if not np.isfinite(h).all():
             ids = ", ".join(p.prompt_id for p in prompts)
             raise InputError(f"non-finite hidden states at layer {name} in batch [{ids}] "
-                             "(float16 overflow? try --dtype float32)")
+                             f"(float16 overflow? try {option('dtype', 'float32')})")
 
 
 def _tokenizer_json(loaded: LoadedModel) -> str | None:

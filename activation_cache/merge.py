@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from activation_cache import schema
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, option
 from activation_cache.reader import TrajectoryStore
 
 #: Config keys that legitimately differ between shards of one extraction.
@@ -42,7 +42,7 @@ def merge_shards(out: str | Path, shards: Sequence[str | Path], overwrite: bool 
     if not shards:
         raise InputError("merge needs at least one shard file")
     if out.exists() and not overwrite:
-        raise InputError(f"{out} exists; pass --overwrite to replace it")
+        raise InputError(f"{out} exists; pass {option('overwrite', True)} to replace it")
     if not out.resolve().parent.is_dir():
         raise InputError(f"output directory does not exist: {out.resolve().parent}")
     stores = [TrajectoryStore(p) for p in shards]

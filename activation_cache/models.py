@@ -31,6 +31,7 @@ import transformers
 
 from activation_cache.arch import ArchInfo, find_architecture
 from activation_cache.errors import InputError
+from activation_cache.quiet import no_transformers_bars
 
 __all__ = [
     "EMBEDDED_NAME",
@@ -152,9 +153,10 @@ def _dequantised_dir(gguf: Path, label: str, progress: bool) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
         kw = dict(gguf_file=gguf.name)
-        model = transformers.AutoModelForCausalLM.from_pretrained(
-            gguf.parent, dtype=torch.float32, **kw)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
+        with no_transformers_bars():
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                gguf.parent, dtype=torch.float32, **kw)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
         # Without this the saved config claims GGUF quantisation and reloading
         # from safetensors would look for a .gguf file again.
         del model.config.quantization_config
@@ -204,8 +206,9 @@ def _first_line(exc: BaseException) -> str:
 def _from_pretrained(source, torch_dtype, trust_remote_code: bool, local: bool, what: str):
     kw = dict(trust_remote_code=trust_remote_code, local_files_only=local)
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kw)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kw)
+        with no_transformers_bars():
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kw)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kw)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
         raise InputError(f"cannot load {what}: {_first_line(exc)}") from exc
     return model, tokenizer

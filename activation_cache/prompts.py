@@ -22,6 +22,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Sequence
 
 from activation_cache.errors import InputError
 
@@ -171,6 +172,10 @@ def _parse_jsonl_line(line: str, path: Path, lineno: int) -> Prompt:
         rec = json.loads(line)
     except json.JSONDecodeError as e:
         raise InputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    return _parse_record(rec, path.stem, lineno, where)
+
+
+def _parse_record(rec, stem: str, lineno: int, where: str) -> Prompt:
     if not isinstance(rec, dict):
         raise InputError(f"{where}: expected a JSON object, got {_json_type(rec)}")
     has_text, has_messages = "text" in rec, "messages" in rec
@@ -185,8 +190,35 @@ def _parse_jsonl_line(line: str, path: Path, lineno: int) -> Prompt:
             raise InputError(f'{where}: "text" must be a non-empty string')
     else:
         messages = _check_messages(rec["messages"], where)
-    return Prompt(prompt_id=_prompt_id(rec, path, lineno, where), text=text,
+    return Prompt(prompt_id=_prompt_id(rec, stem, lineno, where), text=text,
                   messages=messages, meta=_meta(rec), source=where)
+
+
+def prompts_from_records(records: Sequence[str | dict | Prompt], name: str = "prompts") -> list[Prompt]:
+    """Prompts held in memory: plain strings, JSONL-style records or :class:`Prompt` objects.
+
+    A string is a text prompt with id ``"<name>:<i>"`` (1-based); a dict follows
+    the ``.jsonl`` rules (``text`` or ``messages``, optional ``id``, other fields
+    to ``meta``). Errors name ``<name>[i]``; ids must be unique.
+    """
+    prompts, first_seen = [], {}
+    for i, rec in enumerate(records):
+        where = f"{name}[{i}]"
+        if isinstance(rec, Prompt):
+            prompt = rec
+        elif isinstance(rec, str):
+            if not rec.strip():
+                raise InputError(f"{where}: empty prompt")
+            prompt = Prompt(prompt_id=f"{name}:{i + 1}", text=rec, messages=None, meta={}, source=where)
+        else:
+            prompt = _parse_record(rec, name, i + 1, where)
+        if prompt.prompt_id in first_seen:
+            raise InputError(f"{where}: duplicate prompt id {prompt.prompt_id!r} (first at {name}[{first_seen[prompt.prompt_id]}])")
+        first_seen[prompt.prompt_id] = i
+        prompts.append(prompt)
+    if not prompts:
+        raise InputError(f"no prompts in {name}")
+    return prompts
 
 
 def _check_messages(value, where: str) -> tuple[dict, ...]:
@@ -208,9 +240,9 @@ def _check_messages(value, where: str) -> tuple[dict, ...]:
     return tuple(turns)
 
 
-def _prompt_id(rec: dict, path: Path, lineno: int, where: str) -> str:
+def _prompt_id(rec: dict, stem: str, lineno: int, where: str) -> str:
     if "id" not in rec:
-        return f"{path.stem}:{lineno}"
+        return f"{stem}:{lineno}"
     value = rec["id"]
     if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
         raise InputError(f'{where}: "id" must be a non-empty string or an integer')

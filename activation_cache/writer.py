@@ -23,7 +23,7 @@ import numpy as np
 
 from activation_cache import schema
 from activation_cache._version import __version__
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, option
 from activation_cache.h5clear import clear_status_flags
 
 
@@ -48,9 +48,9 @@ class StoreSpec:
 
     def __post_init__(self) -> None:
         if self.dtype not in schema.HIDDEN_DTYPES:
-            raise InputError(f"unknown --dtype {self.dtype!r}; choose from {sorted(schema.HIDDEN_DTYPES)}")
+            raise InputError(f"unknown {option('dtype')} {self.dtype!r}; choose from {sorted(schema.HIDDEN_DTYPES)}")
         if self.compression not in schema.COMPRESSIONS:
-            raise InputError(f"unknown --compression {self.compression!r}; choose from lzf, gzip or none")
+            raise InputError(f"unknown {option('compression')} {self.compression!r}; choose from lzf, gzip or none")
         self.layers = [schema.layer_name(x) for x in self.layers]
         if "prompt_id" not in self.meta_fields:
             self.meta_fields = ["prompt_id", *self.meta_fields]
@@ -125,9 +125,9 @@ class StoreWriter:
         if not parent.is_dir():
             raise InputError(f"output directory does not exist: {parent}")
         if self.path.is_dir():
-            raise InputError(f"--out is a directory, expected a file path: {self.path}")
+            raise InputError(f"{option('out')} is a directory, expected a file path: {self.path}")
         self.resumed = False
-        self._lock = _take_lock(self.path)
+        self._lock = StoreLock(self.path)
         try:
             if self.path.exists() and overwrite:
                 self.path.unlink()
@@ -195,7 +195,25 @@ class StoreWriter:
         f.flush()
         return f
 
+    def _check_existing(self) -> None:
+        """Refuse a store with another config by reading it only, so a refusal changes no byte."""
+        with schema.open_h5(self.path, "r") as f:
+            self._check_config(f)
+
+    def _check_config(self, f: h5py.File) -> None:
+        schema.check_is_store(f, self.path)
+        stored = json.loads(f.attrs["config_json"])
+        if stored != self.spec.config:
+            keys = sorted(k for k in set(stored) | set(self.spec.config) if stored.get(k) != self.spec.config.get(k))
+            raise InputError(
+                f"{self.path} exists with a different extraction config (differs in {', '.join(keys)}); "
+                f"pass {option('overwrite', True)} to replace it or write to another path"
+            )
+
     def _open_existing(self) -> h5py.File:
+        sb = schema.superblock_info(self.path)
+        if sb is None or sb[1] == 0:  # closed cleanly: compare configs without opening for writing
+            self._check_existing()
         if clear_status_flags(self.path):  # a crashed writer leaves them set
             # ...and may have died before the file reached the size its
             # superblock records (a failed write at the end, disk full). Those
@@ -206,14 +224,7 @@ class StoreWriter:
                 os.truncate(self.path, sb[0])
         f = schema.open_h5(self.path, "a")
         try:
-            schema.check_is_store(f, self.path)
-            stored = json.loads(f.attrs["config_json"])
-            if stored != self.spec.config:
-                keys = sorted(k for k in set(stored) | set(self.spec.config) if stored.get(k) != self.spec.config.get(k))
-                raise InputError(
-                    f"{self.path} exists with a different extraction config (differs in {', '.join(keys)}); "
-                    "pass --overwrite to replace it or choose another --out"
-                )
+            self._check_config(f)
         except BaseException:
             f.close()
             raise
@@ -310,21 +321,46 @@ class StoreWriter:
                 raise
 
 
-def _take_lock(path: Path):
+class StoreLock:
     """Exclusive advisory lock on ``<path>.lock``: one writer per store.
 
     A SWMR writer holds no exclusive HDF5 lock, and resuming clears the flags a
     crashed writer left, so without this a second copy of the same command
     would append to a store that is still being written. The kernel releases
-    the lock when the process dies, so a crash never leaves a stale lock.
+    the lock when the process dies, so a crash never leaves a stale lock (the
+    empty file it leaves is harmless); a clean exit removes the file.
     """
-    lock = open(path.with_name(path.name + ".lock"), "a")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.close()
-        raise InputError(f"{path} is being written by another process (lock {path.name}.lock is held)") from None
-    return lock
+
+    def __init__(self, path: Path):
+        self.path = path.with_name(path.name + ".lock")
+        for _ in range(10):
+            f = open(self.path, "a")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                f.close()
+                raise InputError(f"{path} is being written by another process (lock {self.path.name} is held)") from None
+            # Another writer may have removed the file between our open and flock: then
+            # our lock is on an orphaned inode and a third process could lock a new one.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self._f = f
+                return
+            f.close()
+        raise InputError(f"cannot take the lock {self.path} (it keeps being replaced)")
+
+    def close(self) -> None:
+        if self._f is None:
+            return
+        try:
+            self.path.unlink()  # while still holding it, so no one locks the file we remove
+        except FileNotFoundError:
+            pass
+        self._f.close()
+        self._f = None
 
 
 def _trim(f: h5py.File, n_seq: int, n_tok: int) -> None:
@@ -338,4 +374,4 @@ def _trim(f: h5py.File, n_seq: int, n_tok: int) -> None:
     f.visititems(visit)
 
 
-__all__ = ["Batch", "StoreSpec", "StoreWriteError", "StoreWriter"]
+__all__ = ["Batch", "StoreLock", "StoreSpec", "StoreWriteError", "StoreWriter"]

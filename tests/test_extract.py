@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, cli_words
 from activation_cache.extract import ExtractConfig, extract, parse_layers, plan
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
@@ -429,9 +429,15 @@ def test_nan_hidden_states_raise_and_keep_committed(tiny, tmp_path, txt_prompts,
 def test_config_validation_errors(tiny, tmp_path, txt_prompts):
     path, loaded, _, _ = tiny("llama")
     base = dict(prompts=str(txt_prompts), out=str(tmp_path / "v.h5"), model=str(path))
-    for kw, needle in [({"batch_size": 0}, "--batch-size"), ({"generate": -1}, "--generate"),
-                       ({"max_tokens": 0}, "--max-tokens"), ({"num_shards": 2, "shard_index": 2}, "--shard-index 2"),
-                       ({"dtype": "int8"}, "--dtype"), ({"compression": "zip"}, "--compression")]:
-        with pytest.raises(InputError, match=needle.replace("-", r"\-")):
+    cases = [({"batch_size": 0}, "--batch-size", "batch_size"), ({"generate": -1}, "--generate", "generate"),
+             ({"max_tokens": 0}, "--max-tokens", "max_tokens"),
+             ({"num_shards": 2, "shard_index": 2}, "--shard-index 2", "shard_index 2"),
+             ({"dtype": "int8"}, "--dtype", "dtype"), ({"compression": "zip"}, "--compression", "compression")]
+    for kw, flag, keyword in cases:
+        # Python callers read the keyword they passed; a console command names its flag.
+        with pytest.raises(InputError, match=keyword) as err:
+            extract(ExtractConfig(**base, **kw), loaded=loaded, progress=False)
+        assert "--" not in str(err.value)
+        with cli_words(), pytest.raises(InputError, match=flag.replace("-", r"\-")):
             extract(ExtractConfig(**base, **kw), loaded=loaded, progress=False)
     assert not Path(base["out"]).exists()

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from activation_cache import __version__, schema
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, cli_words
 from activation_cache.h5clear import clear_status_flags, lookup3
 from activation_cache.merge import merge_shards
 from activation_cache.reader import open_store
@@ -290,7 +290,9 @@ def test_different_config_refused_unless_overwrite(tmp_path):
     with pytest.raises(InputError) as err:
         StoreWriter(path, make_spec(config={"run": 2, "layers": "all"}))
     msg = str(err.value)
-    assert "different extraction config" in msg and "differs in run" in msg and "--overwrite" in msg
+    assert "different extraction config" in msg and "differs in run" in msg and "overwrite=True" in msg
+    with cli_words(), pytest.raises(InputError, match="pass --overwrite"):  # a CLI names its flag
+        StoreWriter(path, make_spec(config={"run": 2, "layers": "all"}))
     assert "\n" not in msg
     assert_store_equals(path, expected_rows([b]))  # refusal left the store alone
     with StoreWriter(path, make_spec(config={"run": 2, "layers": "all"}), overwrite=True) as w:
@@ -304,9 +306,9 @@ def test_output_path_errors(tmp_path):
         StoreWriter(tmp_path / "missing" / "x.h5", make_spec())
     with pytest.raises(InputError, match="is a directory"):
         StoreWriter(tmp_path, make_spec())
-    with pytest.raises(InputError, match="unknown --dtype"):
+    with pytest.raises(InputError, match="unknown dtype"):
         make_spec(dtype="bfloat16")
-    with pytest.raises(InputError, match="unknown --compression"):
+    with cli_words(), pytest.raises(InputError, match="unknown --compression"):
         make_spec(compression="zstd")
 
 

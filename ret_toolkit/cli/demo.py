@@ -12,12 +12,14 @@ def _run(argv: Sequence[str]) -> int:
     from ret_toolkit.demo import run_demo
 
     p = OneLineParser(prog="ret-demo", description="Extract -> train RET -> macrostates -> evaluation -> report.html + metrics.json")
-    p.add_argument("--out", default="demo_out", help="output directory (default demo_out)")
-    p.add_argument("--quick", action="store_true", help="small run, about 3 minutes on 2 CPU cores")
+    p.add_argument("--out", default=None, help="output directory (default demo_out, or demo_quick with --quick)")
+    p.add_argument("--quick", action="store_true", help="small run: 72 prompts, 3 epochs (about a minute on 2 CPU cores)")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of a demo run with other settings in --out")
     p.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    m = run_demo(a.out, quick=a.quick, model=a.model, progress=not a.quiet)
+    out = a.out or ("demo_quick" if a.quick else "demo_out")
+    m = run_demo(out, quick=a.quick, model=a.model, progress=not a.quiet, overwrite=a.overwrite)
     tc, mi = m["temporal_consistency"], m["token_mi_bits"]
     print(f"held-out: {m['n_heldout_sequences']} sequences, k={m['k']}, effective rank {m['effective_rank']:.2f}")
     print(f"{'method':<14}{'P(same next)':>13}{'run length':>12}{'token MI':>10}{'max occ.':>10}{'closure gap':>13}")

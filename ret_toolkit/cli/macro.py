@@ -24,22 +24,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=12, help="number of macrostates (k-means clusters)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run with other settings in --out")
     p.add_argument("--quiet", action="store_true")
     return p
 
 
 def _run(argv: Sequence[str]) -> int:
-    from activation_cache.errors import InputError
     from ret_toolkit.macro.pipeline import build_macrostates
 
     a = parser().parse_args(argv)
-    if a.k < 2:
-        raise InputError(f"--k must be >= 2, got {a.k}")
-    r = build_macrostates(a.ckpt, a.store, a.out, k=a.k, seed=a.seed, progress=not a.quiet)
-    if not a.no_report:
-        from ret_toolkit.viz.report import write_report
-
-        write_report(f"{a.out}/report.html", r.metrics, r.summary, r.trajectories)
+    r = build_macrostates(a.ckpt, a.store, a.out, k=a.k, seed=a.seed, progress=not a.quiet, report=not a.no_report,
+                          overwrite=a.overwrite)
     tc = r.metrics["temporal_consistency"]
     print(f"ret-macro: {a.out}: k={a.k}, held-out P(same next) RET {tc['ret']['p_same_next']:.3f} "
           f"vs raw {tc['kmeans_raw']['p_same_next']:.3f}, pca {tc['kmeans_pca']['p_same_next']:.3f}, "

@@ -10,8 +10,8 @@ are on sequences the encoder never saw.
 
 from __future__ import annotations
 
-import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from activation_cache.errors import InputError, option
+from activation_cache.outputs import OutputDir, write_json
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.macro.assign import (
     assign_groups,
@@ -64,48 +66,77 @@ def _standardized(module: RETModule, h: np.ndarray) -> np.ndarray:
     return ((h.astype(np.float32) - module.h_mean.numpy()) / module.h_std.numpy()).astype(np.float32)
 
 
+#: Files :func:`build_macrostates` writes into its output directory.
+MACRO_FILES = ("macrostates.h5", "ret_macro.ckpt", "summary.json", "metrics.json", "report.html")
+
+
+def macro_output_dir(out_dir: str | Path, ckpt: str | Path, store_path: str | Path, k: int, seed: int,
+                     overwrite: bool = False) -> OutputDir:
+    """The checked output directory of a ``ret-macro`` run (refuses other settings unless ``overwrite``)."""
+    settings = {"ckpt": str(Path(ckpt).resolve()), "store": str(Path(store_path).resolve()), "k": int(k),
+                "seed": int(seed)}
+    return OutputDir(out_dir, "ret-macro", settings, files=MACRO_FILES, overwrite=overwrite)
+
+
 def build_macrostates(
     ckpt: str | Path,
     store_path: str | Path,
-    out_dir: str | Path,
+    out_dir: str | Path | OutputDir,
     k: int = 12,
     seed: int = 0,
     n_trajectories: int = 6,
     progress: bool = True,
+    report: bool = True,
+    overwrite: bool = False,
 ) -> MacroResult:
     """Encode, cluster, summarise and evaluate; writes into ``out_dir``:
 
     ``macrostates.h5`` (z, group per token), ``ret_macro.ckpt`` (the checkpoint
-    plus centroids), ``summary.json``, ``metrics.json``.
+    plus centroids), ``summary.json``, ``metrics.json`` and (with ``report``)
+    ``report.html``. Everything is checked first; the files are staged and
+    moved into place only when all are written, so a refused or failed run
+    leaves an earlier run's outputs as they were. A directory holding a run
+    with other settings is refused unless ``overwrite``. ``out_dir`` may also
+    be an :class:`~activation_cache.outputs.OutputDir` that the caller has
+    entered (the demo stages its own files beside these).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if k < 2:
+        raise InputError(f"{option('k')} must be >= 2, got {k}")
+    out = out_dir if isinstance(out_dir, OutputDir) else macro_output_dir(out_dir, ckpt, store_path, k, seed, overwrite)
     module = load_ret(ckpt)
-    macro_file = encode_store(module, store_path, out_dir / "macrostates.h5", progress=progress)
     with TrajectoryStore(store_path) as store:
-        layers = check_store(module, store)
-        train, held = checkpoint_split(ckpt, store.n_sequences)
-        if len(held) == 0:
-            held = train  # no validation split: evaluate in-sample, and say so
-            log.warning("checkpoint has no held-out sequences; evaluating on training sequences")
-        with open_macro(macro_file) as f:
-            z_train = f["z"][rows_of(store.offsets, train)]
-        centroids = fit_centroids(z_train, k, seed)
-        ckpt_out = save_with_centroids(module, ckpt, out_dir / "ret_macro.ckpt", centroids)
-        assign_groups(macro_file, module)
-        with open_macro(macro_file) as f:
-            groups = f["group"][:]
-            z_all = f["z"]
-            held_z = [z_all[store.offsets[s] : store.offsets[s + 1]] for s in held]
-        summary = summarize_groups(store, groups, k)
-        picks = held[np.linspace(0, len(held) - 1, min(n_trajectories, len(held))).astype(int)]
-        trajectories = trajectory_records(store, groups, picks)
-        metrics = _evaluate(module, store, layers, groups, held_z, train, held, k, seed, progress)
-    metrics.update(n_train_sequences=int(len(train)), n_heldout_sequences=int(len(held)), k=int(k),
-                   effective_rank=_effective_rank(np.concatenate(held_z)))
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    return MacroResult(ckpt_out, macro_file, metrics, summary, trajectories, train, held)
+        check_store(module, store)
+    with nullcontext(out) if isinstance(out_dir, OutputDir) else out:
+        macro_file = encode_store(module, store_path, out.stage("macrostates.h5"), progress=progress)
+        with TrajectoryStore(store_path) as store:
+            layers = check_store(module, store)
+            train, held = checkpoint_split(ckpt, store.n_sequences)
+            if len(held) == 0:
+                held = train  # no validation split: evaluate in-sample, and say so
+                log.warning("checkpoint has no held-out sequences; evaluating on training sequences")
+            with open_macro(macro_file) as f:
+                z_train = f["z"][rows_of(store.offsets, train)]
+            centroids = fit_centroids(z_train, k, seed)
+            save_with_centroids(module, ckpt, out.stage("ret_macro.ckpt"), centroids)
+            assign_groups(macro_file, module)
+            with open_macro(macro_file) as f:
+                groups = f["group"][:]
+                z_all = f["z"]
+                held_z = [z_all[store.offsets[s] : store.offsets[s + 1]] for s in held]
+            summary = summarize_groups(store, groups, k)
+            picks = held[np.linspace(0, len(held) - 1, min(n_trajectories, len(held))).astype(int)]
+            trajectories = trajectory_records(store, groups, picks)
+            metrics = _evaluate(module, store, layers, groups, held_z, train, held, k, seed, progress)
+        metrics.update(n_train_sequences=int(len(train)), n_heldout_sequences=int(len(held)), k=int(k),
+                       effective_rank=_effective_rank(np.concatenate(held_z)))
+        write_json(out.stage("summary.json"), summary)
+        write_json(out.stage("metrics.json"), metrics)
+        if report:
+            from ret_toolkit.viz.report import write_report
+
+            write_report(out.stage("report.html"), metrics, summary, trajectories)
+    return MacroResult(out.final("ret_macro.ckpt"), out.final("macrostates.h5"), metrics, summary, trajectories,
+                       train, held)
 
 
 def _effective_rank(z: np.ndarray) -> float:

@@ -19,7 +19,7 @@ from typing import Iterable
 
 import numpy as np
 
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, option
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.steering.construct import from_groups
 from ret_toolkit.steering.vector import SteeringVector
@@ -61,7 +61,7 @@ def find_outputs(directory: str | Path, *, store: str | Path | None = None) -> R
         store = recorded if recorded.name and recorded.is_file() else d / "trajectories.h5"
     store = Path(store)
     if not store.is_file():
-        raise InputError(f"trajectory store not found: {store} (pass --store)")
+        raise InputError(f"trajectory store not found: {store} (pass {option('store')})")
     return RETOutputs(ckpt, macro, store)
 
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, option
 from ret_toolkit.sycophancy.features import KS, extract_features
 from ret_toolkit.sycophancy.trajectories import PUSHBACK_MODES, TraceSettings, pick_items, trace_dataset
 
@@ -59,19 +59,19 @@ class ForecastSettings:
 def check_settings(s: ForecastSettings) -> None:
     """InputError (one line) for settings that cannot work, before anything is loaded."""
     if s.n_items is not None and s.n_items < 1:
-        raise InputError(f"--n-items must be >= 1, got {s.n_items}")
+        raise InputError(f"{option('n_items')} must be >= 1, got {s.n_items}")
     if not s.ks or min(s.ks) < 0:
-        raise InputError(f"--ks must be non-negative integers, got {','.join(map(str, s.ks))}")
+        raise InputError(f"{option('ks')} must be non-negative integers, got {','.join(map(str, s.ks))}")
     if s.max_new_tokens < max(s.ks) or s.max_new_tokens < 1:
-        raise InputError(f"--max-new-tokens {s.max_new_tokens} must be >= 1 and >= the largest k ({max(s.ks)})")
+        raise InputError(f"{option('max_new_tokens')} {s.max_new_tokens} must be >= 1 and >= the largest k ({max(s.ks)})")
     if s.pushbacks not in PUSHBACK_MODES:
-        raise InputError(f"--pushbacks must be {' or '.join(PUSHBACK_MODES)}, got {s.pushbacks!r}")
-    for name, value, low in (("--folds", s.folds, 2), ("--repeats", s.repeats, 1), ("--bootstrap", s.n_boot, 10),
-                             ("--batch-size", s.batch_size, 1)):
+        raise InputError(f"{option('pushbacks')} must be {' or '.join(PUSHBACK_MODES)}, got {s.pushbacks!r}")
+    for name, value, low in ((option("folds"), s.folds, 2), (option("repeats"), s.repeats, 1),
+                             (option("n_boot", flag="--bootstrap"), s.n_boot, 10), (option("batch_size"), s.batch_size, 1)):
         if value < low:
             raise InputError(f"{name} must be >= {low}, got {value}")
     if s.pca_dims is not None and s.pca_dims < 1:
-        raise InputError(f"--pca-dims must be >= 1, got {s.pca_dims}")
+        raise InputError(f"{option('pca_dims')} must be >= 1, got {s.pca_dims}")
 
 
 def _finite(x):

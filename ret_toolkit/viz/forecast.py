@@ -6,8 +6,8 @@ import html
 from pathlib import Path
 
 import plotly.graph_objects as go
-import plotly.io as pio
 
+from ret_toolkit.viz.page import figures_html, write_page
 from ret_toolkit.viz.trajectory import figure_style
 
 _NAMES = {"ret": "RET (z, mean z, macrostate histogram)", "raw_pca": "raw hidden state, PCA probe",
@@ -40,10 +40,4 @@ def write_forecast_report(path: str | Path, result: dict) -> Path:
     facts = (f"<p>{result.get('n_items')} items, {result.get('n_kept', '?')} kept sequences "
              f"({result.get('n_positive')} caved, caving rate {'n/a' if rate is None else f'{rate:.2f}'}); "
              f"excluded {result.get('n_excluded')}: {excl}.</p>")
-    body = pio.to_html(leadtime_figure(result), full_html=False, include_plotlyjs="inline")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Sycophancy forecast</title></head>"
-            f"<body style='font-family:sans-serif;max-width:1100px;margin:auto'><h1>Sycophancy forecast</h1>"
-            f"{facts}{body}</body></html>")
-    path = Path(path)
-    path.write_text(page)
-    return path
+    return write_page(path, "Sycophancy forecast", facts + figures_html([leadtime_figure(result)]))

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 import plotly.graph_objects as go
-import plotly.io as pio
 
+from ret_toolkit.viz.page import figures_html, write_page
 from ret_toolkit.viz.trajectory import figure_style
 
 
@@ -76,11 +76,4 @@ def write_planning_report(path: str | Path, results: Sequence[dict]) -> Path:
     figs += [history_figure(r) for r in results]
     acc = "".join(f"<li>{html.escape(_label(r))}: accuracy {r['accuracy']['accuracy']:.3f} "
                   f"(n = {r['accuracy']['n']})</li>" for r in results)
-    body = "".join(pio.to_html(f, full_html=False, include_plotlyjs="inline" if i == 0 else False)
-                   for i, f in enumerate(figs))
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Planning analyses</title></head>"
-            f"<body style='font-family:sans-serif;max-width:1100px;margin:auto'><h1>Planning analyses</h1>"
-            f"<ul>{acc}</ul>{body}</body></html>")
-    path = Path(path)
-    path.write_text(page)
-    return path
+    return write_page(path, "Planning analyses", f"<ul>{acc}</ul>{figures_html(figs)}")

@@ -11,6 +11,7 @@ from typing import Any, Sequence
 import plotly.graph_objects as go
 import plotly.io as pio
 
+from activation_cache.outputs import write_text
 from ret_toolkit.viz.tables import METHOD_NAMES, fmt_number, group_table, metrics_table
 from ret_toolkit.viz.trajectory import (
     FONT_FAMILY,
@@ -341,6 +342,5 @@ def write_report(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    doc = render_report(metrics, summary, trajectories, title=title, extra_sections=extra_sections, **kwargs)
-    path.write_text(doc, encoding="utf-8")
-    return path
+    return write_text(path, render_report(metrics, summary, trajectories, title=title, extra_sections=extra_sections,
+                                          **kwargs))

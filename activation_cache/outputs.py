@@ -1,0 +1,189 @@
+"""Output files and directories: check everything first, then write atomically.
+
+A refused or failed run must leave every file that existed before it
+byte-identical. Two tools give that guarantee:
+
+- :func:`atomic_path` / :func:`write_text` / :func:`write_json`: a file is
+  written under a temporary name beside its target and renamed over it only
+  when complete, so a reader (or a crash) never sees half a file.
+- :class:`OutputDir`: a command's output directory. It records which command
+  and settings produced it (``ret_runs.json``) and refuses, *before anything
+  is written*, a run with other settings unless ``overwrite``. Files are
+  written into a staging folder inside the directory and moved into place
+  when the run has succeeded; a failed run only removes its staging folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from activation_cache.errors import InputError, option
+
+MANIFEST = "ret_runs.json"
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` if the block succeeds.
+
+    Raises InputError (before the block runs) if the parent directory does not exist.
+    """
+    path = Path(path)
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise InputError(f"output directory does not exist: {parent}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes it 0600; a plain open() would not
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
+    """Write ``obj`` as JSON (plus a final newline) to ``path`` atomically."""
+    return write_text(path, json.dumps(obj, indent=indent, default=_jsonable) + "\n")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, Path):
+        return str(x)
+    if hasattr(x, "item"):  # numpy / torch scalars
+        return x.item()
+    if hasattr(x, "tolist"):
+        return x.tolist()
+    return str(x)
+
+
+def normalise_settings(settings: dict) -> dict:
+    """Settings as they compare after a JSON round trip (tuples -> lists, paths -> str)."""
+    return json.loads(json.dumps(settings, sort_keys=True, default=_jsonable))
+
+
+class OutputDir:
+    """The output directory of one command, checked before anything is written.
+
+    Args:
+        path: the directory (created if missing; its parent may be missing too).
+        command: the command that owns the run, e.g. ``"ret-macro"``.
+        settings: everything that determines the outputs (JSON-able). A directory
+            that already holds a run of ``command`` with other settings is refused
+            unless ``overwrite``.
+        files: names of the files this command writes; if the directory holds any
+            of them but no record of ``command``, it is refused unless ``overwrite``.
+        overwrite: replace the outputs of a run with other settings.
+
+    Use::
+
+        out = OutputDir(dir, "ret-macro", {"k": 12}, files=["metrics.json"])   # checks, writes nothing
+        with out:                                  # creates the staging folder
+            write_json(out.stage("metrics.json"), metrics)
+        # on success: metrics.json moved into dir, ret_runs.json updated
+    """
+
+    def __init__(self, path: str | Path, command: str, settings: dict, *, files: Sequence[str] = (),
+                 overwrite: bool = False):
+        self.path = Path(path)
+        self.command = command
+        self.settings = normalise_settings(settings)
+        self.files = list(files)
+        self.overwrite = overwrite
+        self._stage: Path | None = None
+        self._staged: list[str] = []
+        self.check()
+
+    # ----------------------------------------------------------------- check
+    def _records(self) -> dict:
+        f = self.path / MANIFEST
+        if not f.is_file():
+            return {}
+        try:
+            data = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise InputError(f"{f}: unreadable run record ({e}); remove it or choose another output directory") from None
+        return data if isinstance(data, dict) else {}
+
+    def check(self) -> None:
+        """InputError (one line) if this run may not write into the directory."""
+        if self.path.exists() and not self.path.is_dir():
+            raise InputError(f"{self.path} exists and is not a directory")
+        if not self.path.exists() or self.overwrite:
+            return
+        stored = self._records().get(self.command)
+        how = f"pass {option('overwrite', True)} to replace its results, or choose another output directory"
+        if stored is not None:
+            old = stored.get("settings", {})
+            if old != self.settings:
+                keys = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
+                raise InputError(f"{self.path} holds a {self.command} run with other settings "
+                                 f"(differs in {', '.join(keys)}); {how}")
+            return
+        present = [n for n in self.files if (self.path / n).exists()]
+        if present:
+            raise InputError(f"{self.path / present[0]} exists and was not written by {self.command}; {how}")
+
+    # ----------------------------------------------------------------- write
+    def __enter__(self) -> "OutputDir":
+        self.check()  # again: the directory may have changed since construction
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
+        self._staged = []
+        return self
+
+    def stage(self, name: str) -> Path:
+        """Where to write output ``name`` during the run (moved to ``path / name`` on success)."""
+        if self._stage is None:
+            raise RuntimeError("OutputDir.stage() outside its with-block")
+        if name not in self._staged:
+            self._staged.append(name)
+        p = self._stage / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def final(self, name: str) -> Path:
+        """Where output ``name`` lands."""
+        return self.path / name
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        stage, self._stage = self._stage, None
+        try:
+            if exc_type is None:
+                for name in self._staged:
+                    src = stage / name
+                    if src.exists():
+                        dst = self.path / name
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        if dst.is_dir() and not dst.is_symlink():
+                            shutil.rmtree(dst)
+                        os.replace(src, dst)
+                records = self._records()
+                records[self.command] = {"settings": self.settings}
+                write_json(self.path / MANIFEST, records)
+        finally:
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+__all__ = ["MANIFEST", "OutputDir", "atomic_path", "normalise_settings", "write_json", "write_text"]

@@ -1,0 +1,53 @@
+"""Keep library chatter out of what our commands and API calls print.
+
+The commands print their own progress bars and results; third-party tips,
+weight-loading bars and deprecation notices about internals the user never
+calls only bury them.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+#: Warnings raised inside libraries about their own internals (not the user's code).
+_LIBRARY_WARNINGS = (
+    r".*LeafSpec.*",                                # torch.utils._pytree, raised by Lightning/nnsight internals
+    r".*all_gather.*",                              # torch.distributed deprecations inside Lightning's DDP
+    r".*_get_pg_default_device.*",
+    r".*does not have many workers.*",              # Lightning's DataLoader advice: HDF5 reads are the cost
+    r".*GPU available but not used.*",
+    r".*Checkpoint directory .* exists and is not empty.*",
+)
+
+
+def quiet_libraries() -> None:
+    """For console commands: mute library tips, weight-loading bars and internal deprecations."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # our own bars say what is happening
+    transformers.utils.logging.set_verbosity_error()
+    for pattern in _LIBRARY_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    # Lightning's info lines ("Seed set to 0", "GPU available: ...", logger tips)
+    # come from these loggers; Lightning resets its top-level logger's level when
+    # imported, not theirs. Its warnings and errors still show.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                 "lightning.fabric.utilities.seed"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextmanager
+def no_transformers_bars() -> Iterator[None]:
+    """Hide ``from_pretrained``'s weight-loading bar for the duration (also for Python callers)."""
+    from transformers.utils import logging as tlog
+
+    was_on = tlog.is_progress_bar_enabled()
+    tlog.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            tlog.enable_progress_bar()
