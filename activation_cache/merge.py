@@ -19,6 +19,7 @@ import numpy as np
 
 from activation_cache import schema
 from activation_cache.errors import InputError, option
+from activation_cache.outputs import atomic_path
 from activation_cache.reader import TrajectoryStore
 
 #: Config keys that legitimately differ between shards of one extraction.
@@ -36,13 +37,21 @@ def merge_shards(out: str | Path, shards: Sequence[str | Path], overwrite: bool 
 
     Checks that the shards come from one extraction (same model, layers,
     config but for the shard index), that every index 0..N-1 is present
-    once, and that each shard is complete.
+    once, and that each shard is complete. An existing ``out`` is refused
+    unless ``overwrite``; everything is checked before anything is written,
+    and the store is written under a unique temporary name beside ``out`` and
+    renamed over it when complete, so a refused or failed merge leaves an
+    existing ``out`` byte-identical.
     """
     out = Path(out)
     if not shards:
         raise InputError("merge needs at least one shard file")
+    if out.is_dir():
+        raise InputError(f"{out} is a directory, expected an .h5 file")
     if out.exists() and not overwrite:
         raise InputError(f"{out} exists; pass {option('overwrite', True)} to replace it")
+    if out.resolve() in {Path(p).resolve() for p in shards}:
+        raise InputError(f"{out} is one of the shards; choose another output file")
     if not out.resolve().parent.is_dir():
         raise InputError(f"output directory does not exist: {out.resolve().parent}")
     stores = [TrajectoryStore(p) for p in shards]
@@ -66,7 +75,11 @@ def merge_shards(out: str | Path, shards: Sequence[str | Path], overwrite: bool 
 
 
 def _write_virtual(out: Path, stores: list[TrajectoryStore]) -> None:
-    tmp = out.with_name(out.name + ".tmp")
+    with atomic_path(out) as tmp:
+        _write_virtual_file(tmp, out, stores)
+
+
+def _write_virtual_file(tmp: Path, out: Path, stores: list[TrajectoryStore]) -> None:
     n_tok = [s.n_tokens for s in stores]
     starts = np.concatenate([[0], np.cumsum(n_tok)])
     first = stores[0]
@@ -99,4 +112,3 @@ def _write_virtual(out: Path, stores: list[TrajectoryStore]) -> None:
         config["n_prompts"] = int(len(offsets) - 1)
         f.attrs["config_json"] = json.dumps(config, sort_keys=True)
         f.attrs["n_committed"] = np.int64(len(offsets) - 1)
-    os.replace(tmp, out)

@@ -19,6 +19,7 @@ from activation_cache.cli import main
 from activation_cache.extract import ExtractConfig, extract
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
+from file_checks import file_digests, one_error_line
 from tiny_models import save_tiny_model
 
 RET_EXTRACT = str(Path(sys.executable).with_name("ret-extract"))
@@ -146,6 +147,72 @@ def test_existing_store_with_other_config_then_overwrite(setup, tmp_path, capsys
     assert rc == 0 and "resumed" not in stdout
     with open_store(out) as s:
         assert s.layers == ["1"] and s.n_sequences == 6
+
+
+def test_refused_rerun_leaves_every_file_and_a_clean_run_no_lock(setup, tmp_path, capsys):
+    out = tmp_path / "o.h5"
+    assert run(capsys, *base(setup, out, "--layers", "0"))[0] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.h5"]  # no o.h5.lock, no temporary file
+    before = file_digests(tmp_path)
+    rc, stdout, err = run(capsys, *base(setup, out, "--layers", "0,1"))
+    assert rc == 2 and stdout == ""
+    assert "layers" in one_error_line(err, "ret-extract")
+    assert file_digests(tmp_path) == before
+
+
+def test_merge_refuses_an_existing_out_and_replaces_it_atomically(setup, tmp_path, capsys, monkeypatch):
+    from activation_cache import merge
+
+    shards = [tmp_path / f"s{i}.h5" for i in range(2)]
+    for i, s in enumerate(shards):
+        assert run(capsys, *base(setup, s, "--num-shards", "2", "--shard-index", i))[0] == 0
+    merged = tmp_path / "merged.h5"
+    merged.write_bytes(b"an older file of the user's\n")
+    before = file_digests(tmp_path)
+    rc, _, err = run(capsys, "merge", merged, *shards)
+    assert rc == 2 and "--overwrite" in one_error_line(err, "ret-extract merge")
+    assert file_digests(tmp_path) == before
+    rc, _, err = run(capsys, "merge", merged, shards[0], "--overwrite")  # a bad shard set: refused before writing
+    assert rc == 2 and "shards 0..1" in one_error_line(err)
+    assert file_digests(tmp_path) == before
+
+    def fail(tmp, out, stores):  # a failure while writing: the temporary file goes, the old out stays
+        tmp.write_bytes(b"half a store")
+        raise OSError("disk full")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(merge, "_write_virtual_file", fail)
+        with pytest.raises(OSError, match="disk full"):
+            merge.merge_shards(merged, shards, overwrite=True)
+    assert file_digests(tmp_path) == before
+    rc, stdout, _ = run(capsys, "merge", merged, *shards, "--overwrite")
+    assert rc == 0 and "2 shards" in stdout
+    with open_store(merged) as m:
+        assert m.n_sequences == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged.h5", "s0.h5", "s1.h5"]
+
+
+def _piped(command: str, reader: str) -> subprocess.CompletedProcess:
+    """``command | reader`` in bash; the last line of stderr is ``command``'s own exit status."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    script = f'set +o pipefail; {command} | {reader}; echo "status=${{PIPESTATUS[0]}}" >&2'
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.parametrize("reader", ["head -1", "true"])
+def test_printing_into_a_closed_pipe_exits_0_quietly(setup, tmp_path, capsys, reader):
+    """``ret-extract info STORE | head -1`` (and a reader that reads nothing) ends with status 0, no traceback."""
+    store = tmp_path / "o.h5"
+    assert run(capsys, *base(setup, store, "--layers", "0"))[0] == 0
+    cmds = [f"{RET_EXTRACT} info {store}",
+            f"{RET_EXTRACT} --model {setup['model']} --prompts {setup['prompts']} --out {tmp_path / 'x.h5'} --dry-run"]
+    for cmd in cmds:
+        p = _piped(cmd, reader)
+        *rest, status = p.stderr.strip().splitlines() or [""]
+        assert status == "status=0", p.stderr
+        assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr and not rest, p.stderr
+        assert len(p.stdout.splitlines()) == (1 if reader == "head -1" else 0), p.stdout
+    assert not (tmp_path / "x.h5").exists()
 
 
 @pytest.fixture

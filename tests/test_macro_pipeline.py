@@ -22,6 +22,7 @@ from ret_toolkit.macro.assign import load_ret
 from ret_toolkit.macro.datamodule import TrajectoryDataModule
 from ret_toolkit.storeset import split_sequences
 from ret_toolkit.macro.pipeline import build_macrostates
+from file_checks import file_digests, one_error_line
 from tiny_models import save_tiny_model
 
 BIN = Path(sys.executable).parent
@@ -132,11 +133,48 @@ def test_macrostates_contract(trained, stores, tmp_path):
 
 def test_ret_macro_cli_and_report(trained, stores, tmp_path, capsys):
     ckpt, _ = trained
-    rc = macro_cmd.main(["--ckpt", str(ckpt), "--store", str(stores["llama"]), "--out", str(tmp_path / "o"), "--k", "4", "--quiet"])
+    args = ["--ckpt", str(ckpt), "--store", str(stores["llama"]), "--out", str(tmp_path / "o"), "--quiet"]
+    rc = macro_cmd.main([*args, "--k", "4"])
     assert rc == 0
     html = (tmp_path / "o" / "report.html").read_text()
     assert "Trajectories" in html and "P(same next)" in html
     assert "held-out P(same next)" in capsys.readouterr().out
+    # another --k into the same --out: refused before anything is written
+    before = file_digests(tmp_path)
+    assert macro_cmd.main([*args, "--k", "3"]) == 2
+    line = one_error_line(capsys.readouterr().err, "ret-macro")
+    assert "other settings" in line and "k" in line and "--overwrite" in line, line
+    assert file_digests(tmp_path) == before
+
+
+def test_second_fit_refused_by_bad_input_leaves_the_runs_directory(trained, stores, capsys):
+    ckpt, _ = trained
+    runs = ckpt.parents[3]  # <root>/ret/version_0/checkpoints/last.ckpt
+    assert (runs / "ret" / "version_0" / "metrics.csv").is_file(), runs
+    before = file_digests(runs)
+    rc = train_cmd.main(["macro", "fit", f"--data.stores=[{stores['llama']}]", "--data.layers=7",
+                         "--trainer.max_epochs=1", f"--trainer.default_root_dir={runs}",
+                         f"--trainer.logger.init_args.save_dir={runs}", "--trainer.enable_progress_bar=false"])
+    assert "not in the store" in _one_line_error(capsys, rc)
+    assert file_digests(runs) == before
+
+
+def test_ret_demo_with_other_settings_is_refused_before_writing(stores, tmp_path, capsys):
+    from ret_toolkit.cli import demo as demo_cmd
+    from ret_toolkit.demo import DemoSettings, run_demo
+
+    model = str(stores["llama"].parent / "llama")
+    out = tmp_path / "demo"
+    small = DemoSettings(n_prompts=8, generate=4, epochs=1, batch_size=4, k=2, layer="middle")
+    metrics = run_demo(out, model=model, settings=small, progress=False)
+    assert metrics["k"] == 2 and (out / "report.html").is_file() and (out / "trajectories.h5").is_file()
+    assert not list(out.rglob("*.lock")) and not list(out.glob(".staging-*"))
+    capsys.readouterr()
+    before = file_digests(tmp_path)
+    assert demo_cmd.main(["--out", str(out), "--quick", "--model", model, "--quiet"]) == 2
+    line = one_error_line(capsys.readouterr().err, "ret-demo")
+    assert "other settings" in line and "--overwrite" in line, line
+    assert file_digests(tmp_path) == before
 
 
 def _one_line_error(capsys, rc: int) -> str:

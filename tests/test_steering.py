@@ -9,6 +9,7 @@ from torch import nn
 
 from activation_cache.errors import InputError
 from ret_toolkit.steering import SteeringVector, from_contrast, from_groups, nnsight_generate, steer
+from file_checks import file_digests
 from tiny_models import make_tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -263,6 +264,35 @@ def test_save_load_round_trip(tmp_path):
     assert on_disk["model"] == "tiny-llama" and on_disk["model_type"] == "llama"
     assert on_disk["construction"]["method"] == "contrast" and on_disk["toolkit_version"]
     assert set(on_disk["norms"]["0"]) >= {"raw", "mean_token_norm", "norm"}
+
+
+def test_save_keeps_an_existing_vector_unless_overwrite_and_writes_atomically(tmp_path, monkeypatch):
+    vec = SteeringVector({0: torch.ones(4)}, meta={"run": 1})
+    vec.save(tmp_path / "v")
+    before = file_digests(tmp_path)
+    again = SteeringVector({0: torch.ones(4)}, meta={"run": 1}, created="another time")
+    assert again.save(tmp_path / "v") == SteeringVector.paths(tmp_path / "v")  # same content: left as it is
+    assert file_digests(tmp_path) == before
+    for other, differs in ((SteeringVector({0: 2 * torch.ones(4)}, meta={"run": 1}), "directions"),
+                           (SteeringVector({0: torch.ones(4)}, meta={"run": 2}), "meta")):
+        with pytest.raises(InputError, match=f"differs in .*{differs}.*overwrite=True") as err:
+            other.save(tmp_path / "v")
+        assert "\n" not in str(err.value)
+        assert file_digests(tmp_path) == before
+    # a failure while writing leaves both old files and no temporary file
+    import safetensors.torch
+
+    def broken(*a, **k):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(safetensors.torch, "save_file", broken)
+        with pytest.raises(OSError, match="disk full"):
+            SteeringVector({0: 3 * torch.ones(4)}).save(tmp_path / "v", overwrite=True)
+    assert file_digests(tmp_path) == before
+    SteeringVector({0: 3 * torch.ones(4)}).save(tmp_path / "v", overwrite=True)
+    assert torch.equal(SteeringVector.load(tmp_path / "v")[0], 3 * torch.ones(4))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v.json", "v.safetensors"]
 
 
 def test_mismatched_model_or_layer_is_a_one_line_input_error(tmp_path):

@@ -20,6 +20,7 @@ from ret_toolkit.steering import ClosedLoop, SteeringVector, closed_loop_generat
 from ret_toolkit.steering.detect import MacrostateReader
 from ret_toolkit.steering.evaluate import (best_point, generate_continuations, reread, score_point, share_gain_ci,
                                            sweep, target_share_gain)
+from file_checks import file_digests, one_error_line
 from tiny_models import make_tiny_model, save_tiny_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -331,6 +332,58 @@ def test_cli_generates_closed_loop_and_sweeps(ret_dir, tmp_path, capsys):
     assert result["target_group"] == 1 and math.isfinite(result["share_gain"])
     assert "plotly" in (tmp_path / "sw" / "sweep.html").read_text()[:5000].lower()
     assert "best alpha" in out.splitlines()[-1]
+
+
+def test_cli_sweep_with_other_settings_is_refused_before_generating(ret_dir, tmp_path, capsys, monkeypatch):
+    m, ret = ret_dir["model"], ret_dir["ret"]
+    sweep_args = ["--ret", ret, "--group", "1", "--model", m, "--max-new-tokens", "2", "--prompt", "What is 2 + 3?",
+                  "--sweep", "--out", tmp_path / "sw"]
+    rc, _, err = _steer(capsys, *sweep_args, "--alphas", "0.5")
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "sw").iterdir()) == ["ret_runs.json", "sweep.html", "sweep.json"]
+    before = file_digests(tmp_path)
+    import activation_cache.models
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the refusal")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(activation_cache.models, "load_model", no_model)
+        for extra, differs in ((["--alphas", "1"], "alphas"), (["--alphas", "0.5", "--seed", "3"], "seed")):
+            rc, out, err = _steer(capsys, *sweep_args, *extra)
+            assert rc == 2 and out == ""
+            line = one_error_line(err, "ret-steer")
+            assert "other settings" in line and differs in line and "--overwrite" in line, line
+            assert file_digests(tmp_path) == before
+    rc, _, err = _steer(capsys, *sweep_args, "--alphas", "1", "--overwrite")
+    assert rc == 0, err
+    assert [p["alpha"] for p in json.loads((tmp_path / "sw" / "sweep.json").read_text())["points"]] == [0.0, 1.0]
+
+
+def test_cli_save_vector_keeps_another_vector_unless_overwrite(ret_dir, tmp_path, capsys):
+    m, ret = ret_dir["model"], ret_dir["ret"]
+    args = ["--ret", ret, "--group", "1", "--model", m, "--max-new-tokens", "1", "--prompt", "hi",
+            "--save-vector", tmp_path / "g1"]
+    rc, _, err = _steer(capsys, *args)
+    assert rc == 0, err
+    before = file_digests(tmp_path)
+    rc, _, err = _steer(capsys, *args)  # the same vector again: its files are left as they are
+    assert rc == 0 and "already holds" in err, err
+    assert file_digests(tmp_path) == before
+    rc, out, err = _steer(capsys, *args, "--layers", "1")
+    assert rc == 2 and out == ""  # refused before generating
+    line = one_error_line(err, "ret-steer")
+    assert "another steering vector" in line and "--overwrite" in line, line
+    assert file_digests(tmp_path) == before
+    (tmp_path / "notes.json").write_text("{}\n")  # a file of the user's own at PATH.json
+    before = file_digests(tmp_path)
+    rc, _, err = _steer(capsys, *args[:-1], tmp_path / "notes")
+    assert rc == 2 and "not part of a saved steering vector" in one_error_line(err)
+    assert file_digests(tmp_path) == before
+    rc, _, err = _steer(capsys, *args, "--layers", "1", "--overwrite")
+    assert rc == 0, err
+    assert SteeringVector.load(tmp_path / "g1").layers == [1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g1.json", "g1.safetensors", "notes.json"]
 
 
 def test_console_script_exit_2_no_traceback(tmp_path):

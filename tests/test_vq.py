@@ -26,6 +26,7 @@ from ret_toolkit.vq.codebook import usage_entropy_loss
 from ret_toolkit.vq.codes import load_vq, read_codes
 from ret_toolkit.vq.fit import dataset_codes, fit_vq
 from ret_toolkit.vq.synthetic import RandomEmbedding, SymbolSource, embedded_blocks
+from file_checks import file_digests, one_error_line
 from tiny_models import save_tiny_model
 
 BIN = Path(sys.executable).parent
@@ -233,6 +234,38 @@ def test_ret_train_vq_checkpoint_codes_and_reproducibility(stores, tmp_path, cap
     with open_store(stores["gpt2"]) as st:
         assert (ra["anchor"] >= 6).all() and (ra["anchor"] + 3 <= st.lengths()[ra["sequence"]]).all()
     assert json.loads(rb["block"])["start"] == -2
+
+
+@pytest.fixture(scope="module")
+def vq_ckpt(stores, tmp_path_factory) -> Path:
+    cli = _vq_fit(stores["gpt2"], tmp_path_factory.mktemp("vq_ckpt"), "--trainer.max_epochs=1")
+    return Path(cli.trainer.checkpoint_callback.last_model_path)
+
+
+def test_vq_codes_with_other_settings_is_refused_and_leaves_the_file(stores, vq_ckpt, tmp_path, capsys):
+    out = tmp_path / "codes.h5"
+    args = ["--ckpt", str(vq_ckpt), "--store", str(stores["gpt2"]), "--out", str(out), "--quiet"]
+    assert vq_codes_cmd.main(args) == 0
+    settings = json.loads(read_codes(out)["settings"])
+    assert settings["anchor"] == "prompt_end" and settings["block"]["layers"] == "1-2"
+    capsys.readouterr()
+    before = file_digests(tmp_path)
+    for extra, differs in ((["--anchor", "all"], "anchor"), (["--start=-2", "--stop", "0"], "block"),
+                           (["--align=-6:3"], "align_with")):
+        assert vq_codes_cmd.main(args + extra) == 2
+        line = one_error_line(capsys.readouterr().err, "ret-vq-codes")
+        assert "other settings" in line and differs in line and "--overwrite" in line, line
+        assert file_digests(tmp_path) == before
+    (tmp_path / "other.h5").write_text("not codes\n")
+    before = file_digests(tmp_path)
+    assert vq_codes_cmd.main([*args[:-2], str(tmp_path / "other.h5"), "--quiet"]) == 2
+    assert "not a VQ codes file" in one_error_line(capsys.readouterr().err)
+    assert file_digests(tmp_path) == before
+    # the same settings spelled out are the same run; --overwrite replaces, through a temporary file
+    assert vq_codes_cmd.main(args + ["--anchor", "prompt_end"]) == 0
+    assert vq_codes_cmd.main(args + ["--anchor", "all", "--overwrite"]) == 0
+    assert json.loads(read_codes(out)["settings"])["anchor"] == "all"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["codes.h5", "other.h5"]
 
 
 def test_print_config_has_block_keys(capsys):

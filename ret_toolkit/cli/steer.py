@@ -12,12 +12,16 @@ to the median token norm; ``--save-vector`` keeps it); ``--vector PATH`` uses a
 saved one instead. The sweep writes ``sweep.json`` and ``sweep.html`` into
 ``--out``: share of generated tokens in group G (RET groups of the *unsteered*
 model re-reading the text) and perplexity under the unsteered model, per α.
+
+Check, then write: a ``--out`` directory holding a sweep with other settings,
+and a ``--save-vector`` path holding another vector (or any other file), are
+refused before anything is generated or written, unless ``--overwrite``; the
+sweep's files are staged and moved into place when both are complete.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -53,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--group", type=int, help="RET group: build its vector (and the sweep's target group)")
     src.add_argument("--layers", help="decoder blocks for the group vector, e.g. 15 (default: the RET layer; must be in the store)")
     src.add_argument("--save-vector", metavar="PATH", help="also save the group vector (PATH.safetensors + PATH.json)")
+    src.add_argument("--overwrite", action="store_true",
+                     help="replace a vector at --save-vector, or a sweep in --out, made with other settings")
     inp = p.add_argument_group("prompts (one of --prompt / --prompts)")
     inp.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     inp.add_argument("--prompts", help="prompt file (.txt / .jsonl) or built-in set (reasoning, chat)")
@@ -108,6 +114,8 @@ def _check_args(a) -> None:
         for path in SteeringVector.paths(a.vector):
             if not path.is_file():
                 raise InputError(f"steering vector file not found: {path}")
+    if a.save_vector and a.vector:
+        raise InputError("--save-vector saves the vector built from --group; --vector is already saved")
     if a.save_vector and not Path(a.save_vector).resolve().parent.is_dir():
         raise InputError(f"--save-vector: directory does not exist: {Path(a.save_vector).resolve().parent}")
 
@@ -141,10 +149,7 @@ def _run(argv: Sequence[str]) -> int:
     alphas = _floats(a.alphas, "--alphas") if a.sweep else []
     detect = _ints(a.detect, "--detect") if a.detect else []
     prompts = _prompts(a)
-    if a.sweep:
-        out = Path(a.out)
-        if out.exists() and not out.is_dir():
-            raise InputError(f"--out {out} exists and is not a directory")
+    out = _sweep_output(a, alphas) if a.sweep else None  # refuses other settings; writes nothing yet
 
     from ret_toolkit.steering import find_outputs, group_vector, load_reader
     from ret_toolkit.steering.vector import SteeringVector
@@ -168,17 +173,46 @@ def _run(argv: Sequence[str]) -> int:
         layers = _ints(a.layers, "--layers") if a.layers else None
         vec = group_vector(outputs, a.group, layers, model=loaded)
         vec.check_model(loaded)
-        if a.save_vector:
-            paths = vec.save(a.save_vector)
-            print(f"ret-steer: saved the group-{a.group} vector to {paths[0]} + {paths[1].name}", file=sys.stderr)
+        if a.save_vector:  # before generating: another vector at the path is refused
+            tensors_path, manifest_path = SteeringVector.paths(a.save_vector)
+            existed = tensors_path.exists() and manifest_path.exists()
+            paths = vec.save(a.save_vector, overwrite=a.overwrite)
+            what = "already holds" if existed and not a.overwrite else "saved"
+            print(f"ret-steer: {paths[0]} + {paths[1].name} {what} the group-{a.group} vector", file=sys.stderr)
 
     from ret_toolkit.steering.evaluate import render_prompts
 
     tok = loaded.tokenizer
     prompt_ids = render_prompts(tok, prompts, chat=not a.no_chat)
     if a.sweep:
-        return _sweep(a, loaded, reader, vec, alphas, prompt_ids)
+        return _sweep(a, out, loaded, reader, vec, alphas, prompt_ids)
     return _generate(a, loaded, reader, vec, detect, prompt_ids, [_label(p) for p in prompts])
+
+
+#: Files a sweep writes into ``--out``.
+SWEEP_FILES = ("sweep.json", "sweep.html")
+
+
+def _sweep_output(a, alphas: list[float]):
+    """The checked ``--out`` of a sweep: everything that determines sweep.json, recorded in ret_runs.json."""
+    from activation_cache.outputs import OutputDir
+    from ret_toolkit.steering.vector import SteeringVector
+
+    def resolved(path):
+        return None if path is None else str(Path(path).resolve())
+
+    prompts = a.prompts
+    if prompts is not None and Path(prompts).is_file():
+        prompts = resolved(prompts)
+    settings = {
+        "ret": resolved(a.ret), "store": resolved(a.store), "group": a.group,
+        "vector": resolved(SteeringVector.paths(a.vector)[0]) if a.vector else None,
+        "layers": a.layers, "prompt": list(a.prompt), "prompts": prompts, "limit": a.limit, "chat": not a.no_chat,
+        "model": a.model, "alphas": sorted({0.0, *alphas}), "positions": a.positions,
+        "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size, "sample": a.sample, "seed": a.seed,
+        "max_ppl_ratio": a.max_ppl_ratio,
+    }
+    return OutputDir(a.out, "ret-steer", settings, files=SWEEP_FILES, overwrite=a.overwrite)
 
 
 def _label(prompt) -> str:
@@ -226,23 +260,24 @@ def _generate(a, loaded, reader, vec, detect, prompt_ids, labels) -> int:
     return 0
 
 
-def _sweep(a, loaded, reader, vec, alphas, prompt_ids) -> int:
+def _sweep(a, out, loaded, reader, vec, alphas, prompt_ids) -> int:
+    from activation_cache.outputs import write_json
     from ret_toolkit.steering.evaluate import best_point, share_gain_ci, sweep
     from ret_toolkit.viz.steering import write_sweep_html
 
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     result = sweep(loaded, loaded.tokenizer, reader, vec, a.group, alphas, prompt_ids, positions=a.positions,
                    max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, do_sample=a.sample, seed=a.seed)
     best = best_point(result, a.max_ppl_ratio)
     result.update(best_alpha=best["alpha"], max_ppl_ratio=a.max_ppl_ratio,
                   share_gain=best["share"] - result["baseline"]["share"],
                   share_gain_ci=share_gain_ci(result, best["alpha"]), vector=vec.manifest)
-    (out / "sweep.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_sweep_html(out / "sweep.html", [result], a.max_ppl_ratio)
+    with out:  # staged; both files are moved into --out when both are written
+        write_json(out.stage("sweep.json"), result)
+        write_sweep_html(out.stage("sweep.html"), [result], a.max_ppl_ratio)
     _print_sweep(result, best)
     print(f"ret-steer: best alpha {best['alpha']:g} (perplexity within {a.max_ppl_ratio:g}x of alpha 0): share "
-          f"{result['baseline']['share']:.3f} -> {best['share']:.3f}; {out / 'sweep.json'}, {out / 'sweep.html'}")
+          f"{result['baseline']['share']:.3f} -> {best['share']:.3f}; {out.final('sweep.json')}, "
+          f"{out.final('sweep.html')}")
     return 0
 
 

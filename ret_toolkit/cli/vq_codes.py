@@ -5,7 +5,9 @@
     ret-vq-codes --ckpt token.ckpt --store traj.h5 --out t3.h5 --start 3 --stop 4 --align -8:10
 
 Writes an HDF5 codes file (``/codes``, ``/sequence``, ``/anchor``); files made
-with the same anchors and alignment line up row by row.
+with the same anchors and alignment line up row by row. The file records the
+settings that made it; an existing ``--out`` made with other settings (or not
+a codes file) is refused before anything is computed, unless ``--overwrite``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def parser() -> argparse.ArgumentParser:
                    help="keep only anchors where the offsets START..STOP-1 all lie inside the sequence "
                         "(e.g. -8:10), so files for different blocks line up row by row")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out made with other settings")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -49,23 +52,42 @@ def _align_block(spec: str, layers: str):
 
 
 def _run(argv: Sequence[str]) -> int:
-    from ret_toolkit.vq.codes import checkpoint_block, encode_store_blocks, load_vq, write_codes
+    from activation_cache.errors import InputError
+    from activation_cache.reader import TrajectoryStore
+    from ret_toolkit.vq.codes import (check_codes_out, check_store, checkpoint_block, codes_settings,
+                                      encode_store_blocks, load_vq, write_codes)
 
     a = parser().parse_args(argv)
+    if a.batch_size < 1 or (a.anchor_stride is not None and a.anchor_stride < 1):
+        raise InputError("--batch-size and --anchor-stride must be >= 1")
     module = load_vq(a.ckpt)
     block = checkpoint_block(module)
     changes = {}
     if a.layers is not None:
         changes["layers"] = a.layers
     if a.start is not None:
-        changes["start"] = None if a.start.lower() == "none" else int(a.start)
+        try:
+            changes["start"] = None if a.start.lower() == "none" else int(a.start)
+        except ValueError:
+            raise InputError(f"--start {a.start!r}: expected an integer offset or 'none'") from None
     if a.stop is not None:
         changes["stop"] = a.stop
     block = dataclasses.replace(block, **changes)
     align = [_align_block(a.align, block.layers)] if a.align else []
+    settings = codes_settings(module, a.ckpt, a.store, block, a.anchor, a.anchor_stride, align)
+    # check, then write: the store fits the checkpoint and --out may take these settings before
+    # the (slow) encoding (which checks the anchors first); nothing is written until write_codes
+    with TrajectoryStore(a.store) as store:
+        check_store(module, store, block)
+    check_codes_out(a.out, settings, overwrite=a.overwrite)
     codes, anchors = encode_store_blocks(module, a.store, block, a.anchor, a.anchor_stride, align,
                                          batch_size=a.batch_size, progress=not a.quiet)
-    write_codes(a.out, codes, anchors, store=str(a.store), checkpoint=str(a.ckpt), model=module.hparams.source_model,
+    if len(codes) == 0:
+        within = "the block and the --align range lie" if align else "the block lies"
+        raise InputError(f"{a.store}: no anchor ({settings['anchor']}) where {within} inside the sequence; "
+                         "nothing written")
+    write_codes(a.out, codes, anchors, settings=settings, overwrite=a.overwrite, store=str(a.store),
+                checkpoint=str(a.ckpt), model=module.hparams.source_model,
                 block=json.dumps(dataclasses.asdict(block)), num_codes=module.hparams.num_codes)
     used = len(set(codes.tolist()))
     print(f"ret-vq-codes: {a.out}: {len(codes)} blocks, {used} of {module.hparams.num_codes} codes used")

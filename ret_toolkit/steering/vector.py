@@ -193,8 +193,20 @@ class SteeringVector:
             path = path.with_suffix("")
         return path.with_name(path.name + ".safetensors"), path.with_name(path.name + ".json")
 
-    def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write ``path.safetensors`` and ``path.json``; returns both paths."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+        """Write ``path.safetensors`` and ``path.json``; returns both paths.
+
+        Both files are written under temporary names and renamed into place
+        when both are complete. An existing vector with the same content (its
+        tensors and manifest but for ``created`` / ``toolkit_version``) is left
+        as it is; any other existing file at either path is refused before
+        anything is written, unless ``overwrite``.
+
+        Raises:
+            InputError: a missing directory, a manifest that is not JSON, or
+                (without ``overwrite``) existing files that are not this vector.
+        """
+        from activation_cache.outputs import atomic_path
         from safetensors.torch import save_file
 
         tensors_path, manifest_path = self.paths(path)
@@ -204,10 +216,44 @@ class SteeringVector:
             manifest_text = json.dumps(self.manifest, indent=2, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise InputError(f"steering vector manifest is not JSON-serialisable ({e}); check meta / construction") from None
+        if not overwrite and self._saved_at(tensors_path, manifest_path):
+            return tensors_path, manifest_path
         tensors = {f"{_KEY}{layer}": t.contiguous() for layer, t in self.directions.items()}
-        save_file(tensors, str(tensors_path), metadata={"format": FORMAT, "manifest": manifest_path.name})
-        manifest_path.write_text(manifest_text + "\n")
+        # the manifest is renamed last: a reader that finds it finds its tensors
+        with atomic_path(manifest_path) as tmp_manifest, atomic_path(tensors_path) as tmp_tensors:
+            save_file(tensors, str(tmp_tensors), metadata={"format": FORMAT, "manifest": manifest_path.name})
+            tmp_manifest.write_text(manifest_text + "\n")
         return tensors_path, manifest_path
+
+    #: Manifest fields that differ between two saves of the same vector.
+    _VOLATILE = ("created", "toolkit_version")
+
+    def _saved_at(self, tensors_path: Path, manifest_path: Path) -> bool:
+        """True if both files already hold this vector; False if neither exists.
+
+        Raises InputError (one line) if either exists with other content.
+        """
+        from activation_cache.errors import option
+
+        present = [p for p in (tensors_path, manifest_path) if p.exists()]
+        if not present:
+            return False
+        how = f"pass {option('overwrite', True)} to replace it, or choose another path"
+        if len(present) == 1:
+            raise InputError(f"{present[0]} exists and is not part of a saved steering vector; {how}")
+        try:
+            other = SteeringVector.load(tensors_path)
+        except InputError:
+            raise InputError(f"{tensors_path} exists and is not a readable steering vector; {how}") from None
+        mine = json.loads(json.dumps(self.manifest))
+        theirs = json.loads(json.dumps(other.manifest))
+        keys = sorted(k for k in set(mine) | set(theirs)
+                      if k not in self._VOLATILE and mine.get(k) != theirs.get(k))
+        if other.layers != self.layers or any(not torch.equal(other[x], self[x]) for x in self.layers):
+            keys = sorted({"directions", *keys})
+        if keys:
+            raise InputError(f"{tensors_path} holds another steering vector (differs in {', '.join(keys)}); {how}")
+        return True
 
     @classmethod
     def load(cls, path: str | Path, model=None, *, model_name: str | None = None) -> "SteeringVector":

@@ -5,10 +5,15 @@ Codes file (``format = "ret-vq-codes"``)::
     /codes     int32 (n,)  code of the block at each anchor
     /sequence  int64 (n,)  sequence index in the store
     /anchor    int64 (n,)  anchor token position T within the sequence
-    attrs: format, store, checkpoint, model, block (JSON), num_codes
+    attrs: format, store, checkpoint, model, block (JSON), num_codes,
+           settings (JSON: everything that determined the rows and codes)
 
 Rows of two codes files made with the same anchors line up, so
 ``mutual_information(a["codes"], b["codes"])`` compares the two blocks.
+
+A codes file made with other settings is not replaced unless ``overwrite``
+(:func:`check_codes_out`), and files are written under a temporary name and
+renamed into place, so a refused or failed run leaves an existing file as it was.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, option
+from activation_cache.outputs import atomic_path, normalise_settings
 from activation_cache.reader import TrajectoryStore
 from activation_cache.schema import open_h5
 from ret_toolkit.checkpoint import load_checkpoint
@@ -93,20 +99,85 @@ def encode_store_blocks(
     return (np.concatenate(out) if out else np.zeros(0, np.int64)), anchors
 
 
-def write_codes(path: str | Path, codes: np.ndarray, anchors: np.ndarray, **attrs) -> Path:
-    """Write a codes file (via a temporary file, so a failed write leaves no half file)."""
+def codes_settings(module: VQModule, ckpt: str | Path, store_path: str | Path, block: BlockSpec | None = None,
+                   anchor: str | None = None, anchor_stride: int | None = None,
+                   align_with: Sequence[BlockSpec] = ()) -> dict:
+    """Everything that determines a codes file, as recorded in its ``settings`` attribute.
+
+    Defaults are resolved the way :func:`encode_store_blocks` resolves them, so
+    spelling out the checkpoint's own anchor or block is the same setting.
+    """
+    info = module.hparams.block_info or {}
+    block = block or checkpoint_block(module)
+    return normalise_settings({
+        "checkpoint": str(Path(ckpt).resolve()),
+        "store": str(Path(store_path).resolve()),
+        "block": dataclasses.asdict(block),
+        "anchor": anchor or info.get("anchor", "prompt_end"),
+        "anchor_stride": int(anchor_stride or info.get("anchor_stride", 1)),
+        "align_with": [dataclasses.asdict(b) for b in align_with],
+    })
+
+
+def check_codes_out(path: str | Path, settings: dict, overwrite: bool = False) -> None:
+    """InputError (one line) if ``path`` may not be written with ``settings``.
+
+    Refused: a missing output directory, a directory in place of the file, and
+    (unless ``overwrite``) an existing file that is not a codes file made with
+    the same ``settings``. Nothing is written.
+    """
     path = Path(path)
     if not path.resolve().parent.is_dir():
         raise InputError(f"output directory does not exist: {path.resolve().parent}")
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("codes", data=np.asarray(codes, np.int32))
-        f.create_dataset("sequence", data=np.asarray(anchors, np.int64)[:, 0])
-        f.create_dataset("anchor", data=np.asarray(anchors, np.int64)[:, 1])
-        f.attrs["format"] = CODES_FORMAT
-        for k, v in attrs.items():
-            f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
-    tmp.replace(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a directory, expected an .h5 codes file")
+    if overwrite or not path.exists():
+        return
+    how = f"pass {option('overwrite', True)} to replace it, or choose another output file"
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+            recorded = f.attrs.get("settings")
+    except OSError:
+        raise InputError(f"{path} exists and is not a VQ codes file; {how}") from None
+    if fmt != CODES_FORMAT:
+        raise InputError(f"{path} exists and is not a VQ codes file; {how}")
+    try:
+        old = json.loads(recorded.decode() if isinstance(recorded, bytes) else recorded)
+    except (TypeError, ValueError):
+        raise InputError(f"{path} holds VQ codes without a record of their settings; {how}") from None
+    new = normalise_settings(settings)
+    if not isinstance(old, dict) or old != new:
+        old = old if isinstance(old, dict) else {}
+        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        raise InputError(f"{path} holds VQ codes made with other settings (differs in {', '.join(keys)}); {how}")
+
+
+def write_codes(path: str | Path, codes: np.ndarray, anchors: np.ndarray, *, settings: dict | None = None,
+                overwrite: bool = False, **attrs) -> Path:
+    """Write a codes file atomically (a temporary file beside ``path``, renamed when complete).
+
+    With ``settings`` the file records them (attribute ``settings``) and, unless
+    ``overwrite``, an existing file that is not a codes file made with the same
+    settings is refused (:func:`check_codes_out`) before anything is written.
+    Without ``settings`` nothing is checked: an existing ``path`` is replaced.
+    """
+    path = Path(path)
+    if settings is not None:
+        check_codes_out(path, settings, overwrite=overwrite)
+    elif not path.resolve().parent.is_dir():
+        raise InputError(f"output directory does not exist: {path.resolve().parent}")
+    anchors = np.asarray(anchors, np.int64).reshape(-1, 2)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("codes", data=np.asarray(codes, np.int32))
+            f.create_dataset("sequence", data=anchors[:, 0])
+            f.create_dataset("anchor", data=anchors[:, 1])
+            f.attrs["format"] = CODES_FORMAT
+            for k, v in attrs.items():
+                f.attrs[k] = json.dumps(v) if isinstance(v, (dict, list)) else v
+            if settings is not None:
+                f.attrs["settings"] = json.dumps(normalise_settings(settings), sort_keys=True)
     return path
 
 
