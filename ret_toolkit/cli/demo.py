@@ -9,7 +9,7 @@ from activation_cache.cli import OneLineParser, run_cli
 
 
 def _run(argv: Sequence[str]) -> int:
-    from ret_toolkit.demo import run_demo
+    from ret_toolkit.demo import format_metrics, run_demo
 
     p = OneLineParser(prog="ret-demo", description="Extract -> train RET -> macrostates -> evaluation -> report.html + metrics.json")
     p.add_argument("--out", default=None, help="output directory (default demo_out, or demo_quick with --quick)")
@@ -20,13 +20,7 @@ def _run(argv: Sequence[str]) -> int:
     a = p.parse_args(argv)
     out = a.out or ("demo_quick" if a.quick else "demo_out")
     m = run_demo(out, quick=a.quick, model=a.model, progress=not a.quiet, overwrite=a.overwrite)
-    tc, mi = m["temporal_consistency"], m["token_mi_bits"]
-    print(f"held-out: {m['n_heldout_sequences']} sequences, k={m['k']}, effective rank {m['effective_rank']:.2f}")
-    print(f"{'method':<14}{'P(same next)':>13}{'run length':>12}{'token MI':>10}{'max occ.':>10}{'closure gap':>13}")
-    for name in ("ret", "kmeans_raw", "kmeans_pca", "kmeans_window"):
-        gap = m["closure_gap"].get(name)
-        print(f"{name:<14}{tc[name]['p_same_next']:>13.3f}{tc[name]['mean_run_length']:>12.2f}{mi[name]:>10.3f}"
-              f"{m['group_occupancy_max'][name]:>10.3f}{'—' if gap is None else f'{gap:.3f}':>13}")
+    print(format_metrics(m))
     return 0
 
 
