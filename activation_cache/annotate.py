@@ -3,7 +3,7 @@
 Extraction writes the input fields of every prompt to ``/meta``. Some metadata exists only
 after the model has run -- e.g. whether a generated reply caved to the user -- so
 :func:`add_meta` adds string columns ``/meta/<field>`` (S,) to a store whose extraction is
-complete. The store layout is unchanged (DESIGN.md §3: ``/meta/<field>`` is a (S,) string
+complete. The store layout is unchanged (docs/architecture.md §2: ``/meta/<field>`` is a (S,) string
 dataset), so every reader sees the new columns like the extracted ones.
 """
 

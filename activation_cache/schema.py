@@ -1,4 +1,4 @@
-"""The HDF5 trajectory-store contract (DESIGN §3), shared by writer, reader and merge.
+"""The HDF5 trajectory-store contract (docs/architecture.md §2), shared by writer, reader and merge.
 
 Layout (token-major, flat, append-only)::
 
@@ -33,7 +33,7 @@ STR_DTYPE = h5py.string_dtype("utf-8")
 HIDDEN_DTYPES = {"float16": np.float16, "float32": np.float32}
 COMPRESSIONS = (None, "lzf", "gzip")
 
-#: Target bytes per chunk along the token axis (DESIGN: 0.5-4 MiB).
+#: Target bytes per chunk along the token axis (docs/architecture.md §2: about 0.5-1 MiB).
 CHUNK_BYTES = 1 << 20
 
 REQUIRED_ATTRS = (

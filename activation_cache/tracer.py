@@ -3,7 +3,7 @@
 The tracer only runs the model and returns padded tensors plus a validity mask;
 turning them into stored rows is :func:`activation_cache.extract.unpad`'s job.
 
-nnsight 0.8 notes (DESIGN §5): values leave a trace only through ``.save()``;
+nnsight 0.8 notes (docs/architecture.md §6): values leave a trace only through ``.save()``;
 in ``generate`` per-step code goes in ``for step in tracer.iter[:]`` and the
 generated ids are read as ``tracer.result`` in a second, empty invoke; block
 ``.output`` is a tensor with current transformers but a tuple on older ones.

@@ -1,4 +1,4 @@
-"""Write batches of trajectories to an HDF5 store, crash-safely (DESIGN §3).
+"""Write batches of trajectories to an HDF5 store, crash-safely (docs/architecture.md §2).
 
 Each :meth:`StoreWriter.append` writes one batch of whole sequences, flushes,
 and only then advances the ``n_committed`` attribute and flushes again. The file

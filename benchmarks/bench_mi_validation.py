@@ -1,4 +1,4 @@
-"""VQ-code mutual information versus ground truth on synthetic sources (DESIGN.md §4.3).
+"""VQ-code mutual information versus ground truth on synthetic sources (docs/architecture.md §3.3).
 
 Ten sources (X, Y) with exact MI from 0 to 4 bits (support <= 16 <= the codebook
 size 32). X is embedded as a block of 4 cells (2 layers x 2 positions, 64 dims),

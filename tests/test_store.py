@@ -1,4 +1,4 @@
-"""The HDF5 trajectory store (DESIGN §3): writer, reader, resume, SWMR, merge, h5clear."""
+"""The HDF5 trajectory store (docs/architecture.md §2): writer, reader, resume, SWMR, merge, h5clear."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Information estimators on discrete codes, in bits: entropy, MI, conditional and normalised MI,
-with plug-in / Miller-Madow / jackknife estimators, a permutation null and bootstrap CIs (DESIGN.md §4.3)."""
+with plug-in / Miller-Madow / jackknife estimators, a permutation null and bootstrap CIs (docs/architecture.md §3.3)."""
 
 from ret_toolkit.info.estimators import (
     ESTIMATORS,

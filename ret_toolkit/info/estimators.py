@@ -1,4 +1,4 @@
-"""Entropy and mutual information of discrete codes, in bits (DESIGN.md §4.3).
+"""Entropy and mutual information of discrete codes, in bits (docs/architecture.md §3.3).
 
 Inputs are 1-D arrays of non-negative integer codes (any integer or bool dtype,
 or floats holding whole numbers), one entry per sample. Everything reduces to

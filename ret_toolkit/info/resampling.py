@@ -1,4 +1,4 @@
-"""Permutation null and bootstrap confidence interval for mutual information (DESIGN.md §4.3).
+"""Permutation null and bootstrap confidence interval for mutual information (docs/architecture.md §3.3).
 
 Both work on the same dense codes and histograms as the estimators; each
 resample costs one pass over the samples (a gather and a ``bincount``).

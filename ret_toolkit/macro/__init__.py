@@ -1,4 +1,4 @@
-"""RET macrostates: a causal encoder whose z_t predicts its own future (DESIGN.md §4.1)."""
+"""RET macrostates: a causal encoder whose z_t predicts its own future (docs/architecture.md §3.1)."""
 
 from ret_toolkit.macro.encoder import CausalWindowEncoder, HorizonPredictor
 from ret_toolkit.macro.module import RETModule, cosine_momentum

@@ -1,4 +1,4 @@
-"""Held-out evaluation of macrostate groupings (DESIGN.md §4.1, issue 3 item 5).
+"""Held-out evaluation of macrostate groupings (docs/architecture.md §3.1, issue 3 item 5).
 
 Every input is per sequence: a list with one numpy array per held-out
 sequence, the arrays of one sequence sharing their length T_s:

@@ -1,4 +1,4 @@
-"""The RET encoder as a LightningModule (BYOL / JEPA style, DESIGN.md §4.1).
+"""The RET encoder as a LightningModule (BYOL / JEPA style, docs/architecture.md §3.1).
 
     online   f_θ : h_{t-w+1..t}          -> z_t
     target   f_ξ : EMA of f_θ, no grad   -> z'_t

@@ -1,4 +1,4 @@
-"""Steering: add α·v to decoder-block outputs during generation (DESIGN.md §4.6).
+"""Steering: add α·v to decoder-block outputs during generation (docs/architecture.md §3.6).
 
 - :class:`SteeringVector` — layer -> direction, saved as safetensors + JSON manifest.
 - :func:`from_contrast` / :func:`from_groups` — build vectors from two text sets or RET groups.

@@ -1,4 +1,4 @@
-"""Does steering toward a macrostate work, and what does it cost? An α sweep (DESIGN.md §4.6).
+"""Does steering toward a macrostate work, and what does it cost? An α sweep (docs/architecture.md §3.6).
 
 For one target group g and a list of coefficients α, each point of the sweep:
 

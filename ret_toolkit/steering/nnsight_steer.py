@@ -1,6 +1,6 @@
 """Steer generation through nnsight interventions (same vectors, α and positions as :func:`steer`).
 
-nnsight 0.8 notes (DESIGN §5): per-step code goes in ``for step in
+nnsight 0.8 notes (docs/architecture.md §6): per-step code goes in ``for step in
 tracer.iter[...]`` inside ``with tracer.invoke(...)``; step 0 of ``generate``
 is the whole prompt, later steps are one token each (KV cache), so
 ``positions`` maps to ``iter[0]`` (prompt), ``iter[1:]`` (generated) or

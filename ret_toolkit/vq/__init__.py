@@ -1,4 +1,4 @@
-"""VQ-VAE information probes: blocks of (layer, position) cells -> discrete codes (DESIGN.md §4.2)."""
+"""VQ-VAE information probes: blocks of (layer, position) cells -> discrete codes (docs/architecture.md §3.2)."""
 
 from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, TensorBlocks, block_anchors, collate_cells
 from ret_toolkit.vq.codebook import Codebook

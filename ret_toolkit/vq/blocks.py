@@ -1,6 +1,6 @@
 """Blocks: named sets of (layer, position) cells relative to an anchor token, and datasets of them.
 
-A block is declared once and applied at many anchors T (DESIGN.md §4.2)::
+A block is declared once and applied at many anchors T (docs/architecture.md §3.2)::
 
     prefix = BlockSpec(layers="1-28", start=None, stop=0)   # tokens 0..T-1, layers 1..28
     ahead3 = BlockSpec(layers="-1", start=3, stop=4)        # token T+3, last layer

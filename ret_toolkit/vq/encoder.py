@@ -1,7 +1,7 @@
 """Set encoder (cells -> one vector) and cell decoder (code -> cells) of the VQ-VAE.
 
 Cells carry a layer index and a position offset; both enter as learned
-embeddings, so one network serves blocks of any shape (DESIGN.md §4.2).
+embeddings, so one network serves blocks of any shape (docs/architecture.md §3.2).
 Offsets beyond ±``max_offset`` share the edge embedding.
 """
 

@@ -1,4 +1,4 @@
-"""VQ-VAE information probe as a LightningModule (DESIGN.md §4.2).
+"""VQ-VAE information probe as a LightningModule (docs/architecture.md §3.2).
 
     cells (B, N, D) --standardise per layer--> SetEncoder --> e (B, c)
         --Codebook (nearest unit code, straight-through)--> q, code (B,)

@@ -9,7 +9,7 @@ Each symbol is embedded into a block of cells (n_cells, D) through a random,
 fixed non-linear map (a random two-layer tanh network applied to a per-symbol
 random code plus a continuous nuisance variable), plus Gaussian noise. A VQ
 model trained on the cells of X and one trained on the cells of Y should give
-codes whose MI approaches I(X; Y) (DESIGN.md §4.3).
+codes whose MI approaches I(X; Y) (docs/architecture.md §3.3).
 """
 
 from __future__ import annotations
