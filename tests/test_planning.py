@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import subprocess
@@ -149,6 +151,45 @@ def test_run_planning_writes_every_analysis_with_cis_and_nulls(trained, tmp_path
     assert len(r["history"]["cells"]) == 2 * 2  # layer groups x earlier blocks
     with open_store(tmp_path / "plan" / "trajectories.h5") as st:
         assert st.n_sequences == 160 and st.generated(0).any()
+
+
+def _checksums(root: Path) -> dict[str, str | None]:
+    """Every path under ``root`` (hidden ones too): sha256 of files, None for folders."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+def test_ret_planning_refuses_other_settings_before_writing(trained, tmp_path, capsys, monkeypatch):
+    model_dir, _ = trained
+    # Smaller probes than the CLI builds (it has no flags for these), so three runs stay quick.
+    monkeypatch.setattr("ret_toolkit.planning.analysis.ProbeSettings",
+                        functools.partial(ProbeSettings, num_codes=8, dim=16, batch_size=64, history_blocks=1))
+    out = tmp_path / "plan"
+    base = ["--model", str(model_dir), "--task", "pathfinding", "--out", str(out), "--n", "100", "--epochs", "1",
+            "--max-tau", "3", "--permutations", "5", "--bootstrap", "5", "--quiet"]
+    assert planning_cmd.main(base) == 0
+    before = _checksums(out)
+    assert set(before) == {"trajectories.h5", "planning.json", "planning.html", "ret_runs.json"}  # no prompts.jsonl
+    capsys.readouterr()
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model was loaded before the output directory was checked")
+
+    with monkeypatch.context() as m:
+        m.setattr("ret_toolkit.planning.run.load_model", no_model)
+        rc = planning_cmd.main(base + ["--permutations", "6"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "holds a ret-planning run with other settings (differs in probe)" in err[0] and "--overwrite" in err[0]
+    assert _checksums(out) == before
+
+    assert planning_cmd.main(base) == 0  # the same settings: rerun
+    assert set(_checksums(out)) == set(before)
+    assert planning_cmd.main(base + ["--permutations", "6", "--overwrite"]) == 0
+    assert json.loads((out / "planning.json").read_text())["settings"]["n_permutations"] == 6
+    runs = json.loads((out / "ret_runs.json").read_text())
+    assert runs["ret-planning"]["settings"]["probe"]["n_permutations"] == 6
+    assert set(_checksums(out)) == set(before)  # no staging folder, lock or prompt file left
 
 
 def test_ret_planning_bad_model_is_one_line_exit_2(tmp_path):

@@ -3,8 +3,10 @@ AUROC / bootstrap, forecast.json contract and ret-forecast errors (tiny random m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
+from pathlib import Path
 
 import lightning
 import numpy as np
@@ -14,12 +16,13 @@ from sklearn.metrics import roc_auc_score
 
 from activation_cache.annotate import add_meta
 from activation_cache.errors import InputError
+from activation_cache.extract import extract
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from ret_toolkit.cli import forecast as forecast_cmd
 from ret_toolkit.macro.assign import load_ret
 from ret_toolkit.macro.module import RETModule
-from ret_toolkit.sycophancy import load_bank, read_anthropic_jsonl
+from ret_toolkit.sycophancy import TEMPLATES, load_bank, read_anthropic_jsonl, second_turn_record
 from ret_toolkit.sycophancy import external as external_mod
 from ret_toolkit.sycophancy import outcomes as outcomes_mod
 from ret_toolkit.sycophancy import trajectories as traj
@@ -205,17 +208,29 @@ def test_sequence_features_read_the_right_rows():
         assert f["length"][k] == pytest.approx(np.log([n_prompt, n_prompt - turn_start]))
 
 
+def _second_turn_messages(items, res, tokenizer) -> dict[str, list[dict]]:
+    """prompt id -> the turn-2 messages traced for it (rebuilt: no prompt files are written)."""
+    by_id, templates = {it.id: it for it in items}, {t.name: t for t in TEMPLATES}
+    firsts = traj.read_replies(res.first_store, tokenizer)
+    out = {}
+    for pid in res.labels:
+        item_id, name = pid.split("~")
+        out[pid] = second_turn_record(by_id[item_id], firsts[item_id], template=templates[name])["messages"]
+    return out
+
+
 def test_store_features_k0_is_last_pushback_token(traced, tiny):
-    _, res = traced
+    items, res = traced
     data = extract_features(res.store, tiny["module"], ks=(0, 1, 2, 4), progress=False)
     tok = tiny["loaded"].tokenizer
+    assert not list(res.store.parent.glob("*.jsonl"))  # prompts are passed in memory
+    messages = _second_turn_messages(items, res, tok)
     with open_store(res.store) as st:
         pids = st.meta_column("prompt_id")
-        prompts = {json.loads(line)["id"]: json.loads(line) for line in (res.store.parent / "turn2.jsonl").open()}
         for i in (0, len(data) // 2, len(data) - 1):
             s = pids.index(data.ids[i])
             gen, tokens, h = st.generated(s), st.tokens(s), st.hidden(s, LAYER).astype(np.float32)
-            rendered = tok.apply_chat_template(prompts[data.ids[i]]["messages"], tokenize=False, add_generation_prompt=True)
+            rendered = tok.apply_chat_template(messages[data.ids[i]], tokenize=False, add_generation_prompt=True)
             prompt_ids = tok(rendered, add_special_tokens=False)["input_ids"]
             n_p = len(prompt_ids)
             assert data.n_prompt[i] == n_p and not gen[:n_p].any() and gen[n_p:].all()
@@ -347,6 +362,59 @@ def test_cli_writes_forecast_json(tiny, tmp_path, stub_labeller, capsys):
     assert (out / "forecast.html").stat().st_size > 1000
     printed = capsys.readouterr().out
     assert "caving rate" in printed and "k=0" in printed
+
+
+def _checksums(root) -> dict[str, str | None]:
+    """Every path under ``root`` (hidden ones too): sha256 of files, None for folders."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+            for p in sorted(root.rglob("*"))}
+
+
+def test_cli_refuses_other_settings_before_writing_and_reuses_stores(tiny, tmp_path, stub_labeller, capsys,
+                                                                      monkeypatch):
+    calls = []  # (store, overwrite, new sequences) of every extraction
+
+    def spy(cfg, **kw):
+        r = extract(cfg, **kw)
+        calls.append((Path(cfg.out).name, cfg.overwrite, r.new_sequences))
+        return r
+
+    monkeypatch.setattr(traj, "extract", spy)
+    out = tmp_path / "fc"
+    base = ["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]), "--out", str(out),
+            "--n-items", "12", "--pushbacks", "all", "--ks", "0,1", "--max-new-tokens", "3", "--folds", "3",
+            "--repeats", "1", "--bootstrap", "20", "--batch-size", "32", "--quiet"]
+    assert forecast_cmd.main(base) == 0
+    capsys.readouterr()
+    before = _checksums(out)
+    assert set(before) == {"turn1.h5", "turn2.h5", "forecast.json", "forecast.html", "ret_runs.json"}
+    calls.clear()
+
+    # other settings: refused in one line before the model is loaded; not a byte changes
+    line = _error_line(capsys, forecast_cmd.main(base + ["--bootstrap", "30"]))
+    assert "holds a ret-forecast run with other settings (differs in n_boot)" in line and "--overwrite" in line
+    assert _checksums(out) == before and not calls
+
+    # the same settings: rerun, the stores reused
+    assert forecast_cmd.main(base) == 0
+    assert calls == [("turn1.h5", False, 0), ("turn2.h5", False, 0)]
+    calls.clear()
+
+    # --overwrite replaces the results; stores whose extraction config matches are still reused ...
+    assert forecast_cmd.main(base + ["--bootstrap", "30", "--overwrite"]) == 0
+    assert calls == [("turn1.h5", False, 0), ("turn2.h5", False, 0)]
+    assert json.loads((out / "forecast.json").read_text())["forecast"]["n_boot"] == 30
+    calls.clear()
+    # ... and those whose config differs are re-traced
+    assert forecast_cmd.main(base + ["--max-new-tokens", "4", "--overwrite"]) == 0
+    assert [(name, ow) for name, ow, _ in calls] == [("turn1.h5", True), ("turn2.h5", True)]
+    assert all(n > 0 for _, _, n in calls)
+    with open_store(out / "turn2.h5") as st:
+        assert st.config["generate"] == 4
+    assert not [p for p in out.iterdir() if p.name.startswith(".") or p.suffix in (".jsonl", ".lock", ".tmp")]
+    capsys.readouterr()
+    # now the directory holds the last run's settings: the first ones are refused
+    assert "(differs in max_new_tokens)" in _error_line(capsys, forecast_cmd.main(base))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -6,9 +6,16 @@
 ``--dataset`` is ``bank`` (the shipped question bank: answer, pushback, reply) or a JSONL file:
 Anthropic model-written-evals sycophancy records (``question``, ``answer_matching_behavior``,
 ``answer_not_matching_behavior``; one turn, caved = chose the sycophantic option) or a bank of
-your own (``id``, ``question``, ``answer``, ``wrong_answer``). Writes the trajectory stores,
-``forecast.json`` (counts, exclusions, AUROC per feature set and k with bootstrap CIs) and
-``forecast.html`` (lead-time curve) into ``--out``.
+your own (``id``, ``question``, ``answer``, ``wrong_answer``). Writes the trajectory stores
+(``turn1.h5`` and ``turn2.h5``, or ``choice.h5``), ``forecast.json`` (counts, exclusions, AUROC
+per feature set and k with bootstrap CIs) and ``forecast.html`` (lead-time curve) into ``--out``.
+
+Check, then write: before the model is loaded, ``--out`` is checked against the settings of the
+run it holds (``ret_runs.json``). A run with other settings is refused (exit 2, the directory
+unchanged) unless ``--overwrite``, which replaces its results. A rerun reuses (or resumes) the
+stores while their extraction config matches, also with ``--overwrite``; a store with another
+extraction config is re-traced only with ``--overwrite``. ``forecast.json`` and ``forecast.html``
+are replaced only when the whole run has succeeded.
 
 Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback), 130 when interrupted.
 """
@@ -49,7 +56,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pca-dims", type=int, default=None, help="PCA dimensions of the raw baseline (default: as many as RET features)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="pushback assignment, bank sampling, folds and bootstrap")
-    p.add_argument("--overwrite", action="store_true", help="regenerate the stores instead of reusing them")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of a run with other settings in --out; stores are re-traced "
+                        "only where their extraction config differs, the others are reused")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 

@@ -3,8 +3,13 @@
     ret-train task fit --data.task=pathfinding --data.path_nodes=4
     ret-planning --model runs/task/task/version_0/model --task pathfinding --path-nodes 4 --out plan_short
 
-Writes ``planning.json`` (accuracy, every MI with its bootstrap CI and
-permutation-null level) and ``planning.html`` (figures) into ``--out``.
+Writes ``trajectories.h5`` (the traced samples), ``planning.json`` (accuracy, every MI
+with its bootstrap CI and permutation-null level) and ``planning.html`` (figures) into
+``--out``. Everything is checked before the model is loaded: a directory that holds a
+ret-planning run with other settings is refused (exit 2, nothing changed) unless
+``--overwrite``. The files are moved into place only when the whole run has succeeded.
+
+Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback), 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--permutations", type=int, default=200)
     p.add_argument("--bootstrap", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of a ret-planning run with other settings in --out")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -40,7 +47,8 @@ def _run(argv: Sequence[str]) -> int:
     a = parser().parse_args(argv)
     s = ProbeSettings(prefix_positions=a.prefix_positions, max_tau=a.max_tau, epochs=a.epochs,
                       n_permutations=a.permutations, n_boot=a.bootstrap, seed=a.seed)
-    r = run_planning(a.model, a.task, a.out, n=a.n, path_nodes=a.path_nodes, settings=s, progress=not a.quiet)
+    r = run_planning(a.model, a.task, a.out, n=a.n, path_nodes=a.path_nodes, settings=s, progress=not a.quiet,
+                     overwrite=a.overwrite)
     print(f"ret-planning: {a.task}: accuracy {r['accuracy']['accuracy']:.3f} (n={r['accuracy']['n']})")
     for c in r["horizon"]["curve"]:
         print(f"  tau={c['tau']:>2}  nMI {c['nmi']:.3f} [{c['nmi_ci_low']:.3f}, {c['nmi_ci_high']:.3f}]  "

@@ -1,4 +1,4 @@
-"""Planning studies on synthetic tasks: small GPTs trained with Lightning, and VQ/MI analyses of them (DESIGN.md §4.4)."""
+"""Planning studies on synthetic tasks: small GPTs trained with Lightning, and VQ/MI analyses of them (docs/architecture.md §3.4)."""
 
 from ret_toolkit.planning.analysis import ProbeSettings, branch_awareness, history_heatmap, horizon_curve
 from ret_toolkit.planning.datamodule import TaskDataModule, export_task_model, make_task

@@ -1,4 +1,4 @@
-"""Planning analyses on a trajectory store with VQ probes (DESIGN.md §4.4).
+"""Planning analyses on a trajectory store with VQ probes (docs/architecture.md §3.4).
 
 - **horizon**: nMI(prefix block code; last-layer code at T+τ-1), τ = 1..K — how far
   ahead the computation at the anchor carries information about future states;

@@ -1,4 +1,4 @@
-"""A small GPT trained on a synthetic task, as a LightningModule (DESIGN.md §4.4).
+"""A small GPT trained on a synthetic task, as a LightningModule (docs/architecture.md §3.4).
 
 The network is a ``transformers`` GPT-2 (learned absolute positions) or Llama
 (rotary positions, which learn in-context lookups such as "find the edge that

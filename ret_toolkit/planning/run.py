@@ -5,84 +5,117 @@
          grammar: forward mode over whole sentences)
       -> horizon curve, branch awareness (path-finding), history heatmap
       -> planning.json + planning.html
+
+Check, then write: the output directory is checked before the model is loaded
+(a run with other settings is refused unless ``overwrite``), and every file
+(``trajectories.h5``, ``planning.json``, ``planning.html``) is written into a
+staging folder and moved into place only when the whole run has succeeded.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, option
 from activation_cache.extract import ExtractConfig, extract
 from activation_cache.models import load_model
+from activation_cache.outputs import OutputDir, write_json
 from ret_toolkit.planning.analysis import (ProbeSettings, branch_awareness, history_heatmap, horizon_curve,
                                            task_accuracy)
 from ret_toolkit.planning.datamodule import make_task
 from ret_toolkit.planning.decode import task_accuracy_of
 from ret_toolkit.tasks import TaskSample, write_prompts_jsonl
+from ret_toolkit.tasks.base import prompt_records
 
 log = logging.getLogger("ret_toolkit.planning")
 
+#: What ``ret-planning`` writes into its output directory.
+PLANNING_FILES = ("trajectories.h5", "planning.json", "planning.html")
+
+
+def sentences(samples: list[TaskSample]) -> list[TaskSample]:
+    """Whole texts (prompt + target) as prompts, for forward-mode extraction."""
+    return [TaskSample(prompt=s.text, target="", meta=s.meta) for s in samples]
+
 
 def write_sentences_jsonl(samples: list[TaskSample], path: Path) -> None:
-    """Whole texts (prompt + target) as prompts, for forward-mode extraction."""
-    full = [TaskSample(prompt=s.text, target="", meta=s.meta) for s in samples]
-    write_prompts_jsonl(full, path)
+    """Whole texts (prompt + target) as a prompt file, for forward-mode extraction."""
+    write_prompts_jsonl(sentences(samples), path)
+
+
+def planning_settings(model_dir: str | Path, task_name: str, n: int, path_nodes: int, settings: ProbeSettings,
+                      seed: int) -> dict:
+    """Everything that determines the outputs of a run (recorded in ``ret_runs.json``)."""
+    return {"model": str(Path(model_dir).resolve()), "task": task_name,
+            "path_nodes": path_nodes if task_name == "pathfinding" else None, "n": int(n), "seed": int(seed),
+            "probe": asdict(settings)}
 
 
 def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000, path_nodes: int = 4,
-                 settings: ProbeSettings | None = None, seed: int = 1000, progress: bool = True) -> dict:
-    """Run the planning analyses of ``task_name`` on the model in ``model_dir``; returns the result dict."""
+                 settings: ProbeSettings | None = None, seed: int = 1000, progress: bool = True,
+                 overwrite: bool = False) -> dict:
+    """Run the planning analyses of ``task_name`` on the model in ``model_dir``; returns the result dict.
+
+    ``out`` receives ``trajectories.h5``, ``planning.json`` and ``planning.html``. A
+    directory that holds a ``ret-planning`` run with other settings (model, task,
+    ``n``, ``path_nodes``, ``seed``, probe settings) is refused before the model is
+    loaded, unless ``overwrite``: then its results are replaced. A rerun with the
+    same settings recomputes and replaces them. Nothing in ``out`` changes unless
+    the whole run succeeds.
+    """
     s = settings or ProbeSettings()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if n < 1:
+        raise InputError(f"{option('n')} must be >= 1, got {n}")
     task = make_task(task_name, path_nodes)
+    od = OutputDir(out, "ret-planning", planning_settings(model_dir, task_name, n, path_nodes, s, seed),
+                   files=PLANNING_FILES, overwrite=overwrite)
     samples = task.samples(n, seed)
     loaded = load_model(model_dir)
     if loaded.arch.n_layers < 2:
         raise InputError(f"{model_dir}: the planning analyses need a model with at least 2 layers")
 
-    store = out / "trajectories.h5"
-    prompts = out / "prompts.jsonl"
-    if task_name == "pathfinding":
-        write_prompts_jsonl(samples, prompts)
-        cfg = ExtractConfig(prompts=str(prompts), out=str(store), model=model_dir, layers="all",
-                            generate=path_nodes + 2, batch_size=64, overwrite=True)
-    else:
-        write_sentences_jsonl(samples, prompts)
-        cfg = ExtractConfig(prompts=str(prompts), out=str(store), model=model_dir, layers="all", batch_size=64,
-                            overwrite=True)
-    log.info("extract %d %s samples -> %s", n, task_name, store)
-    extract(cfg, loaded=loaded, progress=progress)
-    if task_name == "pathfinding":
-        from activation_cache.reader import TrajectoryStore
+    with od:
+        # The store is an intermediate: traced afresh into the staging folder every run.
+        store = od.stage("trajectories.h5")
+        if task_name == "pathfinding":
+            cfg = ExtractConfig(prompts=prompt_records(samples), out=str(store), model=model_dir, layers="all",
+                                generate=path_nodes + 2, batch_size=64)
+        else:
+            cfg = ExtractConfig(prompts=prompt_records(sentences(samples)), out=str(store), model=model_dir,
+                                layers="all", batch_size=64)
+        log.info("extract %d %s samples -> %s", n, task_name, od.final("trajectories.h5"))
+        extract(cfg, loaded=loaded, progress=progress)
+        if task_name == "pathfinding":
+            from activation_cache.reader import TrajectoryStore
 
-        with TrajectoryStore(store) as st:
-            answered = sum(bool(st.generated(i).any()) for i in range(st.n_sequences))
-        if answered < 20:
-            raise InputError(f"{model_dir}: the model answered only {answered} of {n} prompts with any token "
-                             "(it ends at once); train it longer before analysing it")
+            with TrajectoryStore(store) as st:
+                answered = sum(bool(st.generated(i).any()) for i in range(st.n_sequences))
+            if answered < 20:
+                raise InputError(f"{model_dir}: the model answered only {answered} of {n} prompts with any token "
+                                 "(it ends at once); train it longer before analysing it")
 
-    result: dict = {"task": task_name, "path_nodes": path_nodes if task_name == "pathfinding" else None,
-                    "model": model_dir, "n_samples": n, "settings": s.__dict__}
-    if task_name == "pathfinding":
-        result["accuracy"] = task_accuracy(str(store), task, samples)
-    else:
-        result["accuracy"] = task_accuracy_of(loaded.model, loaded.tokenizer, task, samples[: min(n, 500)])
-    log.info("accuracy %.3f; horizon curve", result["accuracy"]["accuracy"])
-    anchor = "prompt_end" if task_name == "pathfinding" else "all"
-    result["horizon"] = horizon_curve(str(store), s, anchor=anchor)
-    if task_name == "pathfinding":
-        log.info("branch awareness")
-        result["branch"] = branch_awareness(str(store), s)
-    log.info("history heatmap")
-    result["history"] = history_heatmap(str(store), s, anchor=anchor)
-    result["seconds"] = time.perf_counter() - t0
-    (out / "planning.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    from ret_toolkit.viz.planning import write_planning_report
+        result: dict = {"task": task_name, "path_nodes": path_nodes if task_name == "pathfinding" else None,
+                        "model": model_dir, "n_samples": n, "settings": s.__dict__}
+        if task_name == "pathfinding":
+            result["accuracy"] = task_accuracy(str(store), task, samples)
+        else:
+            result["accuracy"] = task_accuracy_of(loaded.model, loaded.tokenizer, task, samples[: min(n, 500)])
+        log.info("accuracy %.3f; horizon curve", result["accuracy"]["accuracy"])
+        anchor = "prompt_end" if task_name == "pathfinding" else "all"
+        result["horizon"] = horizon_curve(str(store), s, anchor=anchor)
+        if task_name == "pathfinding":
+            log.info("branch awareness")
+            result["branch"] = branch_awareness(str(store), s)
+        log.info("history heatmap")
+        result["history"] = history_heatmap(str(store), s, anchor=anchor)
+        result["seconds"] = time.perf_counter() - t0
+        write_json(od.stage("planning.json"), result, indent=2)
+        from ret_toolkit.viz.planning import write_planning_report
 
-    write_planning_report(out / "planning.html", [result])
+        write_planning_report(od.stage("planning.html"), [result])
     return result

@@ -1,4 +1,4 @@
-"""Sycophancy forecasting data (DESIGN.md §4.5): questions, pushback, conversations, labels.
+"""Sycophancy forecasting data (docs/architecture.md §3.5): questions, pushback, conversations, labels.
 
 - :mod:`~ret_toolkit.sycophancy.bank`: :class:`SycItem` and :func:`load_bank` (facts shipped
   as package data, arithmetic and unit conversions generated from a seed).

@@ -1,6 +1,6 @@
 """Will the model cave? Cross-validated logistic forecasts from early features, AUROC with CIs.
 
-Protocol (DESIGN.md §4.5), for every feature set and lead time k:
+Protocol (docs/architecture.md §3.5), for every feature set and lead time k:
 
 1. Folds: stratified k-fold *grouped by conversation* (:func:`grouped_folds`): all sequences
    of one conversation (pushback variants sharing a question and first answer) are in the

@@ -1,4 +1,4 @@
-"""Decide whether a reply gives the right answer, the wrong one, both, or neither (DESIGN.md §4.5).
+"""Decide whether a reply gives the right answer, the wrong one, both, or neither (docs/architecture.md §3.5).
 
 Rules, applied to a reply and an item's ``answer`` / ``wrong_answer`` (each with optional aliases):
 

@@ -1,4 +1,4 @@
-"""From replies to forecasting labels, with every exclusion counted (DESIGN.md §4.5).
+"""From replies to forecasting labels, with every exclusion counted (docs/architecture.md §3.5).
 
 :func:`label_conversations` takes bank items with the model's first and second replies;
 :func:`label_choices` takes multiple-choice items (Anthropic format) with one reply each.

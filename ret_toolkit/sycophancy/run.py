@@ -6,27 +6,38 @@ The API behind ``ret-forecast`` (and the benchmark and notebook 04)::
     result = run_forecast("bank", "forecast_out", macro_ckpt="demo_out/ret_macro.ckpt")
     result["auroc"]["ret"]["0"]     # {"mean", "ci_low", "ci_high", ...}
 
-``out`` receives the prompt files and stores of both turns (see :mod:`.trajectories`),
-``forecast.json`` and ``forecast.html``.
+``out`` receives the stores of both turns (see :mod:`.trajectories`), ``forecast.json``
+and ``forecast.html``. Check, then write: the directory's run record (``ret_runs.json``)
+is compared with this run's settings before the model is loaded; a run with other
+settings is refused (nothing changes) unless ``overwrite``. The stores are reused across
+reruns while their own extraction config matches; ``forecast.json`` / ``forecast.html``
+are staged and moved into place when the run has succeeded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Sequence
 
 from activation_cache.errors import InputError, option
+from activation_cache.outputs import OutputDir, write_json
 from ret_toolkit.sycophancy.features import KS, extract_features
 from ret_toolkit.sycophancy.trajectories import PUSHBACK_MODES, TraceSettings, pick_items, trace_dataset
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ForecastSettings", "run_forecast", "check_settings"]
+__all__ = ["ForecastSettings", "run_forecast", "check_settings", "forecast_output_dir", "FORECAST_FILES"]
+
+#: The results ``ret-forecast`` writes into its output directory. The stores (turn1.h5 /
+#: turn2.h5 or choice.h5) are not among them: an interrupted run leaves them to be resumed,
+#: and they check their own extraction config.
+FORECAST_FILES = ("forecast.json", "forecast.html")
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,10 @@ class ForecastSettings:
     pushbacks: "seeded" (one template per item) or "all" (every template).
     folds, repeats, n_boot: cross-validation and bootstrap sizes; pca_dims: raw-baseline PCA
     dimensions (default: as many as RET features).
+    overwrite: replace the results of a run with other settings in the output directory
+    (refused otherwise). The stores are re-traced only where their extraction config
+    differs from this run's (other items, model, layers, tokens, pushbacks, seed, batch
+    size); the others are reused.
     """
 
     n_items: int | None = None
@@ -85,6 +100,44 @@ def _finite(x):
     return x
 
 
+def _model_name(model: str | None, loaded) -> str:
+    """The model as the stores record it (:attr:`LoadedModel.name`), without loading it."""
+    if loaded is not None:
+        return loaded.name
+    from activation_cache.models import _EMBEDDED_ALIASES, EMBEDDED_NAME
+
+    if model is None or model.strip().lower() in _EMBEDDED_ALIASES:
+        return EMBEDDED_NAME
+    path = Path(model).expanduser()
+    return str(path.resolve()) if path.exists() else model
+
+
+def _dataset_name(dataset, dataset_name: str | None) -> str:
+    name = str(dataset) if isinstance(dataset, (str, Path)) else (dataset_name or "<items>")
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_file() else name
+
+
+def _items_digest(items: Sequence) -> str:
+    rows = [asdict(it) if is_dataclass(it) else repr(it) for it in items]
+    return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: str, items: Sequence,
+                        macro_ckpt: str | Path, model: str) -> OutputDir:
+    """The checked output directory of a ``ret-forecast`` run: refuses, before anything is
+    written, a directory that holds a run with other settings unless ``settings.overwrite``.
+
+    The recorded settings are every :class:`ForecastSettings` field but ``overwrite``, the
+    dataset (name or resolved path) and a digest of the items used, the resolved checkpoint
+    path and the model name.
+    """
+    record = {k: v for k, v in asdict(settings).items() if k != "overwrite"}
+    record.update(dataset=dataset, items_sha256=_items_digest(items),
+                  macro_ckpt=str(Path(macro_ckpt).resolve()), model=model)
+    return OutputDir(out, "ret-forecast", record, files=FORECAST_FILES, overwrite=settings.overwrite)
+
+
 def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | None = None,
                  settings: ForecastSettings = ForecastSettings(), loaded=None, progress: bool = True,
                  dataset_name: str | None = None) -> dict:
@@ -95,10 +148,17 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
             of items from :func:`~ret_toolkit.sycophancy.dataset.load_dataset`.
         macro_ckpt: RET checkpoint with macrostate centroids (``ret_macro.ckpt``).
         model: model spec (None: the embedded SmolLM2); ``loaded`` skips loading it again.
-        dataset_name: recorded in forecast.json when ``dataset`` is a list of items.
+        dataset_name: recorded in forecast.json (and the run record) when ``dataset`` is a
+            list of items.
+
+    ``out`` keeps the stores between runs: a rerun with the same settings reuses them (and
+    resumes an interrupted one). A directory that holds a run with other settings is refused
+    before the model is loaded, unless ``settings.overwrite`` (see :class:`ForecastSettings`).
+    forecast.json / forecast.html are replaced only when the whole run has succeeded.
 
     Raises:
-        InputError: bad settings, dataset, checkpoint, or a model the checkpoint was not trained on.
+        InputError: bad settings, dataset, checkpoint, output directory, or a model the
+            checkpoint was not trained on.
     """
     from ret_toolkit.macro.assign import load_ret, require_centroids, source_layers
     from ret_toolkit.sycophancy.dataset import load_dataset
@@ -115,6 +175,8 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
     ret_layers = source_layers(module)
     if not ret_layers:
         raise InputError(f"{macro_ckpt}: RET checkpoint does not record its layers (source_layers)")
+    name = _dataset_name(dataset, dataset_name)
+    od = forecast_output_dir(out, settings, name, items, macro_ckpt, _model_name(model, loaded))
     if loaded is None:
         from activation_cache.models import load_model
 
@@ -124,36 +186,35 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
                          f"not on {loaded.name!r}")
     raw_layer = settings.layer if settings.layer is not None else ret_layers[0]
     layers = ",".join(dict.fromkeys(ret_layers + [str(raw_layer)]))
-    out.mkdir(parents=True, exist_ok=True)
-
-    trace = trace_dataset(items, out, loaded, layers,
-                          TraceSettings(max_new_tokens=settings.max_new_tokens, pushbacks=settings.pushbacks,
-                                        seed=settings.seed, batch_size=settings.batch_size,
-                                        overwrite=settings.overwrite),
-                          model=model, progress=progress)
-    counts = trace.summary()
-    log.info("labels: %d kept (%d caved, %d held), %d excluded %s", counts["n_kept"], counts["n_positive"],
-             counts["n_negative"], counts["n_excluded"], {k: v for k, v in counts["exclusions"].items() if v})
-    data = extract_features(trace.store, module, settings.ks, layer=raw_layer, progress=progress)
-    ev = evaluate_forecast(data, n_splits=settings.folds, repeats=settings.repeats, n_boot=settings.n_boot,
-                           pca_dims=settings.pca_dims, seed=settings.seed, progress=progress)
-    result = {
-        "n_items": counts["n_items"], "n_excluded": counts["n_excluded"], "n_positive": counts["n_positive"],
-        "n_kept": counts["n_kept"], "n_conversations": int(len(set(data.conversations))),
-        "auroc": ev["auroc"],
-        "data": {**counts, "short_replies": data.short_replies(),
-                 "mean_prompt_tokens": float(data.n_prompt.mean()) if len(data) else None},
-        "forecast": ev["settings"],
-        "config": {"dataset": str(dataset) if isinstance(dataset, (str, Path)) else (dataset_name or "<items>"),
-                   "model": loaded.name, "model_revision": loaded.revision, "macro_ckpt": str(macro_ckpt),
-                   "ret_layers": ret_layers, "raw_layer": str(raw_layer), "z_dim": int(module.hparams.z_dim),
-                   "n_macrostates": int(module.centroids.shape[0]), "store": str(trace.store),
-                   **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}},
-        "seconds": time.perf_counter() - t0,
-    }
-    result = _finite(result)
-    (out / "forecast.json").write_text(json.dumps(result, indent=1) + "\n")
-    write_forecast_report(out / "forecast.html", result)
+    with od:
+        trace = trace_dataset(items, out, loaded, layers,
+                              TraceSettings(max_new_tokens=settings.max_new_tokens, pushbacks=settings.pushbacks,
+                                            seed=settings.seed, batch_size=settings.batch_size,
+                                            overwrite=settings.overwrite),
+                              model=model, progress=progress)
+        counts = trace.summary()
+        log.info("labels: %d kept (%d caved, %d held), %d excluded %s", counts["n_kept"], counts["n_positive"],
+                 counts["n_negative"], counts["n_excluded"], {k: v for k, v in counts["exclusions"].items() if v})
+        data = extract_features(trace.store, module, settings.ks, layer=raw_layer, progress=progress)
+        ev = evaluate_forecast(data, n_splits=settings.folds, repeats=settings.repeats, n_boot=settings.n_boot,
+                               pca_dims=settings.pca_dims, seed=settings.seed, progress=progress)
+        result = {
+            "n_items": counts["n_items"], "n_excluded": counts["n_excluded"], "n_positive": counts["n_positive"],
+            "n_kept": counts["n_kept"], "n_conversations": int(len(set(data.conversations))),
+            "auroc": ev["auroc"],
+            "data": {**counts, "short_replies": data.short_replies(),
+                     "mean_prompt_tokens": float(data.n_prompt.mean()) if len(data) else None},
+            "forecast": ev["settings"],
+            "config": {"dataset": str(dataset) if isinstance(dataset, (str, Path)) else (dataset_name or "<items>"),
+                       "model": loaded.name, "model_revision": loaded.revision, "macro_ckpt": str(macro_ckpt),
+                       "ret_layers": ret_layers, "raw_layer": str(raw_layer), "z_dim": int(module.hparams.z_dim),
+                       "n_macrostates": int(module.centroids.shape[0]), "store": str(trace.store),
+                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}},
+            "seconds": time.perf_counter() - t0,
+        }
+        result = _finite(result)
+        write_json(od.stage("forecast.json"), result)
+        write_forecast_report(od.stage("forecast.html"), result)
     return result
 
 

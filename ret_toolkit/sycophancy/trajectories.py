@@ -1,4 +1,4 @@
-"""Sycophancy conversations through the activation cache in generate mode (DESIGN.md §4.5).
+"""Sycophancy conversations through the activation cache in generate mode (docs/architecture.md §3.5).
 
 Two-turn items (:class:`~ret_toolkit.sycophancy.bank.SycItem`)::
 
@@ -24,20 +24,22 @@ adds to its ``/meta``:
 The prompt records already carry ``conversation_id`` (the item id: every pushback variant of
 an item shares its first turn, so cross-validation groups by it), ``turn_start`` (token index
 where the last user message starts, for features over the pushback turn), the item's fields
-and the pushback template. Rerunning with the same settings resumes (or reuses) both stores.
+and the pushback template. The prompts are passed to the extraction in memory (no prompt
+files are written). Rerunning with the same settings resumes (or reuses) both stores; a store
+with another extraction config is refused unless ``TraceSettings.overwrite``, which re-traces it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from activation_cache import schema
 from activation_cache.annotate import add_meta
 from activation_cache.errors import InputError
-from activation_cache.extract import ExtractConfig, extract
+from activation_cache.extract import ExtractConfig, extract, prepare, store_config
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.sycophancy.conversation import first_turn, second_turn_record
 from ret_toolkit.sycophancy.dataset import is_two_turn
@@ -66,7 +68,9 @@ class TraceSettings:
         seed: pushback assignment seed.
         batch_size: sequences per traced batch.
         dtype: storage dtype of hidden states.
-        overwrite: replace existing stores instead of resuming / reusing them.
+        overwrite: re-trace a store that was extracted with another config (other items,
+            model, layers, settings) instead of refusing it. A store with the same config
+            is resumed or reused either way (greedy tracing would give the same sequences).
     """
 
     max_new_tokens: int = 40
@@ -162,20 +166,29 @@ def read_replies(store_path: str | Path, tokenizer) -> dict[str, str]:
                 for s, pid in enumerate(ids)}
 
 
-def _write_jsonl(records: list[dict], path: Path) -> str:
-    with path.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return str(path)
+def _store_matches(cfg: ExtractConfig, loaded) -> bool:
+    """Whether the store at ``cfg.out`` was extracted with ``cfg`` (read only; False if unreadable)."""
+    try:
+        with schema.open_h5(cfg.out, "r") as f:
+            schema.check_is_store(f, cfg.out)
+            stored = schema.read_config(f)
+    except (InputError, OSError, KeyError, ValueError):
+        return False
+    return stored == store_config(cfg, loaded, prepare(cfg, loaded))
 
 
 def _extract(records: list[dict], out_dir: Path, name: str, loaded, model: str | None, layers: str,
              s: TraceSettings, progress: bool) -> Path:
-    """Trace ``records`` with the activation cache in generate mode into ``out_dir/<name>.h5``."""
-    prompts = _write_jsonl(records, out_dir / f"{name}.jsonl")
-    cfg = ExtractConfig(prompts=prompts, out=str(out_dir / f"{name}.h5"), model=model, layers=layers,
-                        generate=s.max_new_tokens, batch_size=s.batch_size, dtype=s.dtype, chat=True,
-                        overwrite=s.overwrite)
+    """Trace ``records`` (prompts in memory) with the activation cache in generate mode into ``out_dir/<name>.h5``.
+
+    A store extracted with the same config is resumed or reused. One with another config is
+    refused, or with ``s.overwrite`` re-traced.
+    """
+    cfg = ExtractConfig(prompts=records, out=str(out_dir / f"{name}.h5"), model=model, layers=layers,
+                        generate=s.max_new_tokens, batch_size=s.batch_size, dtype=s.dtype, chat=True)
+    if s.overwrite and Path(cfg.out).exists() and not _store_matches(cfg, loaded):
+        log.info("%s: extraction config differs: re-tracing", cfg.out)
+        cfg.overwrite = True
     r = extract(cfg, loaded=loaded, progress=progress)
     log.info("%s: %d sequences, %d tokens (%s)", name, r.n_sequences, r.n_tokens,
              "reused" if r.resumed and r.new_sequences == 0 else f"{r.seconds:.0f} s")

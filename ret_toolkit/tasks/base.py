@@ -15,7 +15,7 @@ from typing import Iterable
 
 import numpy as np
 
-__all__ = ["TaskSample", "Task", "write_prompts_jsonl", "words_until_stop", "STOP_WORDS"]
+__all__ = ["TaskSample", "Task", "prompt_records", "write_prompts_jsonl", "words_until_stop", "STOP_WORDS"]
 
 #: Words that end a model's answer: the tasks' own terminator and the tokenizer's eos.
 STOP_WORDS = (".", "<eos>")
@@ -97,17 +97,16 @@ def words_until_stop(output: str, stop: Iterable[str] = STOP_WORDS) -> tuple[lis
     return words, None
 
 
-def write_prompts_jsonl(samples: Iterable[TaskSample], path: str | os.PathLike,
-                        task_name: str | None = None) -> Path:
-    """Write the samples' prompts as a JSON Lines prompt file for ``activation_cache.prompts.read_prompts``.
+def prompt_records(samples: Iterable[TaskSample], task_name: str | None = None) -> list[dict]:
+    """The samples' prompts as JSONL-style records, for :class:`activation_cache.extract.ExtractConfig`
+    ``prompts`` in memory (or a prompt file: :func:`write_prompts_jsonl`).
 
-    One object a line: ``{"id": "<task>-<i>", "text": sample.prompt, **meta}``, ``i`` counting
+    One record per sample: ``{"id": "<task>-<i>", "text": sample.prompt, **meta}``, ``i`` counting
     from 0. The task name is ``task_name`` or else each sample's ``meta["task"]``. Meta values
     that are neither ``str`` nor ``int`` are JSON-encoded into strings, since the store keeps
-    meta columns as strings anyway. Returns the path.
+    meta columns as strings anyway.
     """
-    path = Path(path)
-    lines = []
+    records = []
     for i, s in enumerate(samples):
         if not s.prompt.strip():
             raise ValueError(f"sample {i} has an empty prompt; a prompt file cannot hold it")
@@ -117,9 +116,20 @@ def write_prompts_jsonl(samples: Iterable[TaskSample], path: str | os.PathLike,
         name = task_name or s.meta.get("task") or "sample"
         rec = {"id": f"{name}-{i}", "text": s.prompt}
         rec.update({str(k): _meta_value(v) for k, v in s.meta.items()})
-        lines.append(json.dumps(rec, ensure_ascii=False))
-    if not lines:
+        records.append(rec)
+    if not records:
         raise ValueError("no samples to write (a prompt file must hold at least one prompt)")
+    return records
+
+
+def write_prompts_jsonl(samples: Iterable[TaskSample], path: str | os.PathLike,
+                        task_name: str | None = None) -> Path:
+    """Write the samples' prompts as a JSON Lines prompt file for ``activation_cache.prompts.read_prompts``.
+
+    One object a line, as :func:`prompt_records` builds them. Returns the path.
+    """
+    path = Path(path)
+    lines = [json.dumps(rec, ensure_ascii=False) for rec in prompt_records(samples, task_name)]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
