@@ -230,6 +230,18 @@ def _looks_like_path(spec: str) -> bool:
             or spec.count("/") > 1 or "\\" in spec)
 
 
+def model_name(spec: str | None) -> str:
+    """The name a model spec loads under (:attr:`LoadedModel.name`), without loading it.
+
+    The embedded model's aliases give ``"smollm2-135m-instruct"``, an existing
+    path its resolved absolute path, anything else (a hub id) itself.
+    """
+    if spec is None or spec.strip().lower() in _EMBEDDED_ALIASES:
+        return EMBEDDED_NAME
+    path = Path(spec).expanduser()
+    return str(path.resolve()) if path.exists() else spec
+
+
 def _resolve(spec: str | None, progress: bool) -> tuple[object, str, str, bool]:
     """Map a spec to ``(source for from_pretrained, name, revision, local_only)``."""
     if spec is None or spec.strip().lower() in _EMBEDDED_ALIASES:

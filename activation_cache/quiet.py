@@ -20,6 +20,8 @@ _LIBRARY_WARNINGS = (
     r".*does not have many workers.*",              # Lightning's DataLoader advice: HDF5 reads are the cost
     r".*GPU available but not used.*",
     r".*Checkpoint directory .* exists and is not empty.*",
+    r".*smaller than the logging interval.*",          # small stores: fewer batches than log_every_n_steps
+    r".*The dirpath has changed from.*",                # resuming into a new version_N/ is what we ask for
 )
 
 
@@ -35,7 +37,7 @@ def quiet_libraries() -> None:
     # come from these loggers; Lightning resets its top-level logger's level when
     # imported, not theirs. Its warnings and errors still show.
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning.fabric.utilities.seed"):
+                 "lightning.fabric.utilities.seed", "lightning.fabric.utilities.distributed"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

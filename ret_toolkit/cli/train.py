@@ -26,7 +26,8 @@ from activation_cache.errors import InputError
 def trainer_defaults(root: str, name: str, **kw) -> dict:
     """Trainer defaults of one ``ret-train`` command: checkpoints and CSV logs under ``root/name/version_N``."""
     logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root, "name": name}}
-    return {"default_root_dir": root, "logger": logger, **kw}
+    # No model-summary table by default: commands print their own results (--trainer.enable_model_summary=true).
+    return {"default_root_dir": root, "logger": logger, "enable_model_summary": False, **kw}
 
 
 MACRO_DEFAULTS = trainer_defaults("runs/macro", "ret", max_epochs=10, log_every_n_steps=10)
@@ -158,9 +159,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"usage: ret-train {{{','.join(COMMANDS)}}} fit [options]  (ret-train macro fit --help)", file=sys.stderr)
         return 2
     name = argv[0]
-    import logging
-
-    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)  # "Seed set to 0" is noise
     return run_cli(f"ret-train {name}", lambda: COMMANDS[name](argv[1:]))
 
 

@@ -104,12 +104,9 @@ def _model_name(model: str | None, loaded) -> str:
     """The model as the stores record it (:attr:`LoadedModel.name`), without loading it."""
     if loaded is not None:
         return loaded.name
-    from activation_cache.models import _EMBEDDED_ALIASES, EMBEDDED_NAME
+    from activation_cache.models import model_name
 
-    if model is None or model.strip().lower() in _EMBEDDED_ALIASES:
-        return EMBEDDED_NAME
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.exists() else model
+    return model_name(model)
 
 
 def _dataset_name(dataset, dataset_name: str | None) -> str:
