@@ -25,6 +25,12 @@ _LIBRARY_WARNINGS = (
 )
 
 
+#: Lightning's info lines ("Seed set to 0", "GPU available: ...", logger tips) come from
+#: these loggers; Lightning resets its top-level logger's level when imported, not theirs.
+_LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                           "lightning.fabric.utilities.seed", "lightning.fabric.utilities.distributed")
+
+
 def quiet_libraries() -> None:
     """For console commands: mute library tips, weight-loading bars and internal deprecations."""
     import transformers
@@ -33,12 +39,25 @@ def quiet_libraries() -> None:
     transformers.utils.logging.set_verbosity_error()
     for pattern in _LIBRARY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    # Lightning's info lines ("Seed set to 0", "GPU available: ...", logger tips)
-    # come from these loggers; Lightning resets its top-level logger's level when
-    # imported, not theirs. Its warnings and errors still show.
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-                 "lightning.fabric.utilities.seed", "lightning.fabric.utilities.distributed"):
+    for name in _LIGHTNING_INFO_LOGGERS:  # its warnings and errors still show
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextmanager
+def quiet_training() -> Iterator[None]:
+    """For a Lightning fit called from our Python API: the same muting, undone afterwards."""
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_INFO_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        for pattern in _LIBRARY_WARNINGS:
+            warnings.filterwarnings("ignore", message=pattern)
+        for lg in loggers:
+            lg.setLevel(max(lg.level, logging.WARNING))
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
 
 
 @contextmanager

@@ -19,7 +19,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from activation_cache.errors import InputError
 from activation_cache.extract import ExtractConfig, extract
 from activation_cache.outputs import OutputDir, write_json
 from activation_cache.prompts import Prompt, read_prompts
@@ -65,8 +64,8 @@ def run_demo(out: str | Path, quick: bool = False, model: str | None = None, set
     ``overwrite``: then its store and ``runs/`` are replaced.
     """
     from activation_cache.models import load_model
-    from ret_toolkit.cli.train import macro_cli
     from ret_toolkit.macro.pipeline import build_macrostates
+    from ret_toolkit.macro.train import train
 
     s = settings or (DemoSettings.quick() if quick else DemoSettings())
     out = Path(out)
@@ -88,14 +87,7 @@ def run_demo(out: str | Path, quick: bool = False, model: str | None = None, set
         log.info("   %d sequences, %d tokens -> %s", r.n_sequences, r.n_tokens, store)
 
         log.info("2/4 train RET encoder: %d epochs", s.epochs)
-        cli = macro_cli([
-            "fit", f"--data.stores=[{store}]", f"--data.layers={layer}", f"--trainer.max_epochs={s.epochs}",
-            f"--trainer.default_root_dir={runs}", f"--trainer.logger.init_args.save_dir={runs}",
-            f"--trainer.enable_progress_bar={str(progress).lower()}", "--trainer.enable_model_summary=false",
-        ])
-        if cli.model.collapse_message:
-            raise InputError(cli.model.collapse_message)
-        ckpt = cli.trainer.checkpoint_callback.last_model_path
+        ckpt = train([store], layers=layer, max_epochs=s.epochs, root_dir=runs, progress=progress).checkpoint
 
         log.info("3/4 macrostates: k=%d, held-out evaluation; 4/4 report", s.k)
         res = build_macrostates(ckpt, store, od, k=s.k, progress=progress)

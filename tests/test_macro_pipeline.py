@@ -101,6 +101,25 @@ def test_fit_is_reproducible(stores, tmp_path):
         assert torch.equal(va, vb), k
 
 
+def test_python_train_matches_ret_train_and_keeps_provenance(stores, tmp_path):
+    """ret_toolkit.macro.train builds what ret-train macro fit builds: same weights, same wiring."""
+    from activation_cache.errors import InputError
+    from ret_toolkit.macro import train
+
+    cli = _fit(stores["llama"], tmp_path / "cli", "--trainer.max_epochs=1")
+    run = train([stores["llama"]], layers="1", data={"window": 4, "max_horizon": 2, "batch_size": 64},
+                model={"hidden": 32, "predictor_hidden": 32, "z_dim": 4, "collapse_threshold": 1.5},
+                max_epochs=1, root_dir=tmp_path / "py", progress=False)
+    for (k, va), (_, vb) in zip(cli.model.state_dict().items(), run.module.state_dict().items()):
+        assert torch.equal(va, vb), k
+    assert run.checkpoint.is_file() and run.checkpoint.parent.parent.name == "version_0"
+    m = load_ret(run.checkpoint)
+    assert (m.hparams.source_layers, m.hparams.window, m.hparams.max_horizon) == ("1", 4, 2)
+    assert m.hparams.source_model == cli.model.hparams.source_model
+    with pytest.raises(InputError, match="window come from the data module"):
+        train([stores["llama"]], layers="1", model={"window": 3}, max_epochs=1, root_dir=tmp_path / "bad")
+
+
 def test_resume_from_ckpt_path(trained, stores, tmp_path):
     ckpt, _ = trained
     cli = _fit(stores["llama"], tmp_path, "--trainer.max_epochs=3", f"--ckpt_path={ckpt}")

@@ -24,6 +24,7 @@ from readme_blocks import Block, compare_output, read_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+_SOURCE_DIRS = {"activation_cache", "ret_toolkit", "tests", "docs", "examples", "notebooks", "benchmarks"}
 
 # One interpreter for all python blocks, like the cells of a notebook.
 _WORKER = textwrap.dedent('''
@@ -50,9 +51,14 @@ class Session:
     def __init__(self, work: Path):
         self.work = work
         work.mkdir()
-        files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                               capture_output=True, text=True).stdout.split("\0")
-        for name in filter(None, files):
+        def git_files(*args: str) -> list[str]:
+            out = subprocess.run(["git", "ls-files", "-z", *args], cwd=ROOT, check=True, capture_output=True, text=True)
+            return [n for n in out.stdout.split("\0") if n]
+
+        # Tracked files, plus new source files not committed yet -- but not the outputs of
+        # README commands someone ran in the checkout (gen.h5, macro/, ...): a clone has none.
+        new = [n for n in git_files("-o", "--exclude-standard") if n.split("/")[0] in _SOURCE_DIRS]
+        for name in git_files() + new:
             src, dst = ROOT / name, work / name
             if src.is_file():
                 dst.parent.mkdir(parents=True, exist_ok=True)
