@@ -261,3 +261,18 @@ def test_ddp_two_cpu_processes(stores, tmp_path):
     assert seen["world"] == 2 and seen["same_online"] and seen["same_target"] and seen["different_batches"]
     metrics = (ckpts[0].parent.parent / "metrics.csv").read_text()
     assert "effective_rank" in metrics
+
+
+def test_package_top_exposes_the_main_verbs_lazily():
+    """``import ret_toolkit`` gives the verbs of the main job, each the very function of its subpackage."""
+    code = ("import sys, ret_toolkit as r; lazy = 'ret_toolkit.macro.train' not in sys.modules; "
+            "from ret_toolkit.macro import train; from activation_cache.extract import extract; "
+            "assert r.train_ret is train and r.extract is extract and 'steer' in dir(r); "
+            "print(lazy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "True"  # nothing heavy is imported before a verb is used
+    import ret_toolkit
+
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ret_toolkit.nope

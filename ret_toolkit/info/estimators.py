@@ -87,7 +87,7 @@ def _dense(codes: np.ndarray) -> tuple[np.ndarray, int]:
     return _densify(codes, int(codes.max()) + 1)
 
 
-def _combine(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> tuple[np.ndarray, int]:
+def combine_codes(a: tuple[np.ndarray, int], b: tuple[np.ndarray, int]) -> tuple[np.ndarray, int]:
     """Joint symbol of two dense code arrays, itself dense (so chains of joins never overflow)."""
     (ca, na), (cb, nb) = a, b
     joint = ca * nb
@@ -112,7 +112,8 @@ def _multiplicities(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return values[keep], cells[keep]
 
 
-def _entropy_counts(counts: np.ndarray, estimator: str) -> float:
+def entropy_of_counts(counts: np.ndarray, estimator: str) -> float:
+    """Entropy in bits of a histogram ``counts`` (any shape, non-negative ints) with ``estimator``."""
     # Every term depends on a cell only through its count, so the work (logs included)
     # is over distinct counts -- a few thousand even for a million-cell joint table.
     v, cells = _multiplicities(counts)
@@ -141,18 +142,18 @@ def entropy_from_counts(counts, estimator: str = "plugin") -> float:
     cells, gives the exact mean over all N leave-one-out estimates.
     """
     _check_estimator(estimator)
-    return _entropy_counts(as_codes(counts, "counts"), estimator)
+    return entropy_of_counts(as_codes(counts, "counts"), estimator)
 
 
 def _entropy_dense(code: tuple[np.ndarray, int], estimator: str) -> float:
     codes, size = code
-    return _entropy_counts(np.bincount(codes, minlength=size), estimator)
+    return entropy_of_counts(np.bincount(codes, minlength=size), estimator)
 
 
-def _mi_terms(x: tuple[np.ndarray, int], y: tuple[np.ndarray, int], estimator: str) -> tuple[float, float, float]:
+def mi_terms(x: tuple[np.ndarray, int], y: tuple[np.ndarray, int], estimator: str) -> tuple[float, float, float]:
     """(H(X), H(Y), H(X,Y)) of dense codes, with one pass over the samples for the joint table."""
     (cx, nx), (cy, ny) = x, y
-    joint, nxy = _combine(x, y)
+    joint, nxy = combine_codes(x, y)
     counts = np.bincount(joint, minlength=nxy)
     if nxy == nx * ny:  # not re-densified (that always shrinks it), so the index is x * ny + y
         # and the marginals are row/column sums of the small table: no second pass over the samples
@@ -161,13 +162,13 @@ def _mi_terms(x: tuple[np.ndarray, int], y: tuple[np.ndarray, int], estimator: s
     else:
         cnt_x, cnt_y = np.bincount(cx, minlength=nx), np.bincount(cy, minlength=ny)
     return (
-        _entropy_counts(cnt_x, estimator),
-        _entropy_counts(cnt_y, estimator),
-        _entropy_counts(counts, estimator),
+        entropy_of_counts(cnt_x, estimator),
+        entropy_of_counts(cnt_y, estimator),
+        entropy_of_counts(counts, estimator),
     )
 
 
-def _prepare(estimator: str, **arrays) -> list[tuple[np.ndarray, int]]:
+def prepare_codes(estimator: str, **arrays) -> list[tuple[np.ndarray, int]]:
     """Validate estimator and arrays; return dense (codes, n_symbols) per array, in order."""
     _check_estimator(estimator)
     codes = {name: as_codes(a, name) for name, a in arrays.items()}
@@ -177,7 +178,7 @@ def _prepare(estimator: str, **arrays) -> list[tuple[np.ndarray, int]]:
 
 def entropy(x, estimator: str = "plugin") -> float:
     """H(X) in bits. x: (N,) non-negative integer codes."""
-    (cx,) = _prepare(estimator, x=x)
+    (cx,) = prepare_codes(estimator, x=x)
     return _entropy_dense(cx, estimator)
 
 
@@ -187,19 +188,19 @@ def mutual_information(x, y, estimator: str = "plugin") -> float:
     With ``estimator="plugin"`` this equals
     ``sklearn.metrics.mutual_info_score(x, y) / ln 2``.
     """
-    cx, cy = _prepare(estimator, x=x, y=y)
-    hx, hy, hxy = _mi_terms(cx, cy, estimator)
+    cx, cy = prepare_codes(estimator, x=x, y=y)
+    hx, hy, hxy = mi_terms(cx, cy, estimator)
     return float(hx + hy - hxy)
 
 
 def conditional_mutual_information(x, y, z, estimator: str = "plugin") -> float:
     """I(X;Y|Z) = H(X,Z) + H(Y,Z) - H(X,Y,Z) - H(Z) in bits. x, y, z: (N,) integer codes."""
-    cx, cy, cz = _prepare(estimator, x=x, y=y, z=z)
-    xz = _combine(cx, cz)
+    cx, cy, cz = prepare_codes(estimator, x=x, y=y, z=z)
+    xz = combine_codes(cx, cz)
     return float(
         _entropy_dense(xz, estimator)
-        + _entropy_dense(_combine(cy, cz), estimator)
-        - _entropy_dense(_combine(xz, cy), estimator)
+        + _entropy_dense(combine_codes(cy, cz), estimator)
+        - _entropy_dense(combine_codes(xz, cy), estimator)
         - _entropy_dense(cz, estimator)
     )
 
@@ -209,8 +210,8 @@ def normalized_mutual_information(x, y, estimator: str = "plugin") -> float:
 
     Plug-in values lie in [0, 1]; bias-corrected ones can stray slightly outside.
     """
-    cx, cy = _prepare(estimator, x=x, y=y)
-    hx, hy, hxy = _mi_terms(cx, cy, estimator)
+    cx, cy = prepare_codes(estimator, x=x, y=y)
+    hx, hy, hxy = mi_terms(cx, cy, estimator)
     if hx <= 0.0 or hy <= 0.0:
         return 0.0
     return float((hx + hy - hxy) / np.sqrt(hx * hy))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ret_toolkit.info.estimators import _combine, _entropy_counts, _mi_terms, _prepare
+from ret_toolkit.info.estimators import combine_codes, entropy_of_counts, mi_terms, prepare_codes
 
 
 def permutation_test(x, y, n_permutations: int = 200, estimator: str = "plugin", seed: int = 0) -> dict:
@@ -22,15 +22,15 @@ def permutation_test(x, y, n_permutations: int = 200, estimator: str = "plugin",
     """
     if n_permutations < 1:
         raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
-    cx, cy = _prepare(estimator, x=x, y=y)
-    hx, hy, hxy = _mi_terms(cx, cy, estimator)
+    cx, cy = prepare_codes(estimator, x=x, y=y)
+    hx, hy, hxy = mi_terms(cx, cy, estimator)
     value = hx + hy - hxy
     # Shuffling y keeps both marginal histograms, so only the joint entropy changes.
     rng = np.random.default_rng(seed)
     null = np.empty(n_permutations)
     for i in range(n_permutations):
-        joint, size = _combine(cx, (rng.permutation(cy[0]), cy[1]))
-        null[i] = hx + hy - _entropy_counts(np.bincount(joint, minlength=size), estimator)
+        joint, size = combine_codes(cx, (rng.permutation(cy[0]), cy[1]))
+        null[i] = hx + hy - entropy_of_counts(np.bincount(joint, minlength=size), estimator)
     # The tolerance keeps exact ties (e.g. a constant x: every MI is 0) from being lost to rounding.
     exceed = int(np.sum(null >= value - 1e-12))
     return {
@@ -75,15 +75,15 @@ def bootstrap_ci(
         raise ValueError(f"unknown method {method!r}; choose 'auto', 'percentile', 'basic' or 'centered'")
     if method == "auto":
         method = "basic" if estimator == "plugin" else "centered"
-    cx, cy = _prepare(estimator, x=x, y=y)
-    hx, hy, hxy = _mi_terms(cx, cy, estimator)
+    cx, cy = prepare_codes(estimator, x=x, y=y)
+    hx, hy, hxy = mi_terms(cx, cy, estimator)
     value = hx + hy - hxy
     n = cx[0].size
     rng = np.random.default_rng(seed)
     boot = np.empty(n_boot)
     for i in range(n_boot):
         idx = rng.integers(0, n, size=n)
-        bx, by, bxy = _mi_terms((cx[0][idx], cx[1]), (cy[0][idx], cy[1]), estimator)
+        bx, by, bxy = mi_terms((cx[0][idx], cx[1]), (cy[0][idx], cy[1]), estimator)
         boot[i] = bx + by - bxy
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     if method == "basic":

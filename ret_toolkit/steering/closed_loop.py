@@ -52,7 +52,7 @@ import torch
 
 from activation_cache.errors import InputError
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader
-from ret_toolkit.steering.hooks import _cache_length, remove_hooks, steer
+from ret_toolkit.steering.hooks import cache_length, remove_hooks, steer
 from ret_toolkit.steering.plan import Vectors
 
 __all__ = ["ClosedLoop", "closed_loop_generate"]
@@ -117,7 +117,7 @@ class ClosedLoop:
 
     # ------------------------------------------------------------ hooks
     def _pre_forward(self, module, args, kwargs):
-        past = _cache_length(kwargs)
+        past = cache_length(kwargs)
         if kwargs.get("use_cache") is False:
             raise InputError("closed-loop steering needs generate with the KV cache (use_cache=True): "
                              "without it every forward re-reads the whole sequence")
@@ -194,14 +194,14 @@ def closed_loop_generate(model, inputs, vectors: Vectors, reader: MacrostateRead
         ``(sequences, loop)``: int64 (B, T + new) ids and the loop, whose
         ``groups`` / ``steered`` describe every decoding step.
     """
-    from ret_toolkit.steering.nnsight_steer import _encode
+    from ret_toolkit.steering.nnsight_steer import encode_inputs
     from ret_toolkit.steering.vector import resolve_model
 
     module, _, tok = resolve_model(model)
     tokenizer = tokenizer if tokenizer is not None else tok
     if tokenizer is None and (isinstance(inputs, str) or isinstance(inputs, (list, tuple))):
         raise InputError("string prompts need tokenizer= (or a LoadedModel)")
-    encoded = _encode(inputs, tokenizer)
+    encoded = encode_inputs(inputs, tokenizer)
     device = next(module.parameters()).device
     kwargs = {"do_sample": False, **generate_kwargs}
     if not kwargs["do_sample"]:

@@ -43,7 +43,7 @@ from ret_toolkit.steering.plan import SteeringPlan, Vectors, plan_steering
 __all__ = ["Steering", "steer"]
 
 
-def _cache_length(kwargs: dict) -> int | None:
+def cache_length(kwargs: dict) -> int | None:
     """Tokens already in the KV cache of this forward, or None when no cache is passed."""
     cache = kwargs.get("cache")  # transformers >= 5.2x name
     if cache is None:
@@ -97,7 +97,7 @@ class Steering:
 
     # ------------------------------------------------------------ hooks
     def _pre_forward(self, module, args, kwargs):
-        past = _cache_length(kwargs)
+        past = cache_length(kwargs)
         self._past = past or 0
         self._span = None  # computed by the first block hook of this forward
         if kwargs.get("use_cache") is False and not self._warned:

@@ -37,7 +37,7 @@ def language_model(model, tokenizer=None):
         return nnsight.LanguageModel(module, tokenizer=tokenizer)
 
 
-def _encode(inputs, tokenizer) -> dict[str, torch.Tensor]:
+def encode_inputs(inputs, tokenizer) -> dict[str, torch.Tensor]:
     """Prompt(s) as ``{"input_ids", "attention_mask"}`` (strings are left-padded by the tokenizer)."""
     if isinstance(inputs, str):
         inputs = [inputs]
@@ -89,7 +89,7 @@ def nnsight_generate(
     lm = language_model(model, tokenizer)
     plan = plan_steering(model if not isinstance(model, nnsight.LanguageModel) else lm, vectors, alpha,
                          positions, model_name=model_name, block_path=block_path)
-    encoded = _encode(inputs, lm.tokenizer)
+    encoded = encode_inputs(inputs, lm.tokenizer)
     kwargs = dict(generate_kwargs)
     if not kwargs.get("do_sample", False):
         kwargs.setdefault("do_sample", False)
