@@ -78,6 +78,11 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
+def differing_keys(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Sorted keys whose values differ between two settings dicts (a key missing on one side differs)."""
+    return sorted(k for k in set(old) | set(new) if k not in ignore and old.get(k) != new.get(k))
+
+
 def normalise_settings(settings: dict) -> dict:
     """Settings as they compare after a JSON round trip (tuples -> lists, paths -> str)."""
     return json.loads(json.dumps(settings, sort_keys=True, default=_jsonable))
@@ -137,9 +142,8 @@ class OutputDir:
         if stored is not None:
             old = stored.get("settings", {})
             if old != self.settings:
-                keys = sorted(k for k in set(old) | set(self.settings) if old.get(k) != self.settings.get(k))
                 raise InputError(f"{self.path} holds a {self.command} run with other settings "
-                                 f"(differs in {', '.join(keys)}); {how}")
+                                 f"(differs in {', '.join(differing_keys(old, self.settings))}); {how}")
             return
         present = [n for n in self.files if (self.path / n).exists()]
         if present:
@@ -186,4 +190,4 @@ class OutputDir:
             shutil.rmtree(stage, ignore_errors=True)
 
 
-__all__ = ["MANIFEST", "OutputDir", "atomic_path", "normalise_settings", "write_json", "write_text"]
+__all__ = ["MANIFEST", "OutputDir", "atomic_path", "differing_keys", "normalise_settings", "write_json", "write_text"]

@@ -24,6 +24,7 @@ import numpy as np
 from activation_cache import schema
 from activation_cache._version import __version__
 from activation_cache.errors import InputError, option
+from activation_cache.outputs import differing_keys
 from activation_cache.h5clear import clear_status_flags
 
 
@@ -204,7 +205,7 @@ class StoreWriter:
         schema.check_is_store(f, self.path)
         stored = json.loads(f.attrs["config_json"])
         if stored != self.spec.config:
-            keys = sorted(k for k in set(stored) | set(self.spec.config) if stored.get(k) != self.spec.config.get(k))
+            keys = differing_keys(stored, self.spec.config)
             raise InputError(
                 f"{self.path} exists with a different extraction config (differs in {', '.join(keys)}); "
                 f"pass {option('overwrite', True)} to replace it or write to another path"

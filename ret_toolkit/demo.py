@@ -78,11 +78,10 @@ def run_demo(out: str | Path, quick: bool = False, model: str | None = None, set
     store = out / "trajectories.h5"
     cfg = ExtractConfig(prompts=demo_prompts(s.n_prompts), out=str(store), model=model, layers=layer,
                         generate=s.generate, batch_size=s.batch_size, chat=True, overwrite=overwrite)
-    out.mkdir(parents=True, exist_ok=True)
     runs = out / "runs"
-    if overwrite and runs.is_dir():
-        shutil.rmtree(runs)
     with od:
+        if overwrite and runs.is_dir():
+            shutil.rmtree(runs)
         r = extract(cfg, loaded=loaded, progress=progress)
         log.info("   %d sequences, %d tokens -> %s", r.n_sequences, r.n_tokens, store)
 

@@ -10,9 +10,7 @@ Conventions the README follows (an HTML comment on the line before a fence):
   match as printed (or within ``<!-- readme: tolerance X -->``); times
   (``39 s``, ``12.3 tok/s``) and ``...`` match anything.
 - ``<!-- readme: skip (reason) -->`` before a block: not run (and an output
-  block after it is not compared).
-- ``<!-- readme: instead: COMMAND (reason) -->`` before a bash block: its quick
-  twin ``COMMAND`` runs in its place, and its output is not compared.
+  block after it is not compared); the README puts a quick twin beside it.
 """
 
 from __future__ import annotations
@@ -37,11 +35,6 @@ class Block:
     @property
     def skip(self) -> bool:
         return self.directive.startswith("skip")
-
-    @property
-    def instead(self) -> str | None:
-        m = re.match(r"instead:\s*(.*?)\s*(?:\((.*)\))?$", self.directive)
-        return m[1] if m else None
 
     @property
     def tolerance(self) -> float:

@@ -16,6 +16,7 @@ from activation_cache.extract import ExtractConfig, extract, parse_layers, plan
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from activation_cache.tracer import Tracer
+from file_checks import file_digests
 from tiny_models import ARCHS, EXPECTED, save_tiny_model
 
 PROMPTS = [
@@ -441,3 +442,16 @@ def test_config_validation_errors(tiny, tmp_path, txt_prompts):
         with cli_words(), pytest.raises(InputError, match=flag.replace("-", r"\-")):
             extract(ExtractConfig(**base, **kw), loaded=loaded, progress=False)
     assert not Path(base["out"]).exists()
+
+
+def test_extract_takes_prompts_in_memory_and_records_their_digest(tiny, tmp_path):
+    path, loaded, _, _ = tiny("llama")
+    out = tmp_path / "m.h5"
+    r = extract(ExtractConfig(prompts=["one two", "three"], out=str(out), model=str(path)), loaded=loaded,
+                progress=False)
+    assert r.n_sequences == 2
+    before = file_digests(tmp_path)
+    with pytest.raises(InputError, match="differs in .*prompts_sha256"):
+        extract(ExtractConfig(prompts=["one two", "four"], out=str(out), model=str(path)), loaded=loaded,
+                progress=False)
+    assert file_digests(tmp_path) == before

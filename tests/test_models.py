@@ -206,7 +206,8 @@ def test_embedded_model_answers():
     assert (lm.arch.n_layers, lm.arch.d_model, lm.arch.block_path) == (30, 576, "model.layers")
     t0 = time.perf_counter()
     lm = load_model("smollm2")
-    assert time.perf_counter() - t0 < 2.0
+    # from the cache: well under a second when idle; dequantising again would take ~25 s
+    assert time.perf_counter() - t0 < 10.0
     tok = lm.tokenizer
     enc = tok.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],

@@ -21,7 +21,8 @@ from ret_toolkit.cli import planning as planning_cmd
 from ret_toolkit.cli.train import task_cli
 from ret_toolkit.planning import ProbeSettings, TaskDataModule, TaskLM, export_task_model
 from ret_toolkit.planning.analysis import layer_groups, path_variables
-from ret_toolkit.planning.run import run_planning, write_sentences_jsonl
+from ret_toolkit.planning.run import run_planning, sentences
+from ret_toolkit.tasks import write_prompts_jsonl
 
 BIN = Path(sys.executable).parent
 
@@ -113,7 +114,7 @@ def test_path_variables_read_the_models_choice(trained, tmp_path):
     model_dir, cli = trained
     samples = cli.datamodule.val_samples[:12]
     prompts = tmp_path / "p.jsonl"
-    write_sentences_jsonl(samples, prompts)
+    write_prompts_jsonl(sentences(samples), prompts)
     store = tmp_path / "s.h5"
     extract(ExtractConfig(prompts=str(prompts), out=str(store), model=str(model_dir), batch_size=8), progress=False)
     tok = cli.datamodule.tokenizer
@@ -199,6 +200,13 @@ def test_ret_planning_bad_model_is_one_line_exit_2(tmp_path):
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     assert planning_cmd.parser().parse_args(["--model", "m", "--task", "grammar", "--out", "o"]).n == 2000
+
+
+def test_ret_planning_needs_at_least_one_sample(tmp_path, capsys):
+    rc = planning_cmd.main(["--model", str(tmp_path), "--task", "grammar", "--out", str(tmp_path / "o"), "--n", "0"])
+    err = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert rc == 2 and len(err) == 1 and "--n must be >= 1, got 0" in err[0], err
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_task_with_an_unknown_decoding_is_a_clear_error():

@@ -5,7 +5,7 @@ the files git does not ignore), with the repository's ``.venv`` linked in.
 Blocks run as typed, with ``.venv/bin`` first on PATH (what
 ``source .venv/bin/activate`` does); the printed output is compared with the
 ``text`` block that follows, where the README shows one. See readme_blocks.py
-for the conventions (skip / instead / tolerance directives).
+for the conventions (skip and tolerance directives).
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ class Session:
         self.python = subprocess.Popen([sys.executable, "-u", "-c", _WORKER], cwd=work, env=self.env,
                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def run(self, block: Block, code: str | None = None) -> tuple[bool, str]:
-        code = code if code is not None else block.code
+    def run(self, block: Block) -> tuple[bool, str]:
+        code = block.code
         if block.lang == "bash":
             p = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", code], cwd=self.work, env=self.env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
@@ -92,7 +92,7 @@ def test_readme_blocks_parse():
     assert len(runnable) >= 20
     for b in blocks:
         if b.directive:
-            assert b.skip or b.instead or b.tolerance, f"README.md:{b.line}: unknown directive {b.directive!r}"
+            assert b.skip or b.tolerance, f"README.md:{b.line}: unknown directive {b.directive!r}"
         if b.skip:
             assert "(" in b.directive, f"README.md:{b.line}: a skipped block must say why"
 
@@ -118,12 +118,12 @@ def test_readme_runs_as_written(tmp_path):
                 if b.skip:
                     last = None
                     continue
-                ok, out = s.run(b, b.instead)
-                assert ok, f"README.md:{b.line}: {b.lang} block failed:\n{b.instead or b.code}\n--- output:\n{out[-4000:]}"
-                last = (b, None if b.instead else out)
+                ok, out = s.run(b)
+                assert ok, f"README.md:{b.line}: {b.lang} block failed:\n{b.code}\n--- output:\n{out[-4000:]}"
+                last = (b, out)
             elif b.lang == "text" and last is not None and b.line - last[0].end <= 3:
                 run_block, out = last
-                if out is not None and not b.skip:
+                if not b.skip:
                     problem = compare_output(b.code, out, b.tolerance)
                     if problem:
                         failures.append(f"README.md:{b.line} (output of the block at line {run_block.line}): "

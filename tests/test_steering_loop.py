@@ -304,6 +304,10 @@ def test_cli_bad_input_is_one_line_exit_2(ret_dir, tmp_path, capsys):
         (["--ret", ret, "--group", "1", "--prompts", tmp_path / "none.jsonl"], ["prompt file not found"]),
         (["--ret", ret, "--group", "1", "--prompt", "hi", "--alpha", "x"], ["invalid float value"]),
         ([], ["--vector PATH or --group G"]),
+        (["--vector", tmp_path / "wide", "--prompt", "hi", "--save-vector", tmp_path / "copy"],
+         ["--save-vector saves the vector built from --group"]),
+        (["--ret", ret, "--group", "1", "--prompt", "hi", "--sweep", "--out", tmp_path / "wide.json"],
+         ["wide.json exists and is not a directory"]),
     ]
     for args, needles in cases:
         rc, out, err = _steer(capsys, *args)

@@ -604,6 +604,10 @@ def test_merge_refuses_bad_shard_sets(shard_setup, tmp_path):
         merge_shards(tmp_path / "nope" / "m.h5", [s0, s1, s2])
     with pytest.raises(InputError, match="at least one shard"):
         merge_shards(out, [])
+    with pytest.raises(InputError, match="is a directory, expected an .h5 file"):
+        merge_shards(tmp_path, [s0, s1, s2])
+    with pytest.raises(InputError, match="is one of the shards"):
+        merge_shards(s1, [s0, s1, s2], overwrite=True)
     assert not out.exists()
 
 

@@ -297,6 +297,12 @@ def test_bad_input_is_one_line_exit_2(stores, tmp_path, capsys):
         (("ret-train", "vq", "fit", f"--data.stores=[{stores['gpt2']}]", "--data.block.start=50", "--data.block.stop=60",
           f"--trainer.default_root_dir={tmp_path}"), "no anchor"),
         (("ret-train", "vq", "fit", f"--data.stores=[{stores['gpt2']}]", "--model.no_such_key=1"), "no_such_key"),
+        (("ret-vq-codes", "--ckpt", ckpt, "--store", str(stores["gpt2"]), "--out", str(tmp_path / "x.h5"),
+          "--batch-size", "0"), "--batch-size and --anchor-stride must be >= 1"),
+        (("ret-vq-codes", "--ckpt", ckpt, "--store", str(stores["gpt2"]), "--out", str(tmp_path / "x.h5"),
+          "--start", "two"), "expected an integer offset"),
+        (("ret-vq-codes", "--ckpt", ckpt, "--store", str(stores["gpt2"]), "--out", str(tmp_path / "x.h5"),
+          "--start", "500", "--stop", "501", "--quiet"), "nothing written"),
     ]
     mains = {"ret-vq-codes": codes_cmd.main, "ret-train": train_cmd.main}
     for i, (args, words) in enumerate(cases):

@@ -53,9 +53,8 @@ def _align_block(spec: str, layers: str):
 
 def _run(argv: Sequence[str]) -> int:
     from activation_cache.errors import InputError
-    from activation_cache.reader import TrajectoryStore
-    from ret_toolkit.vq.codes import (check_codes_out, check_store, checkpoint_block, codes_settings,
-                                      encode_store_blocks, load_vq, write_codes)
+    from ret_toolkit.vq.codes import (check_codes_out, checkpoint_block, codes_settings, encode_store_blocks,
+                                      load_vq, write_codes)
 
     a = parser().parse_args(argv)
     if a.batch_size < 1 or (a.anchor_stride is not None and a.anchor_stride < 1):
@@ -75,10 +74,8 @@ def _run(argv: Sequence[str]) -> int:
     block = dataclasses.replace(block, **changes)
     align = [_align_block(a.align, block.layers)] if a.align else []
     settings = codes_settings(module, a.ckpt, a.store, block, a.anchor, a.anchor_stride, align)
-    # check, then write: the store fits the checkpoint and --out may take these settings before
-    # the (slow) encoding (which checks the anchors first); nothing is written until write_codes
-    with TrajectoryStore(a.store) as store:
-        check_store(module, store, block)
+    # check, then write: --out may take these settings before the (slow) encoding, which checks
+    # the store against the checkpoint first; nothing is written until write_codes
     check_codes_out(a.out, settings, overwrite=a.overwrite)
     codes, anchors = encode_store_blocks(module, a.store, block, a.anchor, a.anchor_stride, align,
                                          batch_size=a.batch_size, progress=not a.quiet)

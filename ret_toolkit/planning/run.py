@@ -27,8 +27,7 @@ from ret_toolkit.planning.analysis import (ProbeSettings, branch_awareness, hist
                                            task_accuracy)
 from ret_toolkit.planning.datamodule import make_task
 from ret_toolkit.planning.decode import task_accuracy_of
-from ret_toolkit.tasks import TaskSample, write_prompts_jsonl
-from ret_toolkit.tasks.base import prompt_records
+from ret_toolkit.tasks import TaskSample, prompt_records
 
 log = logging.getLogger("ret_toolkit.planning")
 
@@ -39,11 +38,6 @@ PLANNING_FILES = ("trajectories.h5", "planning.json", "planning.html")
 def sentences(samples: list[TaskSample]) -> list[TaskSample]:
     """Whole texts (prompt + target) as prompts, for forward-mode extraction."""
     return [TaskSample(prompt=s.text, target="", meta=s.meta) for s in samples]
-
-
-def write_sentences_jsonl(samples: list[TaskSample], path: Path) -> None:
-    """Whole texts (prompt + target) as a prompt file, for forward-mode extraction."""
-    write_prompts_jsonl(sentences(samples), path)
 
 
 def planning_settings(model_dir: str | Path, task_name: str, n: int, path_nodes: int, settings: ProbeSettings,
@@ -82,12 +76,10 @@ def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000,
     with od:
         # The store is an intermediate: traced afresh into the staging folder every run.
         store = od.stage("trajectories.h5")
-        if task_name == "pathfinding":
-            cfg = ExtractConfig(prompts=prompt_records(samples), out=str(store), model=model_dir, layers="all",
-                                generate=path_nodes + 2, batch_size=64)
-        else:
-            cfg = ExtractConfig(prompts=prompt_records(sentences(samples)), out=str(store), model=model_dir,
-                                layers="all", batch_size=64)
+        # path-finding: the model generates its own path; grammar: forward mode over whole sentences
+        paths = task_name == "pathfinding"
+        cfg = ExtractConfig(prompts=prompt_records(samples if paths else sentences(samples)), out=str(store),
+                            model=model_dir, layers="all", generate=path_nodes + 2 if paths else 0, batch_size=64)
         log.info("extract %d %s samples -> %s", n, task_name, od.final("trajectories.h5"))
         extract(cfg, loaded=loaded, progress=progress)
         if task_name == "pathfinding":

@@ -234,6 +234,7 @@ class SteeringVector:
         Raises InputError (one line) if either exists with other content.
         """
         from activation_cache.errors import option
+        from activation_cache.outputs import differing_keys
 
         present = [p for p in (tensors_path, manifest_path) if p.exists()]
         if not present:
@@ -247,8 +248,7 @@ class SteeringVector:
             raise InputError(f"{tensors_path} exists and is not a readable steering vector; {how}") from None
         mine = json.loads(json.dumps(self.manifest))
         theirs = json.loads(json.dumps(other.manifest))
-        keys = sorted(k for k in set(mine) | set(theirs)
-                      if k not in self._VOLATILE and mine.get(k) != theirs.get(k))
+        keys = differing_keys(mine, theirs, ignore=self._VOLATILE)
         if other.layers != self.layers or any(not torch.equal(other[x], self[x]) for x in self.layers):
             keys = sorted({"directions", *keys})
         if keys:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Sequence
 
 from activation_cache.errors import InputError, option
+from activation_cache.models import model_name
 from activation_cache.outputs import OutputDir, write_json
 from ret_toolkit.sycophancy.features import KS, extract_features
 from ret_toolkit.sycophancy.trajectories import PUSHBACK_MODES, TraceSettings, pick_items, trace_dataset
@@ -100,15 +101,6 @@ def _finite(x):
     return x
 
 
-def _model_name(model: str | None, loaded) -> str:
-    """The model as the stores record it (:attr:`LoadedModel.name`), without loading it."""
-    if loaded is not None:
-        return loaded.name
-    from activation_cache.models import model_name
-
-    return model_name(model)
-
-
 def _dataset_name(dataset, dataset_name: str | None) -> str:
     name = str(dataset) if isinstance(dataset, (str, Path)) else (dataset_name or "<items>")
     path = Path(name).expanduser()
@@ -173,7 +165,7 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
     if not ret_layers:
         raise InputError(f"{macro_ckpt}: RET checkpoint does not record its layers (source_layers)")
     name = _dataset_name(dataset, dataset_name)
-    od = forecast_output_dir(out, settings, name, items, macro_ckpt, _model_name(model, loaded))
+    od = forecast_output_dir(out, settings, name, items, macro_ckpt, loaded.name if loaded else model_name(model))
     if loaded is None:
         from activation_cache.models import load_model
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from activation_cache.errors import InputError, option
-from activation_cache.outputs import atomic_path, normalise_settings
+from activation_cache.outputs import atomic_path, differing_keys, normalise_settings
 from activation_cache.reader import TrajectoryStore
 from activation_cache.schema import open_h5
 from ret_toolkit.checkpoint import load_checkpoint
@@ -149,8 +149,8 @@ def check_codes_out(path: str | Path, settings: dict, overwrite: bool = False) -
     new = normalise_settings(settings)
     if not isinstance(old, dict) or old != new:
         old = old if isinstance(old, dict) else {}
-        keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-        raise InputError(f"{path} holds VQ codes made with other settings (differs in {', '.join(keys)}); {how}")
+        raise InputError(f"{path} holds VQ codes made with other settings "
+                         f"(differs in {', '.join(differing_keys(old, new))}); {how}")
 
 
 def write_codes(path: str | Path, codes: np.ndarray, anchors: np.ndarray, *, settings: dict | None = None,
