@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import Callable, Sequence
 
@@ -65,6 +66,42 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
         return 130
 
 
+def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse ``type`` that validates a flag with ``check`` at parse time and keeps its spelling.
+
+    A device that is not there is refused before anything is read or written.
+    """
+    def parse(text: str) -> str:
+        try:
+            with cli_words():
+                check(text)
+        except InputError as e:
+            # argparse already names the flag: "argument --device: 'cuda' is not available..."
+            raise argparse.ArgumentTypeError(re.sub(r"^--[a-z-]+:? ", "", str(e))) from None
+        return text
+
+    return parse
+
+
+def add_placement_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device``, ``--model-dtype`` and ``--device-map``: the same on every command that loads a model."""
+    from activation_cache.devices import parse_device_map, resolve_device, resolve_model_dtype
+
+    g = p.add_argument_group("device and precision of the model")
+    g.add_argument("--device", default="auto", type=_checked(resolve_device),
+                   help="auto (default: CUDA if present, else CPU), cpu, cuda, cuda:N or mps")
+    g.add_argument("--model-dtype", default="auto", metavar="DTYPE", type=_checked(lambda t: resolve_model_dtype(t, False)),
+                   help="weight dtype: auto (default: the checkpoint's own on a GPU, float32 on a CPU), float32, bfloat16 or float16")
+    g.add_argument("--device-map", default=None, metavar="MAP", type=_checked(parse_device_map),
+                   help="spread a model that does not fit one device (accelerate): auto, balanced, "
+                        "a JSON object {\"module.path\": device} or a .json file holding one")
+
+
+def placement(a: argparse.Namespace) -> dict:
+    """The ``device`` / ``dtype`` / ``device_map`` keywords of :func:`~activation_cache.models.load_model` from parsed flags."""
+    return dict(device=a.device, dtype=a.model_dtype, device_map=a.device_map)
+
+
 def _extract_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="ret-extract", description="Trace residual-stream hidden states into an HDF5 trajectory store. "
                       "Subcommands: 'merge OUT SHARD...' joins shards; 'info STORE' prints a summary.")
@@ -74,8 +111,15 @@ def _extract_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default="all", help="'all' (default) or indices/ranges like '0,5,10-12', negatives count from the end")
     p.add_argument("--embed", action="store_true", help="also store the embedding output as /hidden/embed")
     p.add_argument("--generate", type=int, default=0, metavar="N", help="generate up to N tokens per prompt and record them too (default 0: prompt only)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype of hidden states")
+    p.add_argument("--batch-size", type=int, default=8, help="prompts per batch (default 8)")
+    p.add_argument("--batch-tokens", type=int, default=None, metavar="N",
+                   help="instead of --batch-size: batches of at most N padded tokens, prompts grouped by length "
+                        "(less padding; the store keeps prompt order)")
+    p.add_argument("--pipeline", default="auto", choices=["auto", "on", "off"],
+                   help="write on a background thread while the model traces the next batch "
+                        "(auto, the default: on when the model runs on a GPU)")
+    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
+                   help="storage dtype of hidden states (default float16; bfloat16 keeps a bf16 model's values exactly)")
     p.add_argument("--compression", default="none", choices=["none", "lzf", "gzip"])
     p.add_argument("--max-tokens", type=int, default=512, help="truncate longer prompts (with a warning naming them)")
     p.add_argument("--chat", action="store_true", help="render plain-text prompts through the tokenizer's chat template")
@@ -84,6 +128,10 @@ def _extract_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0, help="sampling seed (per batch: seed + first prompt index)")
+    p.add_argument("--distributed", action="store_true",
+                   help="take this process's shard from SLURM (srun: SLURM_PROCID/SLURM_NTASKS; job arrays: "
+                        "SLURM_ARRAY_TASK_ID/COUNT); under torchrun this is automatic. Shards go to OUT_STEM.shards/, "
+                        "the rank that finds them all complete merges them into --out")
     p.add_argument("--num-shards", type=int, default=1, help="split the prompts into N contiguous shards ...")
     p.add_argument("--shard-index", type=int, default=0, help="... and extract only this one (0-based)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store instead of resuming it")
@@ -91,28 +139,44 @@ def _extract_parser() -> argparse.ArgumentParser:
     p.add_argument("--block-path", default=None, help="dotted path of the decoder-block ModuleList, for architectures not recognised")
     p.add_argument("--embed-path", default=None, help="dotted path of the token embedding module")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_placement_arguments(p)
     return p
 
 
 def _extract(argv: Sequence[str]) -> int:
+    from activation_cache.distributed import detect_rank, extract_distributed
     from activation_cache.extract import ExtractConfig, extract, plan
 
     a = _extract_parser().parse_args(argv)
     cfg = ExtractConfig(
         prompts=a.prompts, out=a.out, model=a.model, layers=a.layers, embed=a.embed, generate=a.generate,
-        batch_size=a.batch_size, dtype=a.dtype, compression=None if a.compression == "none" else a.compression,
+        batch_size=a.batch_size, batch_tokens=a.batch_tokens, dtype=a.dtype, compression=None if a.compression == "none" else a.compression,
         max_tokens=a.max_tokens, chat=a.chat, limit=a.limit, sample=a.sample, temperature=a.temperature, top_p=a.top_p,
         seed=a.seed, num_shards=a.num_shards, shard_index=a.shard_index, overwrite=a.overwrite,
         block_path=a.block_path, embed_path=a.embed_path,
+        device=a.device, model_dtype=a.model_dtype, device_map=a.device_map,
+        pipeline={"auto": None, "on": True, "off": False}[a.pipeline],
     )
+    rank = detect_rank(a.distributed)
     if a.dry_run:
-        print(plan(cfg).describe())
+        if rank is None or rank.rank == 0:
+            print(plan(cfg).describe())
         return 0
-    r = extract(cfg, progress=not a.quiet)
-    what = "resumed, " if r.resumed else ""
-    print(f"wrote {r.path}: {r.n_sequences} sequences, {r.n_tokens} tokens ({what}{r.new_tokens} new tokens "
-          f"in {r.seconds:.1f} s, {r.tokens_per_s:.0f} tok/s)")
+    if rank is None:
+        _print_written(extract(cfg, progress=not a.quiet))
+        return 0
+    d = extract_distributed(cfg, rank, progress=not a.quiet and rank.rank == 0)  # one progress bar, not N
+    _print_written(d.shard, f"rank {rank.rank}/{rank.world_size}: ")
+    if d.merged is not None:
+        print(f"rank {rank.rank}/{rank.world_size}: all {rank.world_size} shards complete: wrote {d.merged}: "
+              f"virtual store over {rank.world_size} shards")
     return 0
+
+
+def _print_written(r, prefix: str = "") -> None:
+    what = "resumed, " if r.resumed else ""
+    print(f"{prefix}wrote {r.path}: {r.n_sequences} sequences, {r.n_tokens} tokens ({what}{r.new_tokens} new tokens "
+          f"in {r.seconds:.1f} s, {r.tokens_per_s:.0f} tok/s)", flush=True)
 
 
 def _merge(argv: Sequence[str]) -> int:
@@ -139,6 +203,8 @@ def _info(argv: Sequence[str]) -> int:
         print(repr(s))
         print(f"generated tokens: {n_gen}; layers: {', '.join(s.layers)}")
         print(f"meta fields: {', '.join(s.meta_fields)}")
+        if s.model_dtype:  # format 2 on
+            print(f"model ran in {s.model_dtype} on {s.device}; hidden states stored as {s.dtype}")
         if s.n_sequences and s.tokenizer is not None:
             print(f"first sequence: {s.text(0)!r}")
     return 0

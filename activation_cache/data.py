@@ -15,7 +15,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -82,7 +81,7 @@ class TokenWindows(Dataset):
         self.starts = window_starts(self.offsets, length, sequences, stride)
         self.dtype = dtype
         self.cache_chunks = cache_chunks
-        self._h5: h5py.File | None = None
+        self._file = schema.ProcessFile(self.path)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @property
@@ -97,11 +96,9 @@ class TokenWindows(Dataset):
         if c in self._cache:
             self._cache.move_to_end(c)
             return self._cache[c]
-        if self._h5 is None:
-            self._h5 = schema.open_h5(self.path, "r")
         lo = c * self.chunk
         hi = min(lo + self.chunk + self.length - 1, int(self.offsets[-1]))
-        parts = [self._h5[f"hidden/{n}"][lo:hi] for n in self.layers]
+        parts = [schema.hidden_dataset(self._file.get(), n)[lo:hi] for n in self.layers]
         block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         self._cache[c] = block
         if len(self._cache) > self.cache_chunks:
@@ -120,7 +117,7 @@ class TokenWindows(Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_h5"], state["_cache"] = None, OrderedDict()
+        state["_cache"] = OrderedDict()  # the file handle drops itself (schema.ProcessFile)
         return state
 
 
@@ -198,7 +195,7 @@ def standardization_stats(
             raise InputError(f"{path}: no tokens to compute standardisation statistics from (empty store or split)")
         means, stds = [], []
         for name in names:
-            ds = store.h5[f"hidden/{name}"]
+            ds = store.hidden_dataset(name)
             step = (ds.chunks[0] if ds.chunks else 4096) * 4
             s1 = np.zeros(ds.shape[1], np.float64)
             s2 = np.zeros(ds.shape[1], np.float64)

@@ -15,15 +15,17 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from activation_cache import schema
+from activation_cache.batching import Window, pad_rows, padding_share, plan_windows
 from activation_cache.errors import InputError, option
 from activation_cache.models import LoadedModel, load_model
+from activation_cache.pipeline import BackgroundWriter, HostBatch, NonFinite, stored_rows, to_host
 from activation_cache.prompts import Prompt, prompts_from_records, read_prompts, render_prompt
 from activation_cache.tracer import Sampling, Traced, Tracer
 from activation_cache.writer import Batch, StoreSpec, StoreWriter
@@ -43,10 +45,26 @@ class ExtractConfig:
         negative counts from the end), optionally including ``"embed"``.
     generate: 0 = forward mode (prompt tokens only); N > 0 = generate mode,
         prompt plus up to N generated tokens per sequence.
+    batch_size: prompts per batch, in prompt order.
+    batch_tokens: instead of ``batch_size``, batches by a token budget: prompts
+        are grouped by length so little padding is computed (see
+        :mod:`activation_cache.batching`); the store still holds them in prompt order.
     max_tokens: prompts longer than this (in tokens) are truncated, with a warning.
     chat: render plain-text prompts through the chat template (``messages``
         prompts always are).
     limit: use only the first ``limit`` prompts of the source (before sharding).
+    dtype: storage dtype of the hidden states: ``float16`` (default),
+        ``bfloat16`` (exact for bf16 models, whose values can exceed float16's
+        ±65504) or ``float32``.
+    device, model_dtype, device_map: where and in what precision the model
+        runs (:func:`~activation_cache.models.load_model`'s ``device``,
+        ``dtype`` and ``device_map``). The store records the resolved weight
+        dtype in its config (a resume in another precision is refused) and the
+        device in its attributes (a resume on another device is allowed).
+    pipeline: write on a background thread while the model traces the next
+        batch (:mod:`activation_cache.pipeline`). ``None`` (default): on when
+        the model runs on a GPU; on a CPU the thread would compete with the
+        model's own threads for the cores.
     """
 
     prompts: str | Sequence
@@ -56,6 +74,7 @@ class ExtractConfig:
     embed: bool = False
     generate: int = 0
     batch_size: int = 8
+    batch_tokens: int | None = None
     dtype: str = "float16"
     compression: str | None = None
     max_tokens: int = 512
@@ -70,10 +89,21 @@ class ExtractConfig:
     overwrite: bool = False
     block_path: str | None = None
     embed_path: str | None = None
+    device: str | None = "auto"
+    model_dtype: str | None = "auto"
+    device_map: str | dict | None = None
+    pipeline: bool | None = None
+
+    def load_model(self) -> LoadedModel:
+        """The model these settings name, on their device and in their precision."""
+        return load_model(self.model, device=self.device, dtype=self.model_dtype, device_map=self.device_map,
+                          block_path=self.block_path, embed_path=self.embed_path)
 
     def validate(self) -> None:
         if self.batch_size < 1:
             raise InputError(f"{option('batch_size')} must be >= 1, got {self.batch_size}")
+        if self.batch_tokens is not None and self.batch_tokens < 1:
+            raise InputError(f"{option('batch_tokens')} must be >= 1, got {self.batch_tokens}")
         if self.generate < 0:
             raise InputError(f"{option('generate')} must be >= 0, got {self.generate}")
         if self.limit is not None and self.limit < 1:
@@ -185,11 +215,11 @@ def store_config(cfg: ExtractConfig, loaded: LoadedModel, prep: Prepared) -> dic
     """The config saved in the store; a rerun resumes only if it is identical."""
     digest = hashlib.sha256(json.dumps([[p.prompt_id, ids] for p, ids in zip(prep.prompts, prep.ids)]).encode())
     conf = asdict(cfg)
-    for k in ("out", "overwrite"):
+    for k in ("out", "overwrite", "device", "device_map", "pipeline"):
         conf.pop(k)
     if not isinstance(cfg.prompts, (str, Path)):
         conf["prompts"] = "<in memory>"  # their content is in prompts_sha256
-    conf.update(model=loaded.name, model_revision=loaded.revision, layers=prep.layers,
+    conf.update(model=loaded.name, model_revision=loaded.revision, layers=prep.layers, model_dtype=loaded.dtype,
                 n_prompts=len(prep.prompts), prompts_sha256=digest.hexdigest())
     return conf
 
@@ -203,101 +233,113 @@ def _meta_fields(prompts: Sequence[Prompt], generate: bool) -> list[str]:
     return list(fields)
 
 
-def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token-id lists as one batch: ``(input_ids, attention_mask)``, int64 (B, T_max).
-
-    ``left=True`` for ``generate`` (new tokens follow every prompt directly); ``left=False``
-    keeps real tokens at positions 0..T-1 for a teacher-forced forward.
-    """
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        sl = slice(width - len(r), width) if left else slice(0, len(r))
-        ids[i, sl] = torch.tensor(r, dtype=torch.long)
-        mask[i, sl] = 1
-    return ids, mask
+#: Bytes of traced rows a ``batch_tokens`` window may hold before its commit.
+WINDOW_BYTES = 256 << 20
 
 
-def unpad(traced: Traced, dtype: str) -> tuple[list[np.ndarray], list[np.ndarray], dict[str, np.ndarray]]:
-    """Padded traced tensors -> per-sequence tokens / generated masks and flat hidden rows.
-
-    Returns tokens (list of int32 (T_s,)), generated (list of bool (T_s,)) and
-    layer -> (sum_s T_s, D) hidden rows in sequence order, in the store dtype.
-    """
-    valid = traced.valid
-    tokens = [traced.input_ids[b][valid[b]].to(torch.int32).numpy() for b in range(valid.shape[0])]
-    generated = [traced.generated[b][valid[b]].numpy() for b in range(valid.shape[0])]
-    flat = valid.reshape(-1).nonzero().squeeze(1)
-    torch_dtype = {"float16": torch.float16, "float32": torch.float32}[dtype]
-    hidden = {}
-    for name, h in traced.hidden.items():
-        hidden[name] = h.reshape(-1, h.shape[-1]).index_select(0, flat).to(torch_dtype).numpy()
-    return tokens, generated, hidden
-
-
-def _batches(n: int, batch_size: int, start: int) -> Iterator[slice]:
-    for lo in range(start, n, batch_size):
-        yield slice(lo, min(lo + batch_size, n))
+def window_tokens(cfg: ExtractConfig, n_layers: int, d_model: int) -> int | None:
+    """Prompt tokens per window in ``batch_tokens`` mode: 8 batches, or fewer when rows are large."""
+    if cfg.batch_tokens is None:
+        return None
+    row_bytes = n_layers * d_model * 4  # as traced, float32 at most
+    return max(cfg.batch_tokens, min(8 * cfg.batch_tokens, WINDOW_BYTES // max(row_bytes, 1)))
 
 
 def extract(cfg: ExtractConfig, loaded: LoadedModel | None = None, progress: bool = True) -> ExtractResult:
     """Run (or resume) an extraction into ``cfg.out``; returns counts and timing.
 
     Resumes from the store's ``n_committed`` when the file exists with the
-    same config; refuses a different config unless ``cfg.overwrite``.
+    same config; refuses a different config unless ``cfg.overwrite``. The
+    model traces the next batch while a background thread writes the last
+    one (:mod:`activation_cache.pipeline`).
     """
     cfg.validate()
-    loaded = loaded or load_model(cfg.model, block_path=cfg.block_path, embed_path=cfg.embed_path)
+    loaded = loaded or cfg.load_model()
     prep = prepare(cfg, loaded)
-    gen = cfg.generate > 0
     spec = StoreSpec(
         model=loaded.name, model_revision=loaded.revision, d_model=loaded.arch.d_model,
         n_model_layers=loaded.arch.n_layers, layers=prep.layers, config=store_config(cfg, loaded, prep),
         meta_fields=prep.meta_fields, dtype=cfg.dtype, compression=cfg.compression,
-        tokenizer_json=_tokenizer_json(loaded),
+        tokenizer_json=_tokenizer_json(loaded), model_dtype=loaded.dtype, device=loaded.device,
     )
     tracer = Tracer(loaded, prep.layers)
-    pad_id = loaded.tokenizer.pad_token_id
     n = len(prep.prompts)
     t0 = time.perf_counter()
     with StoreWriter(cfg.out, spec, overwrite=cfg.overwrite) as writer:
         start_seq, start_tok = writer.n_committed, writer.n_tokens
         bar = tqdm(total=n, initial=start_seq, unit="seq", desc=f"extract {Path(cfg.out).name}",
                    disable=not progress, dynamic_ncols=True)
+
+        def commit(item: tuple[Window, list[HostBatch]]) -> None:
+            window, parts = item
+            writer.append(_window_batch(cfg, prep, window, parts))  # StoreWriteError on disk full etc.
+            bar.update(window.stop - window.start)
+            bar.set_postfix(tok_s=f"{(writer.n_tokens - start_tok) / max(time.perf_counter() - t0, 1e-9):.0f}")
+
+        threaded = cfg.pipeline if cfg.pipeline is not None else not loaded.device.startswith("cpu")
+        background = BackgroundWriter(commit, depth=1, threaded=threaded)
         try:
-            for k, sl in enumerate(_batches(n, cfg.batch_size, start_seq)):
-                rows = prep.ids[sl]
-                if gen:
-                    ids, mask = pad_rows(rows, pad_id, left=True)
-                    sampling = Sampling(cfg.sample, cfg.temperature, cfg.top_p, seed=cfg.seed + sl.start)
-                    traced = tracer.generate(ids, mask, cfg.generate, sampling)
-                else:
-                    ids, mask = pad_rows(rows, pad_id, left=False)
-                    traced = tracer.forward(ids, mask)
-                tokens, generated, hidden = unpad(traced, cfg.dtype)
-                meta = [{"prompt_id": p.prompt_id, **p.meta} for p in prep.prompts[sl]]
-                if gen:
-                    for m, g in zip(meta, generated):
-                        m["finish_reason"] = "length" if g.sum() >= cfg.generate else "eos"
-                _check_finite(hidden, prep.prompts[sl])
-                writer.append(Batch(tokens, generated, hidden, meta))  # StoreWriteError on disk full etc.
-                bar.update(sl.stop - sl.start)
-                elapsed = time.perf_counter() - t0
-                bar.set_postfix(tok_s=f"{(writer.n_tokens - start_tok) / max(elapsed, 1e-9):.0f}")
+            lengths = [len(r) for r in prep.ids]
+            windows = plan_windows(lengths, start_seq, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens,
+                                   generate=cfg.generate,
+                                   window_tokens=window_tokens(cfg, len(prep.layers), loaded.arch.d_model))
+            for window in windows:
+                parts = [to_host(_trace(cfg, tracer, prep, rows), rows) for rows in window.batches]
+                background.submit((window, parts))
         finally:
-            bar.close()
+            try:
+                background.close()  # writes what was traced; raises the writer thread's failure
+            finally:
+                bar.close()
         result = ExtractResult(Path(cfg.out), writer.n_committed, writer.n_tokens, writer.n_committed - start_seq,
                                writer.n_tokens - start_tok, time.perf_counter() - t0, writer.resumed)
     return result
 
 
-def _check_finite(hidden: dict[str, np.ndarray], prompts: Sequence[Prompt]) -> None:
-    for name, h in hidden.items():
-        if not np.isfinite(h).all():
-            ids = ", ".join(p.prompt_id for p in prompts)
-            raise InputError(f"non-finite hidden states at layer {name} in batch [{ids}] "
-                             f"(float16 overflow? try {option('dtype', 'float32')})")
+def _trace(cfg: ExtractConfig, tracer: Tracer, prep: Prepared, rows: Sequence[int]) -> Traced:
+    """Trace the prompts ``rows`` (indices into ``prep``) as one padded batch."""
+    ids = [prep.ids[i] for i in rows]
+    pad_id = tracer.loaded.tokenizer.pad_token_id
+    if cfg.generate > 0:
+        input_ids, mask = pad_rows(ids, pad_id, left=True)
+        sampling = Sampling(cfg.sample, cfg.temperature, cfg.top_p, seed=cfg.seed + min(rows))
+        return tracer.generate(input_ids, mask, cfg.generate, sampling)
+    input_ids, mask = pad_rows(ids, pad_id, left=False)
+    return tracer.forward(input_ids, mask)
+
+
+def _window_batch(cfg: ExtractConfig, prep: Prepared, window: Window, parts: list[HostBatch]) -> Batch:
+    """The window's traced batches as one store batch, sequences in prompt order (runs on the writer thread)."""
+    stored = []
+    for part in parts:
+        try:
+            stored.append(stored_rows(part, cfg.dtype))
+        except NonFinite as bad:
+            raise _non_finite_error(bad, [prep.prompts[i] for i in part.index], cfg.dtype) from None
+    if len(parts) == 1 and window.in_prompt_order:
+        tokens, generated, hidden = parts[0].tokens, parts[0].generated, stored[0]
+    else:  # length-sorted batches: put the sequences back in prompt order
+        seqs = {}
+        for part, rows in zip(parts, stored):
+            ends = np.cumsum([0, *part.lengths])
+            for r, i in enumerate(part.index):
+                seqs[i] = (part.tokens[r], part.generated[r], {k: v[ends[r]:ends[r + 1]] for k, v in rows.items()})
+        order = range(window.start, window.stop)
+        tokens, generated = [seqs[i][0] for i in order], [seqs[i][1] for i in order]
+        hidden = {k: np.concatenate([seqs[i][2][k] for i in order]) for k in prep.layers}
+    meta = [{"prompt_id": p.prompt_id, **p.meta} for p in prep.prompts[window.start:window.stop]]
+    if cfg.generate > 0:
+        for m, g in zip(meta, generated):
+            m["finish_reason"] = "length" if g.sum() >= cfg.generate else "eos"
+    return Batch(tokens, generated, hidden, meta)
+
+
+def _non_finite_error(bad: NonFinite, prompts: Sequence[Prompt], dtype: str) -> InputError:
+    ids = ", ".join(p.prompt_id for p in prompts)
+    if bad.in_model:
+        return InputError(f"the model produced non-finite hidden states (inf/NaN) at layer {bad.layer} in batch [{ids}]")
+    return InputError(f"hidden states at layer {bad.layer} in batch [{ids}] exceed the {dtype} range (±65504); "
+                      f"store them with {option('dtype', 'bfloat16')} or float32")
 
 
 def _tokenizer_json(loaded: LoadedModel) -> str | None:
@@ -307,7 +349,14 @@ def _tokenizer_json(loaded: LoadedModel) -> str | None:
 
 @dataclass
 class StoragePlan:
-    """What ``--dry-run`` prints: the size of the store before writing it."""
+    """What ``--dry-run`` prints: the size of the store and the memory of the write path, before writing.
+
+    ``chunk_bytes``: one HDF5 chunk of one layer (the chunk cache holds one per
+    layer). ``window_bytes``: the largest window as traced (padded slots x
+    layers x d_model x the model's bytes per value); at most three windows are
+    in memory at once (one being traced, one queued, one being written).
+    ``padding_share``: share of traced token slots that are padding.
+    """
 
     n_prompts: int
     n_layers: int
@@ -315,6 +364,9 @@ class StoragePlan:
     bytes_per_token: int
     prompt_tokens: int
     max_generated_tokens: int
+    chunk_bytes: int = 0
+    window_bytes: int = 0
+    padding_share: float = 0.0
 
     @property
     def estimated_tokens(self) -> int:
@@ -324,23 +376,41 @@ class StoragePlan:
     def estimated_bytes(self) -> int:
         return self.estimated_tokens * self.bytes_per_token
 
+    @property
+    def write_path_bytes(self) -> int:
+        """Upper bound of the write path's fixed memory: chunk caches plus three windows."""
+        return self.n_layers * self.chunk_bytes + 3 * self.window_bytes
+
     def describe(self) -> str:
         gib = self.estimated_bytes / 2**30
+        mib = 1 / 2**20
         return (
             f"prompts: {self.n_prompts}\n"
             f"layers: {self.n_layers} x d_model {self.d_model}\n"
             f"bytes per token: {self.bytes_per_token}\n"
             f"tokens: {self.prompt_tokens} prompt + up to {self.max_generated_tokens} generated\n"
-            f"estimated size: {self.estimated_bytes} bytes ({gib:.3f} GiB, before compression)"
+            f"estimated size: {self.estimated_bytes} bytes ({gib:.3f} GiB, before compression)\n"
+            f"padding: {self.padding_share:.1%} of traced token slots\n"
+            f"write-path memory: at most {self.write_path_bytes * mib:.1f} MiB ({self.n_layers} layers x "
+            f"{self.chunk_bytes * mib:.2f} MiB chunk cache + 3 windows x {self.window_bytes * mib:.1f} MiB)"
         )
 
 
 def plan(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> StoragePlan:
     """Storage plan of an extraction without running the model."""
     cfg.validate()
-    loaded = loaded or load_model(cfg.model, block_path=cfg.block_path, embed_path=cfg.embed_path)
+    loaded = loaded or cfg.load_model()
     prep = prepare(cfg, loaded)
+    d, n_layers = loaded.arch.d_model, len(prep.layers)
     itemsize = np.dtype(schema.HIDDEN_DTYPES[cfg.dtype]).itemsize
-    per_token = 4 + 1 + len(prep.layers) * loaded.arch.d_model * itemsize  # token id + mask + hidden rows
-    return StoragePlan(len(prep.prompts), len(prep.layers), loaded.arch.d_model, per_token,
-                       sum(len(r) for r in prep.ids), cfg.generate * len(prep.prompts))
+    per_token = 4 + 1 + n_layers * d * itemsize  # token id + mask + hidden rows
+    lengths = [len(r) for r in prep.ids]
+    windows = list(plan_windows(lengths, 0, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens,
+                                generate=cfg.generate, window_tokens=window_tokens(cfg, n_layers, d)))
+    batches = [b for w in windows for b in w.batches]
+    model_bytes = torch.finfo(getattr(torch, loaded.dtype)).bits // 8
+    slots = max(sum((max(lengths[i] for i in b) + cfg.generate) * len(b) for b in w.batches) for w in windows)
+    return StoragePlan(len(prep.prompts), n_layers, d, per_token, sum(lengths), cfg.generate * len(prep.prompts),
+                       chunk_bytes=schema.chunk_rows(d * itemsize) * d * itemsize,
+                       window_bytes=slots * n_layers * d * model_bytes,
+                       padding_share=padding_share(batches, lengths, cfg.generate))

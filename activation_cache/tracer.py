@@ -1,7 +1,7 @@
 """Record residual-stream hidden states with nnsight, in forward or generate mode.
 
 The tracer only runs the model and returns padded tensors plus a validity mask;
-turning them into stored rows is :func:`activation_cache.extract.unpad`'s job.
+turning them into stored rows is :mod:`activation_cache.pipeline`'s job.
 
 nnsight 0.8 notes (docs/architecture.md §6): values leave a trace only through ``.save()``;
 in ``generate`` per-step code goes in ``for step in tracer.iter[:]`` and the
@@ -18,6 +18,7 @@ from typing import Sequence
 import nnsight
 import torch
 
+from activation_cache.devices import input_device
 from activation_cache.models import LoadedModel
 from activation_cache.schema import EMBED, layer_name
 
@@ -39,7 +40,10 @@ class Traced:
     input_ids: int64 (B, T_total), prompt plus generated ids
     valid:     bool (B, T_total), True where a real (stored) token is
     generated: bool (B, T_total), True where the token was generated
-    hidden:    layer name -> float (B, T_total, D)
+    hidden:    layer name -> float (B, T_total, D), on the device of that layer's block
+
+    Everything stays on the model's devices; :func:`activation_cache.pipeline.to_host`
+    copies only the stored rows to the CPU.
     """
 
     input_ids: torch.Tensor
@@ -82,10 +86,15 @@ class Tracer:
             envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
         return envoy
 
+    def _to_model(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        device = input_device(self.loaded.model)
+        return tuple(t.to(device, non_blocking=True) for t in tensors)
+
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> Traced:
         """Trace the prompts only. Expects right padding, so real tokens keep positions 0..T-1."""
         targets = self._targets
+        input_ids, attention_mask = self._to_model(input_ids, attention_mask)
         with self.lm.trace(dict(input_ids=input_ids, attention_mask=attention_mask)):
             saved = nnsight.save([])
             for name, envoy in targets:
@@ -107,6 +116,7 @@ class Tracer:
         the store depend on batch composition).
         """
         targets = self._targets
+        input_ids, attention_mask = self._to_model(input_ids, attention_mask)
         kwargs = dict(max_new_tokens=max_new_tokens + 1, do_sample=sampling.do_sample,
                       pad_token_id=self.loaded.tokenizer.pad_token_id)
         if sampling.do_sample:

@@ -46,6 +46,8 @@ class StoreSpec:
     dtype: str = "float16"
     compression: str | None = None
     tokenizer_json: str | None = None
+    model_dtype: str | None = None
+    device: str | None = None
 
     def __post_init__(self) -> None:
         if self.dtype not in schema.HIDDEN_DTYPES:
@@ -164,10 +166,11 @@ class StoreWriter:
         f.create_dataset("offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(4096,))
         rows = schema.chunk_rows(spec.d_model * itemsize)
         for name in spec.layers:
-            f.create_dataset(
+            ds = f.create_dataset(
                 f"hidden/{name}", (0, spec.d_model), maxshape=(None, spec.d_model),
                 dtype=schema.HIDDEN_DTYPES[spec.dtype], chunks=(rows, spec.d_model), **comp,
             )
+            ds.attrs["dtype"] = spec.dtype  # says what the uint16 of a bfloat16 store are
         for name in spec.meta_fields:
             f.create_dataset(f"meta/{name}", (0,), maxshape=(None,), dtype=schema.STR_DTYPE, chunks=(1024,))
         if spec.tokenizer_json:
@@ -191,6 +194,7 @@ class StoreWriter:
             "n_committed": np.int64(0),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
+        attrs.update({k: v for k, v in (("model_dtype", spec.model_dtype), ("device", spec.device)) if v})
         for k, v in attrs.items():
             f.attrs[k] = v
         f.flush()
@@ -274,9 +278,8 @@ class StoreWriter:
         generated = np.concatenate(batch.generated).astype(bool, copy=False) if len(lengths) else np.zeros(0, bool)
         self._reserve("tokens", n1)[n0:n1] = tokens
         self._reserve("generated", n1)[n0:n1] = generated
-        dtype = schema.HIDDEN_DTYPES[self.spec.dtype]
         for name in self.spec.layers:
-            self._reserve(f"hidden/{name}", n1)[n0:n1] = np.asarray(batch.hidden[name], dtype=dtype)
+            self._reserve(f"hidden/{name}", n1)[n0:n1] = self._stored(batch.hidden[name])
         self._reserve("offsets", s1 + 1)[s0 + 1 : s1 + 1] = n0 + np.cumsum(lengths)
         for name in self.spec.meta_fields:
             self._reserve(f"meta/{name}", s1)[s0:s1] = [m.get(name, "") for m in batch.meta]
@@ -285,6 +288,15 @@ class StoreWriter:
         self._f.attrs["n_committed"] = np.int64(s1)
         self._f.flush()
         self._n_tok, self._n_seq = n1, s1
+
+    def _stored(self, x) -> np.ndarray:
+        """Rows as the bytes this store holds (bf16 stores: float rows are encoded, uint16 taken as bits)."""
+        dtype = self.spec.dtype
+        if dtype == "bfloat16" and getattr(x, "dtype", None) == np.uint16:
+            return x
+        if dtype == "bfloat16":
+            return schema.encode_hidden(np.asarray(x, np.float32), dtype)
+        return np.asarray(x, dtype=schema.HIDDEN_DTYPES[dtype])
 
     # ----------------------------------------------------------------- close
     def close(self, trim: bool = True) -> None:

@@ -55,8 +55,13 @@ def demo_prompts(n: int) -> list[Prompt]:
 
 
 def run_demo(out: str | Path, quick: bool = False, model: str | None = None, settings: DemoSettings | None = None,
-             progress: bool = True, overwrite: bool = False) -> dict:
+             progress: bool = True, overwrite: bool = False, *, device: str | None = "auto",
+             model_dtype: str | None = "auto", device_map: str | dict | None = None) -> dict:
     """Run the whole pipeline into ``out``; returns the metrics dict.
+
+    ``device``, ``model_dtype`` and ``device_map`` place the model as
+    :func:`~activation_cache.models.load_model` does; RET trains on
+    Lightning's ``auto`` accelerator.
 
     Rerunning with the same settings resumes the extraction and retrains. A
     directory that holds a demo run with other settings (``--quick`` vs the
@@ -69,11 +74,12 @@ def run_demo(out: str | Path, quick: bool = False, model: str | None = None, set
 
     s = settings or (DemoSettings.quick() if quick else DemoSettings())
     out = Path(out)
-    od = OutputDir(out, "ret-demo", {**asdict(s), "model": model}, files=DEMO_FILES, overwrite=overwrite)
+    od = OutputDir(out, "ret-demo", {**asdict(s), "model": model, "model_dtype": model_dtype}, files=DEMO_FILES,
+                   overwrite=overwrite)
     t0 = time.perf_counter()
 
     log.info("1/4 extract: %d prompts, generate %d tokens each", s.n_prompts, s.generate)
-    loaded = load_model(model)
+    loaded = load_model(model, device=device, dtype=model_dtype, device_map=device_map)
     layer = str(loaded.arch.n_layers // 2) if s.layer == "middle" else s.layer
     store = out / "trajectories.h5"
     cfg = ExtractConfig(prompts=demo_prompts(s.n_prompts), out=str(store), model=model, layers=layer,

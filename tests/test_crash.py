@@ -15,7 +15,9 @@ import pytest
 import torch
 
 from activation_cache.errors import InputError
-from activation_cache.extract import ExtractConfig, extract
+from activation_cache.batching import plan_windows
+from activation_cache.extract import ExtractConfig, extract, prepare, window_tokens
+from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from tiny_models import save_tiny_model
 
@@ -56,7 +58,9 @@ def _wait_for_commit(out: Path, proc: subprocess.Popen, timeout: float = 240.0) 
     raise AssertionError("no commit within the timeout")
 
 
-def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("batching", [{"batch_size": 2}, {"batch_tokens": 64, "pipeline": True}],
+                         ids=["batch-size", "batch-tokens-pipelined"])
+def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path, batching):
     model = save_tiny_model("llama", tmp_path / "tiny-llama")
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(
@@ -64,7 +68,9 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
         for i in range(N_PROMPTS)))
     out = tmp_path / "crashed.h5"
     cmd = [RET_EXTRACT, "--model", str(model), "--prompts", str(prompts), "--out", str(out),
-           "--generate", "8", "--batch-size", "2", "--embed", "--quiet"]
+           "--generate", "8", "--embed", "--quiet"]
+    for key, value in batching.items():
+        cmd += [f"--{key.replace('_', '-')}", "on" if value is True else str(value)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -76,19 +82,26 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     assert seen > 0
 
-    # What survived is readable as is: only whole, committed batches.
+    # What survived is readable as is: only whole, committed windows (batches).
+    cfg = ExtractConfig(prompts=str(prompts), out=str(tmp_path / "uninterrupted.h5"), model=str(model), generate=8,
+                        embed=True, **batching)
+    loaded = load_model(str(model))
+    prep = prepare(cfg, loaded)
+    ends = {w.stop for w in plan_windows([len(r) for r in prep.ids], 0, batch_size=cfg.batch_size,
+                                         batch_tokens=cfg.batch_tokens, generate=8,
+                                         window_tokens=window_tokens(cfg, len(prep.layers), loaded.arch.d_model))}
+    assert len(ends) > 4  # several commits to be killed between
     with open_store(out) as s:
         n_killed = s.n_sequences
-        assert seen <= n_killed < N_PROMPTS and n_killed % 2 == 0
+        assert seen <= n_killed < N_PROMPTS and n_killed in ends
         assert s.meta_column("prompt_id") == [f"q{i:03d}" for i in range(n_killed)]
 
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # the same command again
     assert p.returncode == 0, p.stderr
     assert "resumed" in p.stdout and f"{N_PROMPTS} sequences" in p.stdout
 
-    ref = tmp_path / "uninterrupted.h5"
-    extract(ExtractConfig(prompts=str(prompts), out=str(ref), model=str(model), generate=8, batch_size=2,
-                          embed=True), progress=False)
+    ref = Path(cfg.out)
+    extract(cfg, loaded=loaded, progress=False)
 
     with open_store(out) as s, open_store(ref) as r:
         # every prompt exactly once, in order

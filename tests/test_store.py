@@ -130,7 +130,8 @@ def test_round_trip_schema_attrs_and_values(tmp_path):
         a = f.attrs
         assert set(schema.REQUIRED_ATTRS) <= set(a)
         assert a["format"] == "ret-trajectories"
-        assert int(a["format_version"]) == schema.FORMAT_VERSION == 1
+        assert int(a["format_version"]) == schema.FORMAT_VERSION == 2
+        assert "model_dtype" not in a and "device" not in a  # the spec gave neither
         assert isinstance(a["d_model"], np.integer) and a["d_model"] == 8
         assert isinstance(a["n_model_layers"], np.integer) and a["n_model_layers"] == 2
         assert isinstance(a["n_committed"], np.integer) and a["n_committed"] == 3
@@ -148,6 +149,7 @@ def test_round_trip_schema_attrs_and_values(tmp_path):
         np.testing.assert_array_equal(f["offsets"][:], np.cumsum([0] + [len(t) for t in b1.tokens + b2.tokens]))
         assert f["generated"].dtype == bool and f["generated"].shape == (n,)
         assert sorted(f["hidden"]) == ["0", "1", "embed"]
+        assert f["hidden/0"].attrs["dtype"] == "float16"
         for name in ("embed", "0", "1"):
             assert f[f"hidden/{name}"].dtype == np.float16 and f[f"hidden/{name}"].shape == (n, 8)
         assert h5py.check_string_dtype(f["meta/prompt_id"].dtype) is not None
@@ -155,6 +157,14 @@ def test_round_trip_schema_attrs_and_values(tmp_path):
         # no vlen-float rows anywhere
         for name in ("tokens", "generated", "offsets", "hidden/0"):
             assert h5py.check_vlen_dtype(f[name].dtype) is None
+
+    # A format-1 store (written before bfloat16 storage and the placement attributes) still reads.
+    with h5py.File(path, "a") as f:
+        f.attrs["format_version"] = 1
+        del f["hidden/0"].attrs["dtype"]
+    with open_store(path) as s:
+        assert (s.model_dtype, s.device, s.read_dtype) == (None, None, np.dtype(np.float16))
+        np.testing.assert_array_equal(s.hidden_layers(1), np.stack([seqs[1]["hidden"][k] for k in ("embed", "0", "1")]))
 
 
 def test_float32_storage_keeps_full_precision(tmp_path):
@@ -307,7 +317,7 @@ def test_output_path_errors(tmp_path):
     with pytest.raises(InputError, match="is a directory"):
         StoreWriter(tmp_path, make_spec())
     with pytest.raises(InputError, match="unknown dtype"):
-        make_spec(dtype="bfloat16")
+        make_spec(dtype="int8")
     with cli_words(), pytest.raises(InputError, match="unknown --compression"):
         make_spec(compression="zstd")
 

@@ -5,21 +5,27 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from activation_cache.cli import OneLineParser, run_cli
+from activation_cache.cli import OneLineParser, add_placement_arguments, run_cli
 
 
-def _run(argv: Sequence[str]) -> int:
-    from ret_toolkit.demo import format_metrics, run_demo
-
+def parser() -> OneLineParser:
     p = OneLineParser(prog="ret-demo", description="Extract -> train RET -> macrostates -> evaluation -> report.html + metrics.json")
     p.add_argument("--out", default=None, help="output directory (default demo_out, or demo_quick with --quick)")
     p.add_argument("--quick", action="store_true", help="small run: 72 prompts, 3 epochs (about a minute on 2 CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="replace the results of a demo run with other settings in --out")
     p.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    a = p.parse_args(argv)
+    add_placement_arguments(p)
+    return p
+
+
+def _run(argv: Sequence[str]) -> int:
+    from ret_toolkit.demo import format_metrics, run_demo
+
+    a = parser().parse_args(argv)
     out = a.out or ("demo_quick" if a.quick else "demo_out")
-    m = run_demo(out, quick=a.quick, model=a.model, progress=not a.quiet, overwrite=a.overwrite)
+    m = run_demo(out, quick=a.quick, model=a.model, progress=not a.quiet, overwrite=a.overwrite,
+                 device=a.device, model_dtype=a.model_dtype, device_map=a.device_map)
     print(format_metrics(m))
     return 0
 

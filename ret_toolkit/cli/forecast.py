@@ -26,7 +26,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from activation_cache.cli import OneLineParser, run_cli
+from activation_cache.cli import OneLineParser, add_placement_arguments, run_cli
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -60,6 +60,7 @@ def parser() -> argparse.ArgumentParser:
                    help="replace the results of a run with other settings in --out; stores are re-traced "
                         "only where their extraction config differs, the others are reused")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_placement_arguments(p)
     return p
 
 
@@ -75,7 +76,8 @@ def _run(argv: Sequence[str]) -> int:
     from ret_toolkit.sycophancy.dataset import load_dataset
 
     items = load_dataset(a.dataset, seed=a.seed)
-    r = run_forecast(items, a.out, a.macro_ckpt, model=a.model, settings=s, progress=not a.quiet, dataset_name=a.dataset)
+    r = run_forecast(items, a.out, a.macro_ckpt, model=a.model, settings=s, progress=not a.quiet, dataset_name=a.dataset,
+                     device=a.device, model_dtype=a.model_dtype, device_map=a.device_map)
     d = r["data"]
     rate = "n/a" if d["caving_rate"] is None else f"{d['caving_rate']:.3f}"
     excl = ", ".join(f"{k} {v}" for k, v in d["exclusions"].items() if v) or "none"

@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from activation_cache.cli import OneLineParser, run_cli
+from activation_cache.cli import OneLineParser, add_placement_arguments, run_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of a ret-planning run with other settings in --out")
     p.add_argument("--quiet", action="store_true")
+    add_placement_arguments(p)
     return p
 
 
@@ -48,7 +49,7 @@ def _run(argv: Sequence[str]) -> int:
     s = ProbeSettings(prefix_positions=a.prefix_positions, max_tau=a.max_tau, epochs=a.epochs,
                       n_permutations=a.permutations, n_boot=a.bootstrap, seed=a.seed)
     r = run_planning(a.model, a.task, a.out, n=a.n, path_nodes=a.path_nodes, settings=s, progress=not a.quiet,
-                     overwrite=a.overwrite)
+                     overwrite=a.overwrite, device=a.device, model_dtype=a.model_dtype, device_map=a.device_map)
     print(f"ret-planning: {a.task}: accuracy {r['accuracy']['accuracy']:.3f} (n={r['accuracy']['n']})")
     for c in r["horizon"]["curve"]:
         print(f"  tau={c['tau']:>2}  nMI {c['nmi']:.3f} [{c['nmi_ci_low']:.3f}, {c['nmi_ci_high']:.3f}]  "

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from activation_cache.cli import OneLineParser, run_cli
+from activation_cache.cli import OneLineParser, add_placement_arguments, placement, run_cli
 from activation_cache.errors import InputError
 
 
@@ -81,6 +81,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--alphas", default="0,0.1,0.2,0.3,0.5", help="α values of the sweep (0 is always added)")
     sw.add_argument("--out", help="output directory of the sweep (created)")
     sw.add_argument("--max-ppl-ratio", type=float, default=1.5, help="fluency budget for the best α (default 1.5)")
+    add_placement_arguments(p)
     return p
 
 
@@ -164,7 +165,7 @@ def _run(argv: Sequence[str]) -> int:
 
     from activation_cache.models import load_model
 
-    loaded = load_model(a.model)
+    loaded = load_model(a.model, **placement(a))
     if reader is not None:
         reader.check_model(loaded)
     if a.vector:

@@ -50,7 +50,8 @@ def planning_settings(model_dir: str | Path, task_name: str, n: int, path_nodes:
 
 def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000, path_nodes: int = 4,
                  settings: ProbeSettings | None = None, seed: int = 1000, progress: bool = True,
-                 overwrite: bool = False) -> dict:
+                 overwrite: bool = False, *, device: str | None = "auto", model_dtype: str | None = "auto",
+                 device_map: str | dict | None = None) -> dict:
     """Run the planning analyses of ``task_name`` on the model in ``model_dir``; returns the result dict.
 
     ``out`` receives ``trajectories.h5``, ``planning.json`` and ``planning.html``. A
@@ -58,7 +59,8 @@ def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000,
     ``n``, ``path_nodes``, ``seed``, probe settings) is refused before the model is
     loaded, unless ``overwrite``: then its results are replaced. A rerun with the
     same settings recomputes and replaces them. Nothing in ``out`` changes unless
-    the whole run succeeds.
+    the whole run succeeds. ``device``, ``model_dtype`` and ``device_map`` place
+    the model as :func:`~activation_cache.models.load_model` does.
     """
     s = settings or ProbeSettings()
     out = Path(out)
@@ -69,7 +71,7 @@ def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000,
     od = OutputDir(out, "ret-planning", planning_settings(model_dir, task_name, n, path_nodes, s, seed),
                    files=PLANNING_FILES, overwrite=overwrite)
     samples = task.samples(n, seed)
-    loaded = load_model(model_dir)
+    loaded = load_model(model_dir, device=device, dtype=model_dtype, device_map=device_map)
     if loaded.arch.n_layers < 2:
         raise InputError(f"{model_dir}: the planning analyses need a model with at least 2 layers")
 

@@ -51,6 +51,7 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from activation_cache.errors import InputError
+from activation_cache.devices import input_device
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader
 from ret_toolkit.steering.hooks import cache_length, remove_hooks, steer
 from ret_toolkit.steering.plan import Vectors
@@ -202,7 +203,7 @@ def closed_loop_generate(model, inputs, vectors: Vectors, reader: MacrostateRead
     if tokenizer is None and (isinstance(inputs, str) or isinstance(inputs, (list, tuple))):
         raise InputError("string prompts need tokenizer= (or a LoadedModel)")
     encoded = encode_inputs(inputs, tokenizer)
-    device = next(module.parameters()).device
+    device = input_device(module)
     kwargs = {"do_sample": False, **generate_kwargs}
     if not kwargs["do_sample"]:
         for key in ("temperature", "top_p", "top_k"):

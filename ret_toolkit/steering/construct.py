@@ -28,6 +28,7 @@ import torch
 
 from activation_cache.arch import find_architecture, get_module
 from activation_cache.errors import InputError
+from activation_cache.devices import input_device
 from ret_toolkit.steering.vector import SteeringVector, model_identity, resolve_model
 
 __all__ = ["SCALES", "from_contrast", "from_groups", "scale_to_norm"]
@@ -108,7 +109,7 @@ def _text_sums(module, blocks, layers, tokenizer, texts, batch_size, max_length,
         batch_size = 1  # nothing to pad with (e.g. GPT-2's tokenizer): one text per forward
     handles = [blocks[layer].register_forward_hook(capture(layer)) for layer in layers]
     try:
-        device = next(module.parameters()).device
+        device = input_device(module)
         for lo in range(0, len(texts), batch_size):
             # Right padding: real tokens keep positions 0..T-1 whatever the batch (absolute
             # position embeddings do not shift), so the vector does not depend on batch_size.

@@ -107,7 +107,8 @@ class MacrostateReader:
     @torch.no_grad()
     def window_groups(self, windows: torch.Tensor) -> torch.Tensor:
         """Group of the last token of each window: (B, w, D_in) -> int64 (B,)."""
-        z = self.module.encode(windows.float())[:, -1]  # (B, d): one full window each
+        device = next(self.module.parameters()).device  # the reader may run elsewhere than the model's blocks
+        z = self.module.encode(windows.to(device=device, dtype=torch.float32))[:, -1]  # (B, d): one full window each
         return self.module.assign(z)
 
 
@@ -147,7 +148,9 @@ class LayerCapture:
         missing = [x for x in self.layers if x not in self._out]
         if missing:
             raise RuntimeError(f"no forward pass has reached layer(s) {missing} yet")
-        parts = [self._out[x].float() for x in self.layers]
+        # With a device map the blocks (and so their outputs) may sit on different GPUs.
+        device = self._out[self.layers[0]].device
+        parts = [self._out[x].to(device=device, dtype=torch.float32) for x in self.layers]
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
 
     def clear(self) -> None:

@@ -37,8 +37,9 @@ import numpy as np
 import torch
 
 from activation_cache.errors import InputError
-from activation_cache.extract import pad_rows
+from activation_cache.batching import pad_rows
 from activation_cache.tracer import eos_ids
+from activation_cache.devices import input_device
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader
 from ret_toolkit.steering.hooks import steer
 from ret_toolkit.steering.plan import Vectors
@@ -104,7 +105,7 @@ def generate_continuations(model, tokenizer, prompt_ids: Sequence[Sequence[int]]
         raise InputError(f"need max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = set(eos_ids(module, tokenizer))
-    device = next(module.parameters()).device
+    device = input_device(module)
     kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": pad}
     if not do_sample:
         kwargs.update(temperature=None, top_p=None, top_k=None)
@@ -133,7 +134,7 @@ def reread(model, reader: MacrostateReader, prompt_ids: Sequence[Sequence[int]],
     module, _, _ = resolve_model(model)
     if len(prompt_ids) != len(generated):
         raise InputError(f"{len(prompt_ids)} prompts but {len(generated)} continuations")
-    device = next(module.parameters()).device
+    device = input_device(module)
     results: list[tuple[np.ndarray, np.ndarray]] = []
     with LayerCapture(model, reader.layers) as capture:
         for lo in range(0, len(prompt_ids), batch_size):

@@ -103,7 +103,7 @@ def group_vector(outputs: RETOutputs, group: int, layers: Iterable[int] | None =
         bad = [x for x in names if not x.isdigit()]
         if bad or not names:
             raise InputError(f"steering layers must be decoder-block indices, got {bad or 'none'}")
-        hidden = {int(store.check_layer(x)): store.h5[f"hidden/{store.check_layer(x)}"] for x in names}
+        hidden = {int(store.check_layer(x)): store.hidden_dataset(x) for x in names}
         mask = np.ones(len(groups), bool)
         mask[store.offsets[:-1]] = False  # first token of every sequence
         name = model_name if model_name is not None else (None if model is not None else store.model)

@@ -129,7 +129,8 @@ def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: st
 
 def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | None = None,
                  settings: ForecastSettings = ForecastSettings(), loaded=None, progress: bool = True,
-                 dataset_name: str | None = None) -> dict:
+                 dataset_name: str | None = None, *, device: str | None = "auto", model_dtype: str | None = "auto",
+                 device_map: str | dict | None = None) -> dict:
     """Run the whole forecast into ``out``; returns the ``forecast.json`` dict.
 
     Args:
@@ -137,6 +138,9 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
             of items from :func:`~ret_toolkit.sycophancy.dataset.load_dataset`.
         macro_ckpt: RET checkpoint with macrostate centroids (``ret_macro.ckpt``).
         model: model spec (None: the embedded SmolLM2); ``loaded`` skips loading it again.
+        device, model_dtype, device_map: where and in what precision the model runs
+            (as :func:`~activation_cache.models.load_model`); the stores record the
+            resolved weight dtype, so a run in another precision re-traces them.
         dataset_name: recorded in forecast.json (and the run record) when ``dataset`` is a
             list of items.
 
@@ -169,7 +173,7 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
     if loaded is None:
         from activation_cache.models import load_model
 
-        loaded = load_model(model)
+        loaded = load_model(model, device=device, dtype=model_dtype, device_map=device_map)
     if module.hparams.source_model and loaded.name != module.hparams.source_model:
         raise InputError(f"{macro_ckpt}: RET checkpoint was trained on {module.hparams.source_model!r}, "
                          f"not on {loaded.name!r}")

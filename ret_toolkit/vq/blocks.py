@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -159,7 +158,7 @@ class StoreBlocks(Dataset):
             self.model = store.model
         self.anchors = np.asarray(anchors, np.int64).reshape(-1, 2)
         self.cache_sequences = cache_sequences
-        self._h5: h5py.File | None = None
+        self._file = schema.ProcessFile(self.path)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
     def __len__(self) -> int:
@@ -170,10 +169,8 @@ class StoreBlocks(Dataset):
         if s in self._cache:
             self._cache.move_to_end(s)
             return self._cache[s]
-        if self._h5 is None:
-            self._h5 = schema.open_h5(self.path, "r")
         a, b = int(self.offsets[s]), int(self.offsets[s + 1])
-        x = np.stack([self._h5[f"hidden/{n}"][a:b] for n in self.layers])
+        x = np.stack([schema.hidden_dataset(self._file.get(), n)[a:b] for n in self.layers])
         self._cache[s] = x
         if len(self._cache) > self.cache_sequences:
             self._cache.popitem(last=False)
@@ -191,7 +188,7 @@ class StoreBlocks(Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_h5"], state["_cache"] = None, OrderedDict()
+        state["_cache"] = OrderedDict()  # the file handle drops itself (schema.ProcessFile)
         return state
 
 

@@ -21,14 +21,17 @@ from ret_toolkit.vq.module import VQModule
 
 
 def _fit(module: VQModule, max_epochs: int, trainer_kwargs: dict[str, Any] | None, *loaders, **fit_kwargs) -> None:
-    """Fit on a CPU trainer without logger, checkpoints or progress output (``trainer_kwargs`` override)."""
+    """Fit on one device (Lightning's ``auto`` accelerator) without logger, checkpoints or progress output.
+
+    ``trainer_kwargs`` override any of it (``accelerator``, ``devices``, ``precision``...).
+    """
     # These probes are steps inside larger analyses: Lightning's per-fit info lines ("GPU available",
     # logger tips) would repeat for every probe. Only for this fit: the user's own trainers keep them.
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
     level = log.level
     log.setLevel(logging.WARNING)
     try:
-        trainer = pl.Trainer(**{"max_epochs": max_epochs, "accelerator": "cpu", "devices": 1, "logger": False,
+        trainer = pl.Trainer(**{"max_epochs": max_epochs, "accelerator": "auto", "devices": 1, "logger": False,
                                 "enable_checkpointing": False, "enable_progress_bar": False,
                                 "enable_model_summary": False, "num_sanity_val_steps": 0, **(trainer_kwargs or {})})
         trainer.fit(module, *loaders, **fit_kwargs)
