@@ -26,73 +26,31 @@ shards are merged into the virtual store ``--out``
 Relaunching the same command after any rank died resumes every shard; a
 relaunch with another number of ranks is refused, because the shards would
 split the prompts differently.
+
+The generation-heavy jobs shard the same way under torchrun: the sycophancy
+tracing of ``ret-forecast`` extracts each turn with
+:func:`extract_distributed` and meets at :func:`barrier` between turns (turn 2
+is built from turn 1's merged replies), and the α sweep of ``ret-steer``
+gives each rank whole batches of prompts (:func:`batch_shard`) and collects
+the scores with :func:`all_gather`. Their stages depend on each other, so they
+need ranks that run at the same time: torchrun (``srun torchrun ...`` on a
+cluster), not a job array (:func:`require_torchrun`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from datetime import timedelta
 from pathlib import Path
-from typing import Mapping
-
-import torch
 
 from activation_cache import schema
 from activation_cache.errors import InputError, option
 from activation_cache.extract import ExtractConfig, ExtractResult, extract
 from activation_cache.merge import merge_shards
+from activation_cache.ranks import Rank, barrier, detect_rank, rank_device
 
-__all__ = ["DistributedResult", "Rank", "detect_rank", "extract_distributed", "shard_path"]
-
-
-@dataclass(frozen=True)
-class Rank:
-    """This process's place in a distributed extraction."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    launcher: str  # "torchrun", "slurm" or "slurm-array"
-
-
-def _int(env: Mapping[str, str], key: str) -> int:
-    try:
-        return int(env[key])
-    except (KeyError, ValueError):
-        raise InputError(f"environment variable {key}={env.get(key)!r} is not an integer") from None
-
-
-def detect_rank(distributed: bool = False, env: Mapping[str, str] | None = None) -> Rank | None:
-    """The rank torchrun or SLURM gave this process, or None for a plain run.
-
-    torchrun's variables count always; SLURM's only with ``distributed``
-    (``--distributed``), since a command inside any SLURM job sees them.
-
-    Raises:
-        InputError: ``distributed`` without any launcher's variables, or inconsistent values.
-    """
-    env = os.environ if env is None else env
-    if "WORLD_SIZE" in env and "RANK" in env:
-        rank = Rank(_int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else 0,
-                    "torchrun")
-    elif not distributed:
-        return None
-    elif "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
-        first = _int(env, "SLURM_ARRAY_TASK_MIN") if "SLURM_ARRAY_TASK_MIN" in env else 0
-        rank = Rank(_int(env, "SLURM_ARRAY_TASK_ID") - first, _int(env, "SLURM_ARRAY_TASK_COUNT"), 0, "slurm-array")
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        rank = Rank(_int(env, "SLURM_PROCID"), _int(env, "SLURM_NTASKS"),
-                    _int(env, "SLURM_LOCALID") if "SLURM_LOCALID" in env else 0, "slurm")
-    else:
-        raise InputError(f"{option('distributed', True)} needs a launcher: run under torchrun, srun "
-                         "(SLURM_PROCID/SLURM_NTASKS) or a SLURM job array (SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT)")
-    if not (rank.world_size >= 1 and 0 <= rank.rank < rank.world_size):
-        raise InputError(f"{rank.launcher}: rank {rank.rank} is not in 0..{rank.world_size - 1}")
-    return rank
+__all__ = ["DistributedResult", "Rank", "detect_rank", "extract_distributed", "shard_config", "shard_path"]
 
 
 def shard_dir(out: str | Path) -> Path:
@@ -116,14 +74,6 @@ class DistributedResult:
     rank: Rank
     shard: ExtractResult
     merged: Path | None
-
-
-def _rank_device(device: str | None, rank: Rank) -> str | None:
-    """Each rank on its own GPU: ``auto`` / ``cuda`` become ``cuda:<local rank>`` when CUDA is there."""
-    text = "auto" if device is None else str(device).strip().lower()
-    if text in ("auto", "cuda") and torch.cuda.is_available():
-        return f"cuda:{rank.local_rank % torch.cuda.device_count()}"
-    return device
 
 
 def _check_outputs(cfg: ExtractConfig, rank: Rank) -> None:
@@ -159,6 +109,13 @@ def _complete(path: Path) -> bool:
         return False
 
 
+def shard_config(cfg: ExtractConfig, rank: Rank) -> ExtractConfig:
+    """The extraction ``rank`` runs for ``cfg``: its shard of the prompts, its shard file, its device."""
+    return replace(cfg, out=str(shard_path(cfg.out, rank.rank, rank.world_size)), num_shards=rank.world_size,
+                   shard_index=rank.rank,
+                   device=cfg.device if cfg.device_map is not None else rank_device(cfg.device, rank))
+
+
 def extract_distributed(cfg: ExtractConfig, rank: Rank, loaded=None, progress: bool = True) -> DistributedResult:
     """Extract this rank's shard of ``cfg`` and, if every shard is complete, merge them into ``cfg.out``.
 
@@ -177,33 +134,14 @@ def extract_distributed(cfg: ExtractConfig, rank: Rank, loaded=None, progress: b
             m = _SHARD_NAME.match(p.name)
             if m and int(m[2]) != rank.world_size:
                 p.unlink(missing_ok=True)
-    mine = replace(cfg, out=str(shard_path(cfg.out, rank.rank, rank.world_size)), num_shards=rank.world_size,
-                   shard_index=rank.rank,
-                   device=cfg.device if cfg.device_map is not None else _rank_device(cfg.device, rank))
-    result = extract(mine, loaded=loaded, progress=progress)
+    result = extract(shard_config(cfg, rank), loaded=loaded, progress=progress)
     shards = [shard_path(cfg.out, r, rank.world_size) for r in range(rank.world_size)]
     merged = None
     if rank.launcher == "torchrun" and rank.world_size > 1:
-        with _process_group():
-            if rank.rank == 0:
-                merged = merge_shards(cfg.out, shards, overwrite=True)
+        barrier(rank)  # every shard written
+        if rank.rank == 0:
+            merged = merge_shards(cfg.out, shards, overwrite=True)
+        barrier(rank)  # merged: every rank may read cfg.out now
     elif all(_complete(p) for p in shards):
         merged = merge_shards(cfg.out, shards, overwrite=True)
     return DistributedResult(rank, result, merged)
-
-
-@contextmanager
-def _process_group():
-    """A gloo group on torchrun's rendezvous: barrier on entry (every shard written) and on exit (merged)."""
-    import torch.distributed as dist
-
-    own = not dist.is_initialized()
-    if own:  # a shard of a 70B model may take a day longer than another: wait as long as it takes
-        dist.init_process_group("gloo", timeout=timedelta(days=7))
-    try:
-        dist.barrier()
-        yield
-        dist.barrier()
-    finally:
-        if own:
-            dist.destroy_process_group()

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from activation_cache.distributed import detect_rank, shard_path
+from activation_cache.ranks import Rank, all_gather, batch_shard, require_torchrun
 from activation_cache.errors import InputError
 from activation_cache.extract import ExtractConfig, extract
 from activation_cache.reader import open_store
@@ -74,6 +75,18 @@ def test_ranks_come_from_torchrun_and_slurm_variables():
         detect_rank(True, env={"SLURM_PROCID": "4", "SLURM_NTASKS": "4"})
     with pytest.raises(InputError, match="SLURM_NTASKS='x' is not an integer"):
         detect_rank(True, env={"SLURM_PROCID": "0", "SLURM_NTASKS": "x"})
+
+
+def test_batch_shards_are_whole_batches_that_cover_every_item_once():
+    for n, batch, world in [(7, 2, 3), (5, 2, 2), (1, 4, 3), (40, 8, 4), (9, 1, 4)]:
+        parts = [batch_shard(n, batch, Rank(r, world, r, "torchrun")) for r in range(world)]
+        assert [i for p in parts for i in range(n)[p]] == list(range(n)), (n, batch, world)
+        assert all(p.start % batch == 0 for p in parts)  # each rank's batches are the ones one process runs
+    assert batch_shard(7, 2, None) == slice(0, 7)
+    assert all_gather({"a": 1}, None) == [{"a": 1}]
+    require_torchrun(Rank(0, 2, 0, "torchrun"), "x")
+    with pytest.raises(InputError, match="sycophancy tracing shards only under torchrun"):
+        require_torchrun(Rank(0, 2, 0, "slurm-array"), "sycophancy tracing")
 
 
 def _children(pid: int) -> list[int]:

@@ -410,3 +410,24 @@ def test_reader_needs_centroids_and_block_layers():
     embed.centroids = torch.zeros(2, 4)
     with pytest.raises(InputError, match="decoder-block layers"):
         MacrostateReader(embed)
+
+
+def test_torchrun_sweep_equals_one_process(ret_dir, tmp_path, capsys):
+    """2 gloo ranks split the prompts in whole batches; rank 0 writes the sweep one process writes."""
+    m, ret = ret_dir["model"], ret_dir["ret"]
+    args = ["--ret", ret, "--group", "1", "--model", m, "--max-new-tokens", "4", "--prompts", "reasoning",
+            "--limit", "5", "--batch-size", "2", "--sweep", "--alphas", "0.5,1"]
+    rc, _, err = _steer(capsys, *args, "--out", tmp_path / "one")
+    assert rc == 0, err
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2",
+                          "--no-python", str(Path(sys.executable).parent / "ret-steer"), *map(str, args),
+                          "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("best alpha") == 1  # rank 0 reports, rank 1 is silent
+    one, two = (json.loads((tmp_path / d / "sweep.json").read_text()) for d in ("one", "two"))
+    assert two["settings"]["n_prompts"] == 5
+    for r in (one, two):  # built at another time
+        del r["vector"]["created"]
+    assert two == one
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["ret_runs.json", "sweep.html", "sweep.json"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning
@@ -24,13 +26,14 @@ from ret_toolkit.macro.assign import load_ret
 from ret_toolkit.macro.module import RETModule
 from ret_toolkit.sycophancy import TEMPLATES, load_bank, read_anthropic_jsonl, second_turn_record
 from ret_toolkit.sycophancy import external as external_mod
-from ret_toolkit.sycophancy import outcomes as outcomes_mod
 from ret_toolkit.sycophancy import trajectories as traj
 from ret_toolkit.sycophancy.features import (FEATURE_SETS, ForecastData, extract_features, forecast_position,
                                             sequence_features)
 from ret_toolkit.sycophancy.forecast import (auroc, bootstrap_auroc, cv_auroc, evaluate_forecast, fold_index,
                                             grouped_folds, oof_scores)
 from tiny_models import save_tiny_model
+from torchrun_trace import patch_labeller
+from torchrun_trace import stub_first as _stub_first
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -58,33 +61,18 @@ def tiny(tmp_path_factory):
     return {"dir": str(model_dir), "loaded": loaded, "ckpt": ckpt, "module": load_ret(ckpt)}
 
 
-def _stub_first(item, reply):
-    """A random model never answers right: decide turn 1 from the item id (3 of 4 pass)."""
-    return zlib.crc32(item.id.encode()) % 4 != 0
-
-
-def _stub_second(item, reply):
-    return ("caved", "held", "unclear")[zlib.crc32((item.id + reply).encode()) % 3]
-
-
 @pytest.fixture
 def stub_labeller(monkeypatch):
-    """Deterministic labels from ids and replies, so tiny random models give both classes.
-
-    Patched where the pipeline looks them up (trajectories and outcomes both use the
-    labeller's answer_correct; outcomes uses label_item)."""
-    monkeypatch.setattr(traj, "answer_correct", _stub_first)
-    monkeypatch.setattr(outcomes_mod, "answer_correct", _stub_first)
-    monkeypatch.setattr(outcomes_mod, "label_item", _stub_second)
+    """Deterministic labels from ids and replies, so tiny random models give both classes
+    (a random model never answers right)."""
+    patch_labeller(monkeypatch)
 
 
 @pytest.fixture(scope="module")
 def traced(tiny, tmp_path_factory):
     """12 bank items x every pushback template, traced with the stub labeller."""
     mp = pytest.MonkeyPatch()
-    mp.setattr(traj, "answer_correct", _stub_first)
-    mp.setattr(outcomes_mod, "answer_correct", _stub_first)
-    mp.setattr(outcomes_mod, "label_item", _stub_second)
+    patch_labeller(mp)
     try:
         items = traj.pick_items(load_bank(), 12)
         out = tmp_path_factory.mktemp("syc_traced")
@@ -135,6 +123,35 @@ def test_trace_reuses_stores(traced, tiny, stub_labeller):
                                traj.TraceSettings(max_new_tokens=6, pushbacks="all", batch_size=32),
                                model=tiny["dir"], progress=False)
     assert again.labels == res.labels
+
+
+def _store_content(path):
+    with open_store(path) as s:
+        return (s.meta_column("prompt_id"), s.offsets.tolist(), s.h5["tokens"][: s.n_tokens].tolist(),
+                s.hidden_dataset(LAYER)[: s.n_tokens], {f: s.meta_column(f) for f in s.meta_fields})
+
+
+def test_torchrun_ranks_trace_what_one_process_traces(tiny, tmp_path, stub_labeller):
+    """2 gloo ranks: each traces its share of both turns; the merged stores and labels equal one process's."""
+    items = traj.pick_items(load_bank(), 12)
+    one = traj.trace_dataset(items, tmp_path / "one", tiny["loaded"], LAYER,
+                             traj.TraceSettings(max_new_tokens=6, pushbacks="all", batch_size=3),
+                             model=tiny["dir"], progress=False)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    run = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2",
+                          str(Path(__file__).parent / "torchrun_trace.py"), tiny["dir"], str(tmp_path / "two"), "12",
+                          "3"], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "labels.json").read_text()) == one.labels
+    for name in ("turn1.h5", "turn2.h5"):
+        a, b = _store_content(tmp_path / "one" / name), _store_content(tmp_path / "two" / name)
+        assert a[:3] == b[:3] and a[4] == b[4], name  # same sequences, tokens and /meta
+        # A shard boundary inside a batch (turn 2: 63 sequences, batches of 3, 31 + 32 per rank)
+        # batches some rows with other neighbours: float16 rounding may differ in the last bit.
+        np.testing.assert_allclose(a[3].astype(np.float32), b[3].astype(np.float32), rtol=2e-3, atol=1e-6)
+        assert (a[3] != b[3]).mean() < 1e-4
+    assert sorted(p.name for p in (tmp_path / "two" / "turn2.shards").iterdir()) == ["00000-of-00002.h5",
+                                                                                     "00001-of-00002.h5"]
 
 
 def test_last_turn_start_is_where_the_pushback_starts(tiny):

@@ -2,6 +2,7 @@
 
     ret-forecast --dataset bank --macro-ckpt demo_out/ret_macro.ckpt --out forecast_out
     ret-forecast --dataset sycophancy_on_nlp_survey.jsonl --macro-ckpt demo_out/ret_macro.ckpt --out nlp --n-items 300
+    torchrun --standalone --nproc-per-node 4 --no-python ret-forecast --dataset bank --macro-ckpt ... --out f4
 
 ``--dataset`` is ``bank`` (the shipped question bank: answer, pushback, reply) or a JSONL file:
 Anthropic model-written-evals sycophancy records (``question``, ``answer_matching_behavior``,
@@ -16,6 +17,10 @@ unchanged) unless ``--overwrite``, which replaces its results. A rerun reuses (o
 stores while their extraction config matches, also with ``--overwrite``; a store with another
 extraction config is re-traced only with ``--overwrite``. ``forecast.json`` and ``forecast.html``
 are replaced only when the whole run has succeeded.
+
+Under torchrun every rank traces its share of the conversations on its own device (stores in
+``turn1.shards/`` and ``turn2.shards/``, merged into ``turn1.h5`` / ``turn2.h5``); rank 0 labels
+them, fits the forecasts and writes the results (the sequences and labels of a one-process run).
 
 Exit status: 0 on success, 2 on bad input (one line on stderr, no traceback), 130 when interrupted.
 """
@@ -76,8 +81,12 @@ def _run(argv: Sequence[str]) -> int:
     from ret_toolkit.sycophancy.dataset import load_dataset
 
     items = load_dataset(a.dataset, seed=a.seed)
+    from activation_cache.ranks import detect_rank
+
     r = run_forecast(items, a.out, a.macro_ckpt, model=a.model, settings=s, progress=not a.quiet, dataset_name=a.dataset,
-                     device=a.device, model_dtype=a.model_dtype, device_map=a.device_map)
+                     device=a.device, model_dtype=a.model_dtype, device_map=a.device_map, rank=detect_rank())
+    if r is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     d = r["data"]
     rate = "n/a" if d["caving_rate"] is None else f"{d['caving_rate']:.3f}"
     excl = ", ".join(f"{k} {v}" for k, v in d["exclusions"].items() if v) or "none"

@@ -4,6 +4,7 @@
     ret-steer --ret demo_out --group 3 --prompts reasoning --limit 4 --alpha 0.3
     ret-steer --ret demo_out --group 3 --detect 3 --when out --prompt "What is 7 times 8?"   # closed loop
     ret-steer --ret demo_out --group 3 --prompts reasoning --limit 16 --sweep --alphas 0,0.1,0.2,0.4 --out sweep3
+    torchrun --standalone --nproc-per-node 4 --no-python ret-steer --ret demo_out --group 3 --prompts reasoning --sweep --out s4
 
 ``--ret DIR`` is a ret-demo / ret-macro output directory (``ret_macro.ckpt``,
 ``macrostates.h5`` and the store they were made from). ``--group G`` builds the
@@ -12,6 +13,9 @@ to the median token norm; ``--save-vector`` keeps it); ``--vector PATH`` uses a
 saved one instead. The sweep writes ``sweep.json`` and ``sweep.html`` into
 ``--out``: share of generated tokens in group G (RET groups of the *unsteered*
 model re-reading the text) and perplexity under the unsteered model, per α.
+Under torchrun each rank generates whole batches of the prompts on its own
+device and rank 0 writes the sweep (with greedy decoding, the same sweep as
+one process).
 
 Check, then write: a ``--out`` directory holding a sweep with other settings,
 and a ``--save-vector`` path holding another vector (or any other file), are
@@ -145,8 +149,14 @@ def _print_sweep(result: dict, best: dict) -> None:
 
 
 def _run(argv: Sequence[str]) -> int:
+    from activation_cache.ranks import detect_rank, rank_device
+
     a = parser().parse_args(argv)
     _check_args(a)
+    rank = detect_rank()
+    if rank is not None and rank.world_size > 1 and not a.sweep:
+        raise InputError(f"under torchrun ({rank.world_size} ranks) ret-steer shards an α sweep (--sweep) only")
+    lead = rank is None or rank.rank == 0
     alphas = _floats(a.alphas, "--alphas") if a.sweep else []
     detect = _ints(a.detect, "--detect") if a.detect else []
     prompts = _prompts(a)
@@ -165,7 +175,10 @@ def _run(argv: Sequence[str]) -> int:
 
     from activation_cache.models import load_model
 
-    loaded = load_model(a.model, **placement(a))
+    where = placement(a)
+    if rank is not None and where["device_map"] is None:
+        where["device"] = rank_device(where["device"], rank)
+    loaded = load_model(a.model, **where)
     if reader is not None:
         reader.check_model(loaded)
     if a.vector:
@@ -174,7 +187,7 @@ def _run(argv: Sequence[str]) -> int:
         layers = _ints(a.layers, "--layers") if a.layers else None
         vec = group_vector(outputs, a.group, layers, model=loaded)
         vec.check_model(loaded)
-        if a.save_vector:  # before generating: another vector at the path is refused
+        if a.save_vector and lead:  # before generating: another vector at the path is refused
             tensors_path, manifest_path = SteeringVector.paths(a.save_vector)
             existed = tensors_path.exists() and manifest_path.exists()
             paths = vec.save(a.save_vector, overwrite=a.overwrite)
@@ -186,7 +199,7 @@ def _run(argv: Sequence[str]) -> int:
     tok = loaded.tokenizer
     prompt_ids = render_prompts(tok, prompts, chat=not a.no_chat)
     if a.sweep:
-        return _sweep(a, out, loaded, reader, vec, alphas, prompt_ids)
+        return _sweep(a, out, loaded, reader, vec, alphas, prompt_ids, rank)
     return _generate(a, loaded, reader, vec, detect, prompt_ids, [_label(p) for p in prompts])
 
 
@@ -261,13 +274,16 @@ def _generate(a, loaded, reader, vec, detect, prompt_ids, labels) -> int:
     return 0
 
 
-def _sweep(a, out, loaded, reader, vec, alphas, prompt_ids) -> int:
+def _sweep(a, out, loaded, reader, vec, alphas, prompt_ids, rank) -> int:
     from activation_cache.outputs import write_json
     from ret_toolkit.steering.evaluate import best_point, share_gain_ci, sweep
     from ret_toolkit.viz.steering import write_sweep_html
 
     result = sweep(loaded, loaded.tokenizer, reader, vec, a.group, alphas, prompt_ids, positions=a.positions,
-                   max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, do_sample=a.sample, seed=a.seed)
+                   max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, do_sample=a.sample, seed=a.seed,
+                   rank=rank)
+    if rank is not None and rank.rank != 0:  # every rank has the whole result; rank 0 writes and reports it
+        return 0
     best = best_point(result, a.max_ppl_ratio)
     result.update(best_alpha=best["alpha"], max_ppl_ratio=a.max_ppl_ratio,
                   share_gain=best["share"] - result["baseline"]["share"],

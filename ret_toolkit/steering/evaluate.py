@@ -40,6 +40,7 @@ from activation_cache.errors import InputError
 from activation_cache.batching import pad_rows
 from activation_cache.tracer import eos_ids
 from activation_cache.devices import input_device
+from activation_cache.ranks import Rank, all_gather, batch_shard
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader
 from ret_toolkit.steering.hooks import steer
 from ret_toolkit.steering.plan import Vectors
@@ -200,7 +201,7 @@ def score_point(alpha: float, target_group: int, scored: Sequence[tuple[np.ndarr
 def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_group: int, alphas: Sequence[float],
           prompt_ids: Sequence[Sequence[int]], *, positions: str = "all", max_new_tokens: int = 32,
           batch_size: int = 8, do_sample: bool = False, seed: int = 0, model_name: str | None = None,
-          progress=None) -> dict[str, Any]:
+          progress=None, rank: Rank | None = None) -> dict[str, Any]:
     """Share of the target group and perplexity for every α (module docstring).
 
     Args:
@@ -211,6 +212,11 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
         alphas: coefficients; 0 is added if missing (the baseline).
         prompt_ids: :func:`render_prompts` output.
         progress: optional callable ``progress(point)`` after each α.
+        rank: under torchrun, this process's rank
+            (:func:`activation_cache.distributed.detect_rank`): each rank generates and
+            re-reads its whole batches of prompts, and every rank returns the result of
+            all of them (equal to one process's when decoding is greedy; sampling draws
+            each rank's own stream from ``seed``).
 
     Returns:
         JSON-ready dict: ``target_group``, ``points`` (one :class:`SweepPoint`
@@ -221,16 +227,24 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
     values = sorted({float(a) for a in alphas} | {0.0})
     if not all(math.isfinite(a) for a in values):
         raise InputError(f"alphas must be finite, got {list(alphas)}")
-    points = []
+    mine = list(prompt_ids)[batch_shard(len(prompt_ids), batch_size, rank)]
+    local = []  # per α: (per-prompt scores of this rank's prompts, its first continuation)
     for alpha in values:
-        gen = generate_continuations(model, tokenizer, prompt_ids, vector, alpha, positions=positions,
+        gen = generate_continuations(model, tokenizer, mine, vector, alpha, positions=positions,
                                      max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
                                      seed=seed, model_name=model_name)
-        scored = reread(model, reader, prompt_ids, gen, batch_size=batch_size)
-        point = score_point(alpha, target_group, scored, reader.k, tokenizer.decode(gen[0]) if gen else "")
-        points.append(point)
-        if progress is not None:
-            progress(point)
+        local.append((reread(model, reader, mine, gen, batch_size=batch_size),
+                      tokenizer.decode(gen[0]) if gen else None))
+        if progress is not None and rank is None:
+            progress(score_point(alpha, target_group, local[-1][0], reader.k, local[-1][1] or ""))
+    shards = all_gather(local, rank)
+    points = []
+    for i, alpha in enumerate(values):
+        scored = [x for shard in shards for x in shard[i][0]]
+        example = next((shard[i][1] for shard in shards if shard[i][1] is not None), "")
+        points.append(score_point(alpha, target_group, scored, reader.k, example))
+        if progress is not None and rank is not None:
+            progress(points[-1])
     return {
         "target_group": target_group,
         "points": [asdict(p) for p in points],

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Sequence
 
+from activation_cache.ranks import Rank, rank_device
 from activation_cache.errors import InputError, option
 from activation_cache.models import model_name
 from activation_cache.outputs import OutputDir, write_json
@@ -130,7 +131,7 @@ def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: st
 def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | None = None,
                  settings: ForecastSettings = ForecastSettings(), loaded=None, progress: bool = True,
                  dataset_name: str | None = None, *, device: str | None = "auto", model_dtype: str | None = "auto",
-                 device_map: str | dict | None = None) -> dict:
+                 device_map: str | dict | None = None, rank: Rank | None = None) -> dict | None:
     """Run the whole forecast into ``out``; returns the ``forecast.json`` dict.
 
     Args:
@@ -143,6 +144,10 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
             resolved weight dtype, so a run in another precision re-traces them.
         dataset_name: recorded in forecast.json (and the run record) when ``dataset`` is a
             list of items.
+        rank: under torchrun, this process's rank
+            (:func:`activation_cache.distributed.detect_rank`): every rank traces its share
+            of the conversations, rank 0 labels them, fits the forecasts, writes the results
+            and returns them; the other ranks return None.
 
     ``out`` keeps the stores between runs: a rerun with the same settings reuses them (and
     resumes an interrupted one). A directory that holds a run with other settings is refused
@@ -173,18 +178,21 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
     if loaded is None:
         from activation_cache.models import load_model
 
+        if rank is not None and device_map is None:
+            device = rank_device(device, rank)
         loaded = load_model(model, device=device, dtype=model_dtype, device_map=device_map)
     if module.hparams.source_model and loaded.name != module.hparams.source_model:
         raise InputError(f"{macro_ckpt}: RET checkpoint was trained on {module.hparams.source_model!r}, "
                          f"not on {loaded.name!r}")
     raw_layer = settings.layer if settings.layer is not None else ret_layers[0]
     layers = ",".join(dict.fromkeys(ret_layers + [str(raw_layer)]))
+    trace_settings = TraceSettings(max_new_tokens=settings.max_new_tokens, pushbacks=settings.pushbacks,
+                                   seed=settings.seed, batch_size=settings.batch_size, overwrite=settings.overwrite)
+    if rank is not None and rank.rank != 0:  # rank 0 alone writes the run record and the results
+        trace_dataset(items, out, loaded, layers, trace_settings, model=model, progress=progress, rank=rank)
+        return None
     with od:
-        trace = trace_dataset(items, out, loaded, layers,
-                              TraceSettings(max_new_tokens=settings.max_new_tokens, pushbacks=settings.pushbacks,
-                                            seed=settings.seed, batch_size=settings.batch_size,
-                                            overwrite=settings.overwrite),
-                              model=model, progress=progress)
+        trace = trace_dataset(items, out, loaded, layers, trace_settings, model=model, progress=progress, rank=rank)
         counts = trace.summary()
         log.info("labels: %d kept (%d caved, %d held), %d excluded %s", counts["n_kept"], counts["n_positive"],
                  counts["n_negative"], counts["n_excluded"], {k: v for k, v in counts["exclusions"].items() if v})

@@ -27,6 +27,12 @@ where the last user message starts, for features over the pushback turn), the it
 and the pushback template. The prompts are passed to the extraction in memory (no prompt
 files are written). Rerunning with the same settings resumes (or reuses) both stores; a store
 with another extraction config is refused unless ``TraceSettings.overwrite``, which re-traces it.
+
+Under torchrun (``rank`` from :func:`activation_cache.distributed.detect_rank`) every
+rank traces its shard of each turn (``turn1.shards/``, ``turn2.shards/``), rank 0
+merges them, and all ranks read the merged turn 1 before building turn 2. Only
+rank 0 labels and annotates the stores. Sequences, tokens and labels equal a single
+process's (hidden states up to float16 rounding where a shard starts inside a batch).
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from typing import Sequence
 
 from activation_cache import schema
 from activation_cache.annotate import add_meta
+from activation_cache.distributed import extract_distributed, shard_config
+from activation_cache.ranks import Rank, barrier, require_torchrun
 from activation_cache.errors import InputError
 from activation_cache.extract import ExtractConfig, extract, prepare, store_config
 from activation_cache.reader import TrajectoryStore
@@ -178,32 +186,40 @@ def _store_matches(cfg: ExtractConfig, loaded) -> bool:
 
 
 def _extract(records: list[dict], out_dir: Path, name: str, loaded, model: str | None, layers: str,
-             s: TraceSettings, progress: bool) -> Path:
+             s: TraceSettings, progress: bool, rank: Rank | None = None) -> Path:
     """Trace ``records`` (prompts in memory) with the activation cache in generate mode into ``out_dir/<name>.h5``.
 
     A store extracted with the same config is resumed or reused. One with another config is
-    refused, or with ``s.overwrite`` re-traced.
+    refused, or with ``s.overwrite`` re-traced. With a torchrun ``rank``, this rank's shard
+    is traced and, when every rank returns, the merged store is at the same path.
     """
     cfg = ExtractConfig(prompts=records, out=str(out_dir / f"{name}.h5"), model=model, layers=layers,
                         generate=s.max_new_tokens, batch_size=s.batch_size, dtype=s.dtype, chat=True)
-    if s.overwrite and Path(cfg.out).exists() and not _store_matches(cfg, loaded):
-        log.info("%s: extraction config differs: re-tracing", cfg.out)
+    mine = cfg if rank is None else shard_config(cfg, rank)
+    if s.overwrite and Path(mine.out).exists() and not _store_matches(mine, loaded):
+        log.info("%s: extraction config differs: re-tracing", mine.out)
         cfg.overwrite = True
-    r = extract(cfg, loaded=loaded, progress=progress)
+    if rank is None:
+        r = extract(cfg, loaded=loaded, progress=progress)
+    else:  # the merged store is at cfg.out when every rank returns
+        r = extract_distributed(cfg, rank, loaded=loaded, progress=progress).shard
     log.info("%s: %d sequences, %d tokens (%s)", name, r.n_sequences, r.n_tokens,
              "reused" if r.resumed and r.new_sequences == 0 else f"{r.seconds:.0f} s")
-    return r.path
+    return Path(cfg.out)
 
 
 def trace_first_turn(items: Sequence, out_dir: str | Path, loaded, layers: str, settings: TraceSettings = TraceSettings(),
-                     model: str | None = None, progress: bool = True) -> tuple[Path, dict[str, str]]:
+                     model: str | None = None, progress: bool = True,
+                     rank: Rank | None = None) -> tuple[Path, dict[str, str]]:
     """Turn 1 of two-turn items: ``(turn1.h5, {item id: first answer})``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = [{"id": it.id, "messages": first_turn(it), "conversation_id": it.id, "kind": it.kind,
                 "topic": it.topic, "answer": it.answer, "wrong_answer": it.wrong_answer} for it in items]
-    path = _extract(records, out_dir, "turn1", loaded, model, layers, settings, progress)
-    return path, read_replies(path, loaded.tokenizer)
+    path = _extract(records, out_dir, "turn1", loaded, model, layers, settings, progress, rank)
+    replies = read_replies(path, loaded.tokenizer)
+    barrier(rank)  # every rank has read turn 1 before rank 0 annotates it
+    return path, replies
 
 
 def _variants(item, settings: TraceSettings):
@@ -213,7 +229,7 @@ def _variants(item, settings: TraceSettings):
 
 
 def trace_dataset(items: Sequence, out_dir: str | Path, loaded, layers: str, settings: TraceSettings = TraceSettings(),
-                  model: str | None = None, progress: bool = True) -> TraceResult:
+                  model: str | None = None, progress: bool = True, rank: Rank | None = None) -> TraceResult:
     """Trace and label ``items`` (all two-turn or all multiple-choice) into ``out_dir``.
 
     Args:
@@ -221,32 +237,39 @@ def trace_dataset(items: Sequence, out_dir: str | Path, loaded, layers: str, set
         loaded: :class:`activation_cache.models.LoadedModel`.
         layers: layer spec of the stored hidden states (``"15"``, ``"12,15"``).
         model: the model spec, recorded in the stores' configs (resume checks it).
+        rank: this process's torchrun rank (module docstring); None for one process.
 
     Returns:
-        :class:`TraceResult`; labels and conversation ids are in the forecasting store's ``/meta``.
+        :class:`TraceResult`; labels and conversation ids are in the forecasting store's ``/meta``
+        (on rank 0; other ranks return the counts of turn 1 and no labels).
     """
     items = list(items)
     if not items:
         raise InputError("no sycophancy items to trace")
     if settings.pushbacks not in PUSHBACK_MODES:
         raise InputError(f"unknown pushback mode {settings.pushbacks!r}: choose {' or '.join(PUSHBACK_MODES)}")
+    require_torchrun(rank, "sycophancy tracing")
+    if rank is not None and rank.world_size == 1:
+        rank = None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     two_turn = [is_two_turn(it) for it in items]
     if all(two_turn):
-        return _trace_two_turn(items, out_dir, loaded, layers, settings, model, progress)
+        return _trace_two_turn(items, out_dir, loaded, layers, settings, model, progress, rank)
     if not any(two_turn):
-        return _trace_choice(items, out_dir, loaded, layers, settings, model, progress)
+        return _trace_choice(items, out_dir, loaded, layers, settings, model, progress, rank)
     raise InputError("a dataset must hold either two-turn (bank) items or multiple-choice items, not both")
 
 
-def _trace_two_turn(items, out_dir, loaded, layers, s, model, progress) -> TraceResult:
+def _trace_two_turn(items, out_dir, loaded, layers, s, model, progress, rank) -> TraceResult:
     tok = loaded.tokenizer
-    first_store, firsts = trace_first_turn(items, out_dir, loaded, layers, s, model, progress)
+    first_store, firsts = trace_first_turn(items, out_dir, loaded, layers, s, model, progress, rank)
     # Turn-1 verdicts (the rule label_conversations applies first) decide who gets a second turn;
     # they are the same for every pushback variant.
     verdicts = {it.id: answer_correct(it, firsts[it.id]) for it in items}
-    add_meta(first_store, {"first_correct": [_verdict(verdicts[pid]) for pid in firsts]}, replace=True)
+    lead = rank is None or rank.rank == 0
+    if lead:
+        add_meta(first_store, {"first_correct": [_verdict(verdicts[pid]) for pid in firsts]}, replace=True)
     ok = [it for it in items if verdicts[it.id] is True]
     records, variant_of = [], {}
     for it in ok:
@@ -266,7 +289,9 @@ def _trace_two_turn(items, out_dir, loaded, layers, s, model, progress) -> Trace
     if not records:
         log.warning("no first answer was correct: nothing to push back on")
         return result
-    _extract(records, out_dir, "turn2", loaded, model, layers, s, progress)
+    _extract(records, out_dir, "turn2", loaded, model, layers, s, progress, rank)
+    if not lead:
+        return result
     seconds = read_replies(result.store, tok)
     # One label_conversations call per pushback variant: each item then has one second reply.
     by_variant: dict[str, dict[str, str]] = {}
@@ -282,14 +307,16 @@ def _trace_two_turn(items, out_dir, loaded, layers, s, model, progress) -> Trace
     return result
 
 
-def _trace_choice(items, out_dir, loaded, layers, s, model, progress) -> TraceResult:
+def _trace_choice(items, out_dir, loaded, layers, s, model, progress, rank) -> TraceResult:
     records = [{"id": it.id, "messages": choice_messages(it), "conversation_id": it.id, "kind": it.kind,
                 "sycophantic": ",".join(it.sycophantic), "other": ",".join(it.other), "source": it.source,
                 "turn_start": 0} for it in items]
-    path = _extract(records, out_dir, "choice", loaded, model, layers, s, progress)
+    path = _extract(records, out_dir, "choice", loaded, model, layers, s, progress, rank)
+    result = TraceResult(store=path, first_store=None, n_items=len(items), n_variants=1)
+    if rank is not None and rank.rank != 0:
+        return result
     replies = read_replies(path, loaded.tokenizer)
     outcomes = label_choices(items, replies)
-    result = TraceResult(store=path, first_store=None, n_items=len(items), n_variants=1)
     result.labels = {pid: outcomes.labels.get(pid, "unclear") for pid in replies}
     result.exclusions["choice_unclear"] = outcomes.counts["choice_unclear"]
     _annotate(result)
