@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 from activation_cache import schema
 from activation_cache.batching import Window, pad_rows, padding_share, plan_windows
 from activation_cache.errors import InputError, option
+from activation_cache.layers import parse_layers
 from activation_cache.models import LoadedModel, load_model
 from activation_cache.pipeline import BackgroundWriter, HostBatch, NonFinite, stored_rows, to_host
 from activation_cache.prompts import Prompt, prompts_from_records, read_prompts, render_prompt
@@ -144,38 +144,6 @@ class Prepared:
     truncated: list[str] = field(default_factory=list)
 
 
-def parse_layers(spec: str, n_layers: int, embed: bool = False) -> list[str]:
-    """Layer names from a spec like ``"all"``, ``"0,5,10-12"``, ``"-1"`` or ``"embed,0"``."""
-    names: list[str] = [schema.EMBED] if embed else []
-    for part in (p.strip() for p in str(spec).split(",")):
-        if not part:
-            continue
-        if part == "all":
-            names += [str(i) for i in range(n_layers)]
-        elif part == schema.EMBED:
-            names.append(schema.EMBED)
-        else:
-            m = re.fullmatch(r"(-?\d+)(?:-(-?\d+))?", part)
-            if not m:
-                raise InputError(f"bad {option('layers')} entry {part!r}: use 'all', 'embed', indices or ranges like 3-7")
-            # Negative ends count from the last layer, so "2--1" is layer 2 to the last one.
-            lo, hi = (_layer_index(int(v), n_layers) for v in (m[1], m[2] or m[1]))
-            if lo > hi:
-                raise InputError(f"bad {option('layers')} range {part!r}: it selects layers {lo}..{hi}, which is empty")
-            names += [str(j) for j in range(lo, hi + 1)]
-    out = list(dict.fromkeys(names))  # dedupe, keep order
-    if not out:
-        raise InputError(f"{option('layers')} {spec!r} selects no layer")
-    return sorted(out, key=lambda n: -1 if n == schema.EMBED else int(n))
-
-
-def _layer_index(i: int, n_layers: int) -> int:
-    j = i + n_layers if i < 0 else i
-    if not 0 <= j < n_layers:
-        raise InputError(f"unknown layer {i}: the model has layers 0..{n_layers - 1} (and 'embed')")
-    return j
-
-
 def shard_slice(n: int, num_shards: int, shard_index: int) -> slice:
     """Contiguous share of ``n`` prompts for one shard, so merging keeps order."""
     return slice(shard_index * n // num_shards, (shard_index + 1) * n // num_shards)
@@ -191,7 +159,7 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> Prepared:
     if not prompts:
         raise InputError(f"shard {cfg.shard_index} of {cfg.num_shards} gets no prompts from "
                          f"{cfg.prompts if isinstance(cfg.prompts, (str, Path)) else 'the in-memory prompts'}")
-    layers = parse_layers(cfg.layers, loaded.arch.n_layers, cfg.embed)
+    layers = parse_layers(cfg.layers, loaded.arch.n_layers, embed=cfg.embed)
     tok = loaded.tokenizer
     ids, truncated = [], []
     for p in prompts:

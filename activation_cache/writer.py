@@ -139,10 +139,12 @@ class StoreWriter:
                 self.resumed = True
             else:
                 self._f = self._create()
+            self._start_swmr()
         except BaseException:
+            if getattr(self, "_f", None) is not None:
+                self._f.close()
             self._lock.close()
             raise
-        self._f.swmr_mode = True
         # One open handle per dataset for the writer's lifetime: its chunk cache
         # lives as long as the handle, and f.flush() writes it out at each commit.
         self._ds: dict[str, h5py.Dataset] = {}
@@ -152,6 +154,20 @@ class StoreWriter:
         self._n_tok = int(self._ds["offsets"][self._n_seq])
 
     # ------------------------------------------------------------------ open
+    def _start_swmr(self, wait_s: float = 10.0) -> None:
+        """Switch to SWMR writing; a reader that opened the file in the instant after its creation
+        holds HDF5's file lock for a moment, so wait for it rather than fail."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self._f.swmr_mode = True
+                return
+            except RuntimeError as e:
+                if "lock" not in str(e) or time.monotonic() > deadline:
+                    raise InputError(f"{self.path}: cannot start writing: another process holds the file open "
+                                     f"without SWMR ({' '.join(str(e).split())})") from None
+                time.sleep(0.05)
+
     def _create(self) -> h5py.File:
         spec = self.spec
         try:

@@ -30,24 +30,21 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, report  # noqa: E402
 
-from ret_toolkit.cli.train import task_cli  # noqa: E402
-from ret_toolkit.planning import ProbeSettings, TaskDataModule, TaskLM, export_task_model  # noqa: E402
+from ret_toolkit.planning import ProbeSettings, TaskDataModule, TaskLM, export_task_model, train_task  # noqa: E402
 from ret_toolkit.planning.run import run_planning  # noqa: E402
 from ret_toolkit.viz.planning import write_planning_report  # noqa: E402
 
 
 def train(task: str, path_nodes: int, args, root: Path) -> tuple[str, float]:
-    """Train with the ret-train task CLI; returns (model dir, seconds)."""
+    """Train with ret_toolkit.planning.train_task (what ret-train task fit runs); returns (model dir, seconds)."""
     t0 = time.perf_counter()
-    cli = task_cli(["fit", f"--data.task={task}", f"--data.path_nodes={path_nodes}", f"--data.n_train={args.n_train}",
-                    "--data.n_val=500", f"--data.batch_size={args.batch_size}", f"--model.lr={args.lr}", f"--model.mtp_heads={args.mtp_heads}",
-                    f"--model.n_layer={args.layers}", f"--model.n_embd={args.width}", f"--trainer.max_epochs={args.epochs}",
-                    f"--trainer.default_root_dir={root}", f"--trainer.logger.init_args.save_dir={root}",
-                    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"])
-    out = export_task_model(cli.model, cli.datamodule.tokenizer, root / "model")
-    print(f"  trained {task}/{path_nodes}: accuracy by epoch {[round(a, 3) for a in cli.model.accuracy_history]}, "
+    run = train_task(task, data={"path_nodes": path_nodes, "n_train": args.n_train, "n_val": 500,
+                                 "batch_size": args.batch_size},
+                     model={"lr": args.lr, "mtp_heads": args.mtp_heads, "n_layer": args.layers, "n_embd": args.width},
+                     max_epochs=args.epochs, root_dir=root, progress=False)
+    print(f"  trained {task}/{path_nodes}: accuracy by epoch {[round(a, 3) for a in run.accuracy]}, "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
-    return str(out), time.perf_counter() - t0
+    return str(run.model_dir), time.perf_counter() - t0
 
 
 def untrained(task: str, path_nodes: int, args, root: Path) -> str:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from activation_cache.extract import ExtractConfig, extract
+from activation_cache.layers import layer_spec, parse_layers
 from activation_cache.outputs import OutputDir, write_json
 from activation_cache.prompts import Prompt, read_prompts
 from ret_toolkit.macro.pipeline import MACRO_FILES
@@ -80,7 +81,7 @@ def run_demo(out: str | Path, quick: bool = False, model: str | None = None, set
 
     log.info("1/4 extract: %d prompts, generate %d tokens each", s.n_prompts, s.generate)
     loaded = load_model(model, device=device, dtype=model_dtype, device_map=device_map)
-    layer = str(loaded.arch.n_layers // 2) if s.layer == "middle" else s.layer
+    layer = layer_spec(parse_layers(s.layer, loaded.arch.n_layers, sort=False))
     store = out / "trajectories.h5"
     cfg = ExtractConfig(prompts=demo_prompts(s.n_prompts), out=str(store), model=model, layers=layer,
                         generate=s.generate, batch_size=s.batch_size, chat=True, overwrite=overwrite)

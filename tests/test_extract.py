@@ -12,7 +12,8 @@ import torch
 import transformers
 
 from activation_cache.errors import InputError, cli_words
-from activation_cache.extract import ExtractConfig, extract, parse_layers, plan
+from activation_cache.extract import ExtractConfig, extract, plan
+from activation_cache.layers import parse_layers
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from activation_cache.tracer import Tracer

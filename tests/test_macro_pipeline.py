@@ -116,7 +116,7 @@ def test_python_train_matches_ret_train_and_keeps_provenance(stores, tmp_path):
     m = load_ret(run.checkpoint)
     assert (m.hparams.source_layers, m.hparams.window, m.hparams.max_horizon) == ("1", 4, 2)
     assert m.hparams.source_model == cli.model.hparams.source_model
-    with pytest.raises(InputError, match="window come from the data module"):
+    with pytest.raises(InputError, match="window of the RET encoder come from the data module"):
         train([stores["llama"]], layers="1", model={"window": 3}, max_epochs=1, root_dir=tmp_path / "bad")
 
 
@@ -171,7 +171,7 @@ def test_second_fit_refused_by_bad_input_leaves_the_runs_directory(trained, stor
     runs = ckpt.parents[3]  # <root>/ret/version_0/checkpoints/last.ckpt
     assert (runs / "ret" / "version_0" / "metrics.csv").is_file(), runs
     before = file_digests(runs)
-    rc = train_cmd.main(["macro", "fit", f"--data.stores=[{stores['llama']}]", "--data.layers=7",
+    rc = train_cmd.main(["macro", "fit", f"--data.stores=[{stores['llama']}]", "--data.layers=embed",
                          "--trainer.max_epochs=1", f"--trainer.default_root_dir={runs}",
                          f"--trainer.logger.init_args.save_dir={runs}", "--trainer.enable_progress_bar=false"])
     assert "not in the store" in _one_line_error(capsys, rc)

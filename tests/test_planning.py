@@ -98,6 +98,23 @@ def trained(tmp_path_factory):
     return model_dir, cli
 
 
+def test_train_task_builds_what_ret_train_task_builds(trained, tmp_path):
+    """ret_toolkit.planning.train_task: the same wiring, weights and exported model as `ret-train task fit`."""
+    from activation_cache.errors import InputError
+    from ret_toolkit.planning import train_task
+
+    _, cli = trained
+    run = train_task("pathfinding", data={"n_train": 512, "n_val": 64, "batch_size": 64},
+                     model={"n_layer": 2, "n_embd": 32, "n_head": 2, "eval_samples": 32}, max_epochs=1,
+                     root_dir=tmp_path, progress=False)
+    for (k, a), (_, b) in zip(cli.model.state_dict().items(), run.module.state_dict().items()):
+        assert torch.equal(a, b), k
+    assert run.accuracy == cli.model.accuracy_history and (run.model_dir / "config.json").is_file()
+    assert run.checkpoint.is_file()
+    with pytest.raises(InputError, match="vocab_size of the task model come from the data module"):
+        train_task(model={"vocab_size": 7}, max_epochs=1, root_dir=tmp_path / "bad")
+
+
 def test_exported_model_loads_and_traces_like_any_model(trained, tmp_path):
     model_dir, cli = trained
     loaded = load_model(str(model_dir))

@@ -384,7 +384,7 @@ def test_from_contrast_norm_and_batching():
     assert unscaled[1].norm().item() == pytest.approx(norms["raw"], rel=1e-5)
     all_tokens = from_contrast(model, tok, texts_a, texts_b, 1, skip_first=0)
     assert all_tokens.norms["1"]["n_tokens_a"] == norms["n_tokens_a"] + len(texts_a)
-    with pytest.raises(InputError, match="out of range"):
+    with pytest.raises(InputError, match="unknown layer 3"):
         from_contrast(model, tok, texts_a, texts_b, [3])
 
 

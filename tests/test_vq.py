@@ -20,6 +20,7 @@ from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from ret_toolkit.cli import vq_codes as vq_codes_cmd
 from ret_toolkit.cli.train import vq_cli
+from ret_toolkit.vq import train as vq_train
 from ret_toolkit.info import mutual_information, permutation_test
 from ret_toolkit.vq import BlockSpec, Codebook, StoreBlocks, block_anchors, collate_cells
 from ret_toolkit.vq.codebook import usage_entropy_loss
@@ -208,10 +209,15 @@ def test_ret_train_vq_checkpoint_codes_and_reproducibility(stores, tmp_path, cap
     metrics = (ckpt.parent.parent / "metrics.csv").read_text()
     for key in ("code_perplexity", "dead_code_fraction", "recon_ev"):
         assert key in metrics
-    # same seed, same weights
-    cli2 = _vq_fit(stores["gpt2"], tmp_path / "b")
-    for p, q in zip(cli.model.parameters(), cli2.model.parameters()):
+    # the Python API builds and wires what ret-train builds: same seed, same weights
+    run = vq_train([stores["gpt2"]], BlockSpec("1-2", None, 0, 6),
+                   data={"align_with": [BlockSpec("-1", 2, 3)], "batch_size": 16},
+                   model={"dim": 32, "depth": 1, "num_codes": 8}, max_epochs=2, root_dir=tmp_path / "b", progress=False)
+    for p, q in zip(cli.model.parameters(), run.module.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
+    assert load_vq(run.checkpoint).hparams.block_info == m.hparams.block_info
+    with pytest.raises(InputError, match="seed of the VQ model come from the data module"):
+        vq_train([stores["gpt2"]], model={"seed": 3}, max_epochs=1, root_dir=tmp_path / "c")
 
     out = tmp_path / "codes.h5"
     assert vq_codes_cmd.main(["--ckpt", str(ckpt), "--store", str(stores["gpt2"]), "--out", str(out), "--quiet"]) == 0

@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--ret", metavar="DIR", help="ret-demo / ret-macro output directory")
     src.add_argument("--store", help="trajectory store for --group (default: the one recorded in DIR/macrostates.h5)")
     src.add_argument("--group", type=int, help="RET group: build its vector (and the sweep's target group)")
-    src.add_argument("--layers", help="decoder blocks for the group vector, e.g. 15 (default: the RET layer; must be in the store)")
+    src.add_argument("--layers", help="layer spec of the decoder blocks for the group vector, e.g. 15, -1 or middle (default: the RET layer; must be in the store)")
     src.add_argument("--save-vector", metavar="PATH", help="also save the group vector (PATH.safetensors + PATH.json)")
     src.add_argument("--overwrite", action="store_true",
                      help="replace a vector at --save-vector, or a sweep in --out, made with other settings")
@@ -184,8 +184,7 @@ def _run(argv: Sequence[str]) -> int:
     if a.vector:
         vec = SteeringVector.load(a.vector, loaded)
     else:
-        layers = _ints(a.layers, "--layers") if a.layers else None
-        vec = group_vector(outputs, a.group, layers, model=loaded)
+        vec = group_vector(outputs, a.group, a.layers, model=loaded)
         vec.check_model(loaded)
         if a.save_vector and lead:  # before generating: another vector at the path is refused
             tensors_path, manifest_path = SteeringVector.paths(a.save_vector)

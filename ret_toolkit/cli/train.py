@@ -16,61 +16,54 @@ from __future__ import annotations
 
 import sys
 import warnings
+from functools import partial
 from typing import Sequence
 
 from lightning.pytorch.cli import LightningCLI
 
 from activation_cache.cli import run_cli
 from activation_cache.errors import InputError
+from ret_toolkit.training import trainer_defaults
 
-def trainer_defaults(root: str, name: str, **kw) -> dict:
-    """Trainer defaults of one ``ret-train`` command: checkpoints and CSV logs under ``root/name/version_N``."""
-    logger = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": root, "name": name}}
-    # No model-summary table by default: commands print their own results (--trainer.enable_model_summary=true).
-    return {"default_root_dir": root, "logger": logger, "enable_model_summary": False, **kw}
+def _link_wired(parser, wired_arguments, keys) -> None:
+    """Link the model arguments that the data module decides, through the same function the Python API uses."""
+    for key in keys:
+        parser.link_arguments("data", f"model.{key}", compute_fn=partial(_wired_value, wired_arguments, key),
+                              apply_on="instantiate")
 
 
-MACRO_DEFAULTS = trainer_defaults("runs/macro", "ret", max_epochs=10, log_every_n_steps=10)
+def _wired_value(wired_arguments, key, data):
+    return wired_arguments(data)[key]
 
 
 class MacroCLI(LightningCLI):
-    """LightningCLI for RETModule + TrajectoryDataModule with the shared keys linked."""
+    """LightningCLI for RETModule + TrajectoryDataModule, wired by :func:`ret_toolkit.macro.train.wired_arguments`."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.window", "model.window")
-        parser.link_arguments("data.max_horizon", "model.max_horizon")
-        parser.link_arguments("data.n_features", "model.d_input", apply_on="instantiate")
-        parser.link_arguments("data.model_name", "model.source_model", apply_on="instantiate")
-        parser.link_arguments("data.layers_str", "model.source_layers", apply_on="instantiate")
+        from ret_toolkit.macro.train import WIRED_KEYS, wired_arguments
 
-
-VQ_DEFAULTS = trainer_defaults("runs/vq", "vq", max_epochs=20, log_every_n_steps=10)
+        _link_wired(parser, wired_arguments, WIRED_KEYS)
 
 
 class VQCLI(LightningCLI):
-    """LightningCLI for VQModule + BlockDataModule; the block's shape and provenance flow to the model."""
+    """LightningCLI for VQModule + BlockDataModule, wired by :func:`ret_toolkit.vq.train.wired_arguments`."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("data.split_seed", "model.seed")
-        parser.link_arguments("data.d_model", "model.d_input", apply_on="instantiate")
-        parser.link_arguments("data.n_block_layers", "model.n_layers", apply_on="instantiate")
-        parser.link_arguments("data.max_offset", "model.max_offset", apply_on="instantiate")
-        parser.link_arguments("data.model_name", "model.source_model", apply_on="instantiate")
-        parser.link_arguments("data.block_info", "model.block_info", apply_on="instantiate")
+        from ret_toolkit.vq.train import WIRED_KEYS, wired_arguments
 
-
-TASK_DEFAULTS = trainer_defaults("runs/task", "task", max_epochs=4, log_every_n_steps=20)
+        _link_wired(parser, wired_arguments, WIRED_KEYS)
 
 
 class TaskCLI(LightningCLI):
-    """LightningCLI for TaskLM + TaskDataModule; the tokenizer's size and special ids flow to the model."""
+    """LightningCLI for TaskLM + TaskDataModule, wired by :func:`ret_toolkit.planning.train.wired_arguments`."""
 
     def add_arguments_to_parser(self, parser) -> None:
-        for key in ("vocab_size", "bos_id", "eos_id", "pad_id"):
-            parser.link_arguments(f"data.{key}", f"model.{key}", apply_on="instantiate")
+        from ret_toolkit.planning.train import WIRED_KEYS, wired_arguments
+
+        _link_wired(parser, wired_arguments, WIRED_KEYS)
 
 
-def _cli(cli_class, module, datamodule, defaults: dict, args: Sequence[str], run: bool):
+def _cli(cli_class, module, datamodule, family: str, args: Sequence[str], run: bool):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from jsonargparse import ArgumentError
@@ -80,7 +73,7 @@ def _cli(cli_class, module, datamodule, defaults: dict, args: Sequence[str], run
         try:
             return cli_class(
                 module, datamodule, args=list(args), run=run, seed_everything_default=0,
-                trainer_defaults={**defaults, "callbacks": [ModelCheckpoint(save_last=True)]},
+                trainer_defaults={**trainer_defaults(family), "callbacks": [ModelCheckpoint(save_last=True)]},
                 save_config_kwargs={"overwrite": True}, auto_configure_optimizers=False,
                 parser_kwargs={"exit_on_error": False},
             )
@@ -93,7 +86,7 @@ def vq_cli(args: Sequence[str], run: bool = True) -> VQCLI:
     from ret_toolkit.vq.datamodule import BlockDataModule
     from ret_toolkit.vq.module import VQModule
 
-    return _cli(VQCLI, VQModule, BlockDataModule, VQ_DEFAULTS, args, run)
+    return _cli(VQCLI, VQModule, BlockDataModule, "vq", args, run)
 
 
 def task_cli(args: Sequence[str], run: bool = True) -> TaskCLI:
@@ -101,7 +94,7 @@ def task_cli(args: Sequence[str], run: bool = True) -> TaskCLI:
     from ret_toolkit.planning.datamodule import TaskDataModule
     from ret_toolkit.planning.model import TaskLM
 
-    return _cli(TaskCLI, TaskLM, TaskDataModule, TASK_DEFAULTS, args, run)
+    return _cli(TaskCLI, TaskLM, TaskDataModule, "task", args, run)
 
 
 def macro_cli(args: Sequence[str], run: bool = True) -> MacroCLI:
@@ -109,7 +102,7 @@ def macro_cli(args: Sequence[str], run: bool = True) -> MacroCLI:
     from ret_toolkit.macro.datamodule import TrajectoryDataModule
     from ret_toolkit.macro.module import RETModule
 
-    return _cli(MacroCLI, RETModule, TrajectoryDataModule, MACRO_DEFAULTS, args, run)
+    return _cli(MacroCLI, RETModule, TrajectoryDataModule, "macro", args, run)
 
 
 def _report_checkpoint(name: str, cli: LightningCLI) -> None:

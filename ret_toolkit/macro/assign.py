@@ -23,6 +23,7 @@ from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
 from activation_cache.errors import InputError
+from activation_cache.layers import spec_names
 from activation_cache.reader import TrajectoryStore
 from activation_cache.schema import open_h5
 from ret_toolkit.checkpoint import load_checkpoint
@@ -38,7 +39,7 @@ def load_ret(ckpt: str | Path) -> RETModule:
 
 def source_layers(module: RETModule) -> list[str]:
     """Store layer names the RET checkpoint reads (``source_layers``), in order; [] if not recorded."""
-    return [x for x in str(module.hparams.source_layers).split(",") if x]
+    return spec_names(module.hparams.source_layers)
 
 
 def require_centroids(module: RETModule, where: str | Path = "") -> None:

@@ -13,27 +13,8 @@ import torch
 
 from activation_cache.data import ConcatChunked, TokenWindows
 from activation_cache.errors import InputError
+from activation_cache.layers import select_layers
 from ret_toolkit.storeset import StoreDataModule, StoreSet
-
-
-def resolve_layers(spec: str, n_model_layers: int, available: list[str]) -> list[str]:
-    """``"middle"`` (the middle block), ``"embed"``, or a comma list of block indices."""
-    names = []
-    for part in (p.strip() for p in str(spec).split(",") if p.strip()):
-        if part == "middle":
-            names.append(str(n_model_layers // 2))
-        elif part == "embed":
-            names.append("embed")
-        else:
-            try:
-                i = int(part)
-            except ValueError:
-                raise InputError(f"bad layer {part!r}: use 'middle', 'embed' or block indices like 15 or 10,15") from None
-            names.append(str(i + n_model_layers if i < 0 else i))
-    missing = [n for n in names if n not in available]
-    if not names or missing:
-        raise InputError(f"layer(s) {missing or spec!r} not in the store (it has {', '.join(available)})")
-    return names
 
 
 class TrajectoryDataModule(StoreDataModule):
@@ -41,8 +22,9 @@ class TrajectoryDataModule(StoreDataModule):
 
     Args:
         stores: paths of one or more stores of the same model.
-        layers: ``"middle"`` (default), ``"embed"`` or block indices ``"10,15"``; several
-            layers are concatenated along the feature axis.
+        layers: a layer spec (:mod:`activation_cache.layers`): ``"middle"`` (default),
+            ``"embed"``, ``"15"``, ``"10,15"``, ``"-1"``; several layers are concatenated
+            along the feature axis, in the order given.
         window, max_horizon: windows are ``window + max_horizon`` tokens long
             (the encoder's window plus the furthest prediction target).
         batch_size: windows per batch (per process under DDP).
@@ -70,7 +52,7 @@ class TrajectoryDataModule(StoreDataModule):
         self.stores, self.splits = self.store_set.paths, self.store_set.splits
         self.model_name = self.store_set.model_name
         self.d_model = self.store_set.d_model
-        self.layer_names = resolve_layers(layers, self.store_set.n_model_layers, self.store_set.layers)
+        self.layer_names = select_layers(layers, self.store_set.n_model_layers, self.store_set.layers)
         self.n_features = self.d_model * len(self.layer_names)
         self.length = window + max_horizon
         self.standardization: tuple[torch.Tensor, torch.Tensor] | None = None

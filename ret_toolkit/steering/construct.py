@@ -21,13 +21,14 @@ The manifest's ``norms[ℓ]`` records ``raw`` (``||r||``), ``mean_token_norm``,
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from activation_cache.arch import find_architecture, get_module
 from activation_cache.errors import InputError
+from activation_cache.layers import LayerSpec, block_indices, parse_layers
 from activation_cache.devices import input_device
 from ret_toolkit.steering.vector import SteeringVector, model_identity, resolve_model
 
@@ -57,21 +58,6 @@ def _finish(raw: np.ndarray, token_norms: np.ndarray, scale: str | None) -> tupl
     direction = raw if target is None else scale_to_norm(raw, target)
     record = {"raw": float(np.linalg.norm(raw)), "mean_token_norm": mean_norm, "median_token_norm": median_norm}
     return torch.from_numpy(np.asarray(direction, np.float64)), record
-
-
-def _layer_list(layers: int | Iterable[int], n_layers: int) -> list[int]:
-    layers = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
-    if not layers:
-        raise InputError("layers is empty; give at least one decoder-block index")
-    out = []
-    for x in layers:
-        if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
-            raise InputError(f"layer {x!r} is not an int (0-based decoder-block index)")
-        x = int(x)
-        if not -n_layers <= x < n_layers:
-            raise InputError(f"layer {x} is out of range: the model has decoder blocks 0..{n_layers - 1}")
-        out.append(x % n_layers)  # negative = from the end, stored non-negative
-    return sorted(set(out))
 
 
 class _Sums:
@@ -139,7 +125,7 @@ def from_contrast(
     tokenizer,
     texts_a: Sequence[str],
     texts_b: Sequence[str],
-    layers: int | Iterable[int],
+    layers: LayerSpec,
     *,
     scale: str | None = "median",
     skip_first: int = 1,
@@ -183,7 +169,7 @@ def from_contrast(
     ident = model_identity(model, model_name, block_path)
     arch = find_architecture(module, block_path=block_path)
     blocks = get_module(module, arch.block_path)
-    layers = _layer_list(layers, arch.n_layers)
+    layers = sorted(block_indices(parse_layers(layers, arch.n_layers)))
     args = (module, blocks, layers, tokenizer)
     sa = _text_sums(*args, texts_a, batch_size, max_length, skip_first, "texts_a")
     sb = _text_sums(*args, texts_b, batch_size, max_length, skip_first, "texts_b")

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
 from activation_cache.errors import InputError, option
+from activation_cache.layers import LayerSpec, block_indices, select_layers
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.steering.construct import from_groups
 from ret_toolkit.steering.vector import SteeringVector
@@ -65,7 +65,7 @@ def find_outputs(directory: str | Path, *, store: str | Path | None = None) -> R
     return RETOutputs(ckpt, macro, store)
 
 
-def group_vector(outputs: RETOutputs, group: int, layers: Iterable[int] | None = None, *, model=None,
+def group_vector(outputs: RETOutputs, group: int, layers: LayerSpec | None = None, *, model=None,
                  model_name: str | None = None, scale: str | None = "median") -> SteeringVector:
     """Steering vector toward macrostate ``group``: group mean minus overall mean per layer.
 
@@ -76,8 +76,8 @@ def group_vector(outputs: RETOutputs, group: int, layers: Iterable[int] | None =
     Args:
         outputs: :func:`find_outputs`.
         group: target group id.
-        layers: decoder blocks to build it at (default: the layers the RET
-            checkpoint reads); each must be in the store.
+        layers: layer spec of the decoder blocks to build it at (:mod:`activation_cache.layers`;
+            default: the layers the RET checkpoint reads); each must be in the store.
         model, model_name: identity recorded in the manifest (default: the
             store's model name).
 
@@ -99,11 +99,9 @@ def group_vector(outputs: RETOutputs, group: int, layers: Iterable[int] | None =
         if store.n_tokens != len(groups):
             raise InputError(f"{outputs.store} has {store.n_tokens} tokens but {outputs.macro_file} has "
                              f"{len(groups)}: not the store these macrostates were made from")
-        names = [x for x in reader_layers.split(",") if x] if layers is None else [str(x) for x in layers]
-        bad = [x for x in names if not x.isdigit()]
-        if bad or not names:
-            raise InputError(f"steering layers must be decoder-block indices, got {bad or 'none'}")
-        hidden = {int(store.check_layer(x)): store.hidden_dataset(x) for x in names}
+        names = select_layers(reader_layers if layers is None else layers, store.n_model_layers, store.layers,
+                              where=str(outputs.store), sort=True)
+        hidden = {i: store.hidden_dataset(x) for i, x in zip(block_indices(names), names)}
         mask = np.ones(len(groups), bool)
         mask[store.offsets[:-1]] = False  # first token of every sequence
         name = model_name if model_name is not None else (None if model is not None else store.model)

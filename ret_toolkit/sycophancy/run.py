@@ -25,10 +25,11 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Sequence
 
-from activation_cache.ranks import Rank, rank_device
 from activation_cache.errors import InputError, option
+from activation_cache.layers import layer_spec, parse_layers
 from activation_cache.models import model_name
 from activation_cache.outputs import OutputDir, write_json
+from activation_cache.ranks import Rank, rank_device
 from ret_toolkit.sycophancy.features import KS, extract_features
 from ret_toolkit.sycophancy.trajectories import PUSHBACK_MODES, TraceSettings, pick_items, trace_dataset
 
@@ -184,8 +185,11 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
     if module.hparams.source_model and loaded.name != module.hparams.source_model:
         raise InputError(f"{macro_ckpt}: RET checkpoint was trained on {module.hparams.source_model!r}, "
                          f"not on {loaded.name!r}")
-    raw_layer = settings.layer if settings.layer is not None else ret_layers[0]
-    layers = ",".join(dict.fromkeys(ret_layers + [str(raw_layer)]))
+    raw = parse_layers(settings.layer if settings.layer is not None else ret_layers[0], loaded.arch.n_layers)
+    if len(raw) != 1:
+        raise InputError(f"{option('layer')} {settings.layer!r} selects {len(raw)} layers; the raw baseline reads one")
+    raw_layer = raw[0]
+    layers = layer_spec(dict.fromkeys(ret_layers + raw))
     trace_settings = TraceSettings(max_new_tokens=settings.max_new_tokens, pushbacks=settings.pushbacks,
                                    seed=settings.seed, batch_size=settings.batch_size, overwrite=settings.overwrite)
     if rank is not None and rank.rank != 0:  # rank 0 alone writes the run record and the results

@@ -4,6 +4,7 @@ from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, TensorBlocks, block_an
 from ret_toolkit.vq.codebook import Codebook
 from ret_toolkit.vq.datamodule import BlockDataModule
 from ret_toolkit.vq.module import VQModule
+from ret_toolkit.vq.train import train
 
 __all__ = ["BlockDataModule", "BlockSpec", "Codebook", "StoreBlocks", "TensorBlocks", "VQModule", "block_anchors",
-           "collate_cells"]
+           "collate_cells", "train"]

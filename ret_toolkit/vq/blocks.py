@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 
 from activation_cache import schema
 from activation_cache.errors import InputError
-from activation_cache.extract import parse_layers
+from activation_cache.layers import parse_layers
 from activation_cache.reader import TrajectoryStore
 
 

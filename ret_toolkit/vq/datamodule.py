@@ -52,7 +52,9 @@ class BlockDataModule(StoreDataModule):
         num_workers: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # Blocks as plain dicts in the hyperparameters: checkpoints load with weights_only=True.
+        self.save_hyperparameters(ignore=["block", "align_with"])
+        self.hparams.update(block=block.to_dict(), align_with=[b.to_dict() for b in align_with])
         if anchor_stride < 1:
             raise InputError(f"anchor_stride must be >= 1, got {anchor_stride}")
         self.store_set = StoreSet.open(stores, val_fraction, split_seed)

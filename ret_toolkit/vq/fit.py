@@ -1,8 +1,9 @@
 """Train a VQ model on an in-memory block dataset and read codes back (notebooks, validation).
 
-For stores, use ``ret-train vq`` (LightningCLI) or :class:`BlockDataModule`
-with a Lightning ``Trainer``; these helpers wrap the same module for data that
-is already in memory.
+For stores with logs and checkpoints, use :func:`ret_toolkit.vq.train` (or
+``ret-train vq``); these helpers fit the same module quietly, without files, on
+data in memory (:func:`fit_vq`) or a store (:func:`fit_vq_store`, the probes of
+the planning analyses).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ret_toolkit.vq.blocks import BlockSpec, TensorBlocks, collate_cells
 from ret_toolkit.vq.datamodule import BlockDataModule
 from ret_toolkit.vq.module import VQModule
+from ret_toolkit.vq.train import wire_model
 
 
 def _fit(module: VQModule, max_epochs: int, trainer_kwargs: dict[str, Any] | None, *loaders, **fit_kwargs) -> None:
@@ -88,7 +90,6 @@ def fit_vq_store(stores: Sequence[str] | str, block: BlockSpec, align_with: Sequ
     dm = BlockDataModule(list([stores] if isinstance(stores, str) else stores), block=block, align_with=align_with,
                          anchor=anchor, anchor_stride=anchor_stride, batch_size=batch_size, val_fraction=val_fraction,
                          split_seed=seed)
-    module = VQModule(**{"d_input": dm.d_model, "n_layers": dm.n_block_layers, "max_offset": dm.max_offset,
-                         "source_model": dm.model_name, "block_info": dm.block_info, "seed": seed, **module_kwargs})
+    module = wire_model(dm, **module_kwargs)
     _fit(module, max_epochs, trainer_kwargs, datamodule=dm)
     return module.eval()
