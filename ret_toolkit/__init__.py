@@ -11,7 +11,9 @@ The verbs of the main job, from one import (loaded on first use, so
     with ret.open_store("gen.h5") as store:
         print(store)
     loaded = ret.load_model()                                          # embedded SmolLM2-135M-Instruct
-    with ret.steer(loaded, ret.SteeringVector.load("group11"), alpha=0.3):
+    vec = ret.group_vector("macro", group=3, model=loaded)             # toward macrostate 3
+    print(ret.generate(loaded, ["What is 7 times 8?"], vec, alpha=0.3)[0].text)
+    with ret.steer(loaded, vec, alpha=0.3):
         ...                                                            # your own generate
     ret.run_forecast("bank", "forecast_out", macro_ckpt=res.checkpoint)
 
@@ -33,6 +35,8 @@ _VERBS = {
     "build_macrostates": ("ret_toolkit.macro.pipeline", "build_macrostates"),
     "SteeringVector": ("ret_toolkit.steering.vector", "SteeringVector"),
     "steer": ("ret_toolkit.steering.hooks", "steer"),
+    "group_vector": ("ret_toolkit.steering.ret_source", "group_vector"),
+    "generate": ("ret_toolkit.steering.generate", "generate"),
     "run_forecast": ("ret_toolkit.sycophancy.run", "run_forecast"),
 }
 

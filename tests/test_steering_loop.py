@@ -431,3 +431,27 @@ def test_torchrun_sweep_equals_one_process(ret_dir, tmp_path, capsys):
         del r["vector"]["created"]
     assert two == one
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["ret_runs.json", "sweep.html", "sweep.json"]
+
+
+def test_generate_api_is_what_ret_steer_prints(ret_dir, capsys):
+    """ret_toolkit.generate: open and closed loop, the same continuations and counts ret-steer prints."""
+    import ret_toolkit as ret
+    from activation_cache.models import load_model
+    from ret_toolkit.steering import find_outputs, load_reader
+
+    m, d = ret_dir["model"], ret_dir["ret"]
+    model = load_model(m)
+    vec = ret.group_vector(d, group=1, model=model)  # a ret-macro directory, resolved by find_outputs
+    reader = load_reader(find_outputs(d).checkpoint, model)
+    prompts = ["What is 2 + 3?", "Add 4 and 5."]
+    plain = ret.generate(model, prompts, max_new_tokens=4)
+    assert plain == ret.generate(model, prompts, vec, alpha=0.0, max_new_tokens=4)  # α = 0 is the plain model
+    loop = ret.generate(model, prompts, vec, alpha=2.0, reader=reader, detect=[0, 2], when="out", max_new_tokens=4)
+    assert [g.prompt for g in loop] == prompts and all(0 <= g.steered <= g.fed <= 4 for g in loop)
+    rc, out, err = _steer(capsys, "--ret", d, "--group", "1", "--model", m, "--max-new-tokens", "4", "--alpha", "2",
+                          "--prompt", prompts[0], "--prompt", prompts[1], "--detect", "0,2", "--when", "out")
+    assert rc == 0, err
+    for g in loop:
+        assert g.text in out and f"steered {g.steered} of {g.fed} fed-back tokens" in out
+    with pytest.raises(InputError, match="needs a reader and a vector"):
+        ret.generate(model, prompts, detect=[0])

@@ -193,13 +193,12 @@ def _run(argv: Sequence[str]) -> int:
             what = "already holds" if existed and not a.overwrite else "saved"
             print(f"ret-steer: {paths[0]} + {paths[1].name} {what} the group-{a.group} vector", file=sys.stderr)
 
-    from ret_toolkit.steering.evaluate import render_prompts
-
-    tok = loaded.tokenizer
-    prompt_ids = render_prompts(tok, prompts, chat=not a.no_chat)
     if a.sweep:
-        return _sweep(a, out, loaded, reader, vec, alphas, prompt_ids, rank)
-    return _generate(a, loaded, reader, vec, detect, prompt_ids, [_label(p) for p in prompts])
+        from ret_toolkit.steering.evaluate import render_prompts
+
+        return _sweep(a, out, loaded, reader, vec, alphas, render_prompts(loaded.tokenizer, prompts, chat=not a.no_chat),
+                      rank)
+    return _generate(a, loaded, reader, vec, detect, prompts)
 
 
 #: Files a sweep writes into ``--out``.
@@ -228,47 +227,22 @@ def _sweep_output(a, alphas: list[float]):
     return OutputDir(a.out, "ret-steer", settings, files=SWEEP_FILES, overwrite=a.overwrite)
 
 
-def _label(prompt) -> str:
-    """A prompt's own words for the printout (a Prompt's text, or its last chat turn)."""
-    if isinstance(prompt, str):
-        return prompt
-    if prompt.text is not None:
-        return prompt.text
-    return str(prompt.messages[-1].get("content", "")) if prompt.messages else ""
+def _generate(a, loaded, reader, vec, detect, prompts) -> int:
+    from ret_toolkit.steering.generate import generate
 
-
-def _generate(a, loaded, reader, vec, detect, prompt_ids, labels) -> int:
-    from ret_toolkit.steering.closed_loop import closed_loop_generate
-    from activation_cache.tracer import eos_ids
-    from ret_toolkit.steering.evaluate import generate_continuations, left_pad, until_stop
-
-    tok = loaded.tokenizer
-    common = dict(max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, do_sample=a.sample, seed=a.seed)
-    base = generate_continuations(loaded, tok, prompt_ids, **common) if a.baseline else None
-    if detect:
-        stop = set(eos_ids(loaded.model, tok))
-        gen, steered = [], []
-        for lo in range(0, len(prompt_ids), a.batch_size):
-            batch = left_pad(prompt_ids[lo : lo + a.batch_size], tok.pad_token_id)
-            seqs, loop = closed_loop_generate(loaded, batch, vec, reader, detect, a.alpha, a.when, tokenizer=tok,
-                                              max_new_tokens=a.max_new_tokens, do_sample=a.sample)
-            width = batch["input_ids"].shape[1]
-            for row, s in zip(seqs, loop.steered):
-                ids = until_stop(row[width:].tolist(), stop)
-                gen.append(ids)
-                fed = s[1 : len(ids) + 1]  # forwards that read this row's generated tokens
-                steered.append((int(fed.sum()), len(fed)))
-    else:
-        gen = generate_continuations(loaded, tok, prompt_ids, vec, a.alpha, positions=a.positions, **common)
-        steered = None
-    for i, ids in enumerate(gen):
-        print(f"=== prompt {i}: {' '.join(labels[i].split())}")
+    common = dict(max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, do_sample=a.sample, seed=a.seed,
+                  chat=not a.no_chat)
+    base = generate(loaded, prompts, **common) if a.baseline else None
+    gens = generate(loaded, prompts, vec, a.alpha, positions=a.positions, reader=reader, detect=detect, when=a.when,
+                    **common)
+    for i, g in enumerate(gens):
+        print(f"=== prompt {i}: {' '.join(g.prompt.split())}")
         if base is not None:
-            print(f"--- unsteered:\n{tok.decode(base[i], skip_special_tokens=True)}")
+            print(f"--- unsteered:\n{base[i].text}")
             print(f"--- steered (alpha {a.alpha:g}):")
-        print(tok.decode(ids, skip_special_tokens=True))
-        if steered is not None:
-            print(f"[closed loop: steered {steered[i][0]} of {steered[i][1]} fed-back tokens "
+        print(g.text)
+        if g.steered is not None:
+            print(f"[closed loop: steered {g.steered} of {g.fed} fed-back tokens "
                   f"(steering while the macrostate is {a.when} {{{a.detect}}})]")
     return 0
 

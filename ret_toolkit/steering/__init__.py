@@ -6,6 +6,7 @@
 - :func:`nnsight_generate` — the same steering through nnsight interventions in ``generate``.
 - :class:`ClosedLoop` / :func:`closed_loop_generate` — detect the macrostate with the RET
   encoder each step, steer only while it is (not) in chosen groups.
+- :func:`generate` — batched continuations of prompts, open- or closed-loop steered.
 - :func:`sweep` — share of generated tokens in a target group and perplexity vs α.
 - :func:`load_reader`, :func:`find_outputs`, :func:`group_vector` — RET checkpoint and
   group vectors from a ``ret-macro`` / ``ret-demo`` directory.
@@ -17,6 +18,7 @@ from ret_toolkit.steering.closed_loop import ClosedLoop, closed_loop_generate
 from ret_toolkit.steering.construct import from_contrast, from_groups
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader, load_reader
 from ret_toolkit.steering.evaluate import best_point, render_prompts, sweep, target_share_gain
+from ret_toolkit.steering.generate import Generation, generate
 from ret_toolkit.steering.hooks import Steering, steer
 from ret_toolkit.steering.nnsight_steer import language_model, nnsight_generate
 from ret_toolkit.steering.plan import POSITIONS, SteeringPlan, plan_steering
@@ -25,6 +27,7 @@ from ret_toolkit.steering.vector import SteeringVector
 
 __all__ = [
     "ClosedLoop",
+    "Generation",
     "LayerCapture",
     "MacrostateReader",
     "POSITIONS",
@@ -37,6 +40,7 @@ __all__ = [
     "find_outputs",
     "from_contrast",
     "from_groups",
+    "generate",
     "group_vector",
     "language_model",
     "load_reader",

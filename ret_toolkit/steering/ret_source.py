@@ -65,7 +65,7 @@ def find_outputs(directory: str | Path, *, store: str | Path | None = None) -> R
     return RETOutputs(ckpt, macro, store)
 
 
-def group_vector(outputs: RETOutputs, group: int, layers: LayerSpec | None = None, *, model=None,
+def group_vector(outputs: RETOutputs | str | Path, group: int, layers: LayerSpec | None = None, *, model=None,
                  model_name: str | None = None, scale: str | None = "median") -> SteeringVector:
     """Steering vector toward macrostate ``group``: group mean minus overall mean per layer.
 
@@ -74,7 +74,7 @@ def group_vector(outputs: RETOutputs, group: int, layers: LayerSpec | None = Non
     :mod:`ret_toolkit.steering.construct`); groups are the macrostate file's.
 
     Args:
-        outputs: :func:`find_outputs`.
+        outputs: :func:`find_outputs`, or the ret-macro / ret-demo directory to find them in.
         group: target group id.
         layers: layer spec of the decoder blocks to build it at (:mod:`activation_cache.layers`;
             default: the layers the RET checkpoint reads); each must be in the store.
@@ -87,6 +87,8 @@ def group_vector(outputs: RETOutputs, group: int, layers: LayerSpec | None = Non
     """
     from ret_toolkit.macro.assign import open_macro
 
+    if not isinstance(outputs, RETOutputs):
+        outputs = find_outputs(outputs)
     with open_macro(outputs.macro_file) as f:
         groups = f["group"][:] if "group" in f else None
         k = int(f.attrs.get("k", 0))
