@@ -113,6 +113,29 @@ def _write_reason(e: BaseException) -> str:
     return f"{text.split(' (')[0]}: {m[2]} (errno {m[1]})" if m else text
 
 
+def _rebuild_string_columns(f: h5py.File) -> None:
+    """Rewrite each ``/meta`` column as a new dataset holding only its committed strings.
+
+    The uncommitted tail of a variable-length string dataset points into heap
+    objects that a killed writer may have left half-written; overwriting such an
+    element makes HDF5 free the old object first and fail ("bad heap index").
+    A new dataset never reads the old heap (its space is lost, a few bytes per
+    sequence).
+    """
+    n = int(f.attrs["n_committed"])
+    for name in list(f["meta"]) if "meta" in f else []:
+        values = f[f"meta/{name}"][:n]
+        del f[f"meta/{name}"]
+        ds = _string_column(f, name, n)
+        if n:
+            ds[:] = values
+
+
+def _string_column(f: h5py.File, name: str, n: int = 0) -> h5py.Dataset:
+    """``/meta/<name>``: one variable-length UTF-8 string per sequence, growable."""
+    return f.create_dataset(f"meta/{name}", (n,), maxshape=(None,), dtype=schema.STR_DTYPE, chunks=(1024,))
+
+
 class StoreWriter:
     """Create, resume and append to a trajectory store.
 
@@ -188,7 +211,7 @@ class StoreWriter:
             )
             ds.attrs["dtype"] = spec.dtype  # says what the uint16 of a bfloat16 store are
         for name in spec.meta_fields:
-            f.create_dataset(f"meta/{name}", (0,), maxshape=(None,), dtype=schema.STR_DTYPE, chunks=(1024,))
+            _string_column(f, name)
         if spec.tokenizer_json:
             f.create_dataset("tokenizer", data=np.frombuffer(spec.tokenizer_json.encode(), np.uint8))
         import nnsight
@@ -235,7 +258,8 @@ class StoreWriter:
         sb = schema.superblock_info(self.path)
         if sb is None or sb[1] == 0:  # closed cleanly: compare configs without opening for writing
             self._check_existing()
-        if clear_status_flags(self.path):  # a crashed writer leaves them set
+        crashed = clear_status_flags(self.path)  # a crashed writer leaves them set
+        if crashed:
             # ...and may have died before the file reached the size its
             # superblock records (a failed write at the end, disk full). Those
             # bytes belonged to the uncommitted tail: pad them with zeros so
@@ -246,6 +270,8 @@ class StoreWriter:
         f = schema.open_h5(self.path, "a")
         try:
             self._check_config(f)
+            if crashed:
+                _rebuild_string_columns(f)
         except BaseException:
             f.close()
             raise

@@ -100,9 +100,9 @@ def test_unknown_layer_index(setup, tmp_path, capsys):
     rc, _, err = run(capsys, *base(setup, tmp_path / "o.h5", "--layers", "0,5"))
     assert rc == 2
     assert_one_line_error(err, "unknown layer 5", "0..1")
-    rc, _, err = run(capsys, *base(setup, tmp_path / "o.h5", "--layers", "middle"))
+    rc, _, err = run(capsys, *base(setup, tmp_path / "o.h5", "--layers", "mid"))
     assert rc == 2
-    assert_one_line_error(err, "'middle'")
+    assert_one_line_error(err, "'mid'")
     assert not (tmp_path / "o.h5").exists()
 
 

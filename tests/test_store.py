@@ -484,6 +484,7 @@ _CRASH_WRITER = textwrap.dedent("""
                        {n: np.full((8, 8), k, np.float32) for n in spec.layers},
                        [{"prompt_id": f"p{2 * k}"}, {"prompt_id": f"p{2 * k + 1}"}]))
     w._reserve("tokens", 100)[16:100] = 99  # half-written next batch
+    w._reserve("meta/prompt_id", 8)[4:8] = ["torn"] * 4  # and its strings, whose heap objects a kill can tear
     w._f.flush()
     os._exit(0)
 """)
@@ -499,6 +500,8 @@ def test_store_writer_resumes_after_hard_crash(tmp_path):
         assert s.n_sequences == 4 and s.n_tokens == 16
     with StoreWriter(path, make_spec()) as w:
         assert w.resumed and (w.n_committed, w.n_tokens) == (4, 16)
+        # The string columns were rebuilt from the committed rows: the torn tail is never overwritten.
+        assert w._ds["meta/prompt_id"].shape == (4,)
         w.append(Batch([np.array([7, 8])], [np.array([False, True])],
                        {n: np.full((2, 8), 5, np.float32) for n in spec.layers}, [{"prompt_id": "p4"}]))
     with open_store(path) as s:
