@@ -10,12 +10,13 @@ cannot decide, the user passes ``block_path=`` / ``--block-path``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
 from activation_cache.errors import InputError
 
-__all__ = ["ArchInfo", "get_module", "find_architecture"]
+__all__ = ["ArchInfo", "find_architecture", "get_module", "resolve_model", "unwrap"]
 
 
 @dataclass(frozen=True)
@@ -37,16 +38,29 @@ class ArchInfo:
     d_model: int
 
 
-def _unwrap(model) -> nn.Module:
-    # nnsight's LanguageModel is not an nn.Module; its wrapped model is, and the
-    # module paths are the same on both.
+def resolve_model(model) -> tuple[nn.Module, str, Any]:
+    """``(torch module, model name, tokenizer or None)`` of a model-like object.
+
+    Accepts a torch / ``transformers`` model (name = ``model.name_or_path``), an
+    :class:`activation_cache.models.LoadedModel` (name = its ``.name``, e.g.
+    ``"smollm2-135m-instruct"``) or an nnsight ``LanguageModel``, whose module
+    paths are those of the model it wraps.
+    """
     if isinstance(model, nn.Module):
-        return model
-    for attr in ("_module", "_model"):  # nnsight 0.8 keeps it in _module, older versions in _model
+        return model, str(getattr(model, "name_or_path", "") or ""), None
+    inner = getattr(model, "model", None)
+    if isinstance(inner, nn.Module) and hasattr(model, "arch") and hasattr(model, "name"):
+        return inner, str(model.name), getattr(model, "tokenizer", None)  # LoadedModel
+    for attr in ("_module", "_model"):  # nnsight LanguageModel (0.8: _module; older: _model)
         inner = getattr(model, attr, None)
         if isinstance(inner, nn.Module):
-            return inner
-    raise InputError(f"expected a torch nn.Module (or nnsight model), got {type(model).__name__}")
+            return inner, str(getattr(inner, "name_or_path", "") or ""), getattr(model, "tokenizer", None)
+    raise InputError(f"expected a transformers model, LoadedModel or nnsight LanguageModel, got {type(model).__name__}")
+
+
+def unwrap(model) -> nn.Module:
+    """The torch module of a model-like object (see :func:`resolve_model`)."""
+    return resolve_model(model)[0]
 
 
 def get_module(root: nn.Module, dotted: str) -> nn.Module:
@@ -55,7 +69,7 @@ def get_module(root: nn.Module, dotted: str) -> nn.Module:
     ``""`` returns ``root``. Raises :class:`InputError` naming the first missing
     part and the children that do exist at that level.
     """
-    module = _unwrap(root)
+    module = unwrap(root)
     walked: list[str] = []
     for part in dotted.split(".") if dotted else []:
         children = dict(module.named_children())
@@ -173,7 +187,7 @@ def find_architecture(
         InputError: a path does not exist, the block path is not a list of
             modules, or discovery finds no unambiguous block stack.
     """
-    root = _unwrap(model)
+    root = unwrap(model)
     config = _text_config(root)
     if block_path is None:
         expected = _config_int(config, "num_hidden_layers", "n_layer", "num_layers")

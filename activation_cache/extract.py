@@ -25,8 +25,19 @@ from activation_cache.batching import Window, pad_rows, padding_share, plan_wind
 from activation_cache.errors import InputError, option
 from activation_cache.layers import parse_layers
 from activation_cache.models import LoadedModel, load_model
-from activation_cache.pipeline import BackgroundWriter, HostBatch, NonFinite, stored_rows, to_host
-from activation_cache.prompts import Prompt, prompts_from_records, read_prompts, render_prompt
+from activation_cache.pipeline import (
+    BackgroundWriter,
+    HostBatch,
+    NonFinite,
+    stored_rows,
+    to_host,
+)
+from activation_cache.prompts import (
+    Prompt,
+    prompts_from_records,
+    read_prompts,
+    render_prompt,
+)
 from activation_cache.tracer import Sampling, Traced, Tracer
 from activation_cache.writer import Batch, StoreSpec, StoreWriter
 

@@ -30,7 +30,12 @@ import torch
 import transformers
 
 from activation_cache.arch import ArchInfo, find_architecture
-from activation_cache.devices import describe_placement, parse_device_map, resolve_device, resolve_model_dtype
+from activation_cache.devices import (
+    describe_placement,
+    parse_device_map,
+    resolve_device,
+    resolve_model_dtype,
+)
 from activation_cache.errors import InputError, option
 from activation_cache.quiet import no_transformers_bars
 

@@ -76,15 +76,9 @@ class Tracer:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # LanguageModel is a deprecated alias in 0.8 but still the one with generate
             self.lm = nnsight.LanguageModel(loaded.model, tokenizer=loaded.tokenizer)
-        blocks = self._envoy(loaded.arch.block_path)
+        blocks = self.lm.get(loaded.arch.block_path)
         self._targets = [(name, blocks[0] if name == EMBED else blocks[int(name)]) for name in self.layers]
         self.eos_ids = eos_ids(loaded.model, loaded.tokenizer)
-
-    def _envoy(self, dotted: str):
-        envoy = self.lm
-        for part in dotted.split("."):
-            envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
-        return envoy
 
     def _to_model(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         device = input_device(self.loaded.model)

@@ -24,8 +24,8 @@ import numpy as np
 from activation_cache import schema
 from activation_cache._version import __version__
 from activation_cache.errors import InputError, option
-from activation_cache.outputs import differing_keys
 from activation_cache.h5clear import clear_status_flags
+from activation_cache.outputs import differing_keys
 
 
 @dataclass

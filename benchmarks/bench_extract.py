@@ -98,7 +98,7 @@ def peak_rss_mib(prompts: Path, out: Path, batch: int) -> float:
     # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of this
     # (large) process would report at least the parent's size.
     cmd = [sys.executable, "-c",
-           "import sys;from activation_cache.cli import main;rc=main(sys.argv[1:]);"
+           "import sys;from ret_toolkit.cli.extract import main;rc=main(sys.argv[1:]);"
            "print([ln for ln in open('/proc/self/status') if ln.startswith('VmHWM')][0].strip());sys.exit(rc)",
            "--prompts", str(prompts), "--out", str(out), "--batch-size", str(batch), "--quiet", "--overwrite"]
     r = subprocess.run(cmd, capture_output=True, text=True, check=True)

@@ -219,7 +219,7 @@ def step_torchrun(ctx: dict) -> dict:
         return {"skipped": "fewer than 2 GPUs"}
     out_path = ctx["tmp"] / "ranks.h5"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-           "-m", "activation_cache.cli", "--model", str(ctx["model"]), "--prompts", str(ctx["prompts_file"]),
+           "-m", "ret_toolkit.cli.extract", "--model", str(ctx["model"]), "--prompts", str(ctx["prompts_file"]),
            "--out", str(out_path), "--model-dtype", "bfloat16", "--dtype", "bfloat16", "--quiet"]
     t0 = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from activation_cache.cli import main
+from ret_toolkit.cli.extract import main
 from activation_cache.extract import ExtractConfig, extract
 from activation_cache.models import load_model
 from activation_cache.reader import open_store

@@ -103,7 +103,7 @@ def test_load_model_places_and_describes_the_model(llama_dir):
 
 # --------------------------------------------------------------------------- every command takes the flags
 def _parsers():
-    from activation_cache.cli import _extract_parser
+    from ret_toolkit.cli.extract import _extract_parser
     from ret_toolkit.cli import demo, forecast, planning, steer
 
     return {"ret-extract": (_extract_parser(), ["--prompts", "p", "--out", "o.h5"]),
@@ -129,7 +129,7 @@ def test_every_model_command_accepts_and_checks_the_placement_flags(monkeypatch,
 
 
 def test_ret_extract_on_a_missing_device_writes_nothing(llama_dir, tmp_path, monkeypatch, capsys):
-    from activation_cache.cli import main
+    from ret_toolkit.cli.extract import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     before = file_digests(tmp_path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from activation_cache.cli import OneLineParser, add_placement_arguments, run_cli
+from ret_toolkit.cli.base import OneLineParser, add_placement_arguments, run_cli
 
 
 def parser() -> OneLineParser:

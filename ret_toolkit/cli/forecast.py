@@ -31,7 +31,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from activation_cache.cli import OneLineParser, add_placement_arguments, run_cli
+from ret_toolkit.cli.base import OneLineParser, add_placement_arguments, run_cli
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -70,7 +70,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _run(argv: Sequence[str]) -> int:
-    from ret_toolkit.sycophancy.run import ForecastSettings, check_settings, format_table, run_forecast
+    from ret_toolkit.sycophancy.run import (
+        ForecastSettings,
+        check_settings,
+        format_table,
+        run_forecast,
+    )
 
     a = parser().parse_args(argv)
     s = ForecastSettings(n_items=a.n_items, ks=a.ks, max_new_tokens=a.max_new_tokens, layer=a.layer,

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from activation_cache.cli import OneLineParser, run_cli
+from ret_toolkit.cli.base import OneLineParser, run_cli
 
 
 def parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from activation_cache.cli import OneLineParser, add_placement_arguments, run_cli
+from ret_toolkit.cli.base import OneLineParser, add_placement_arguments, run_cli
 
 
 def parser() -> argparse.ArgumentParser:

@@ -31,8 +31,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from activation_cache.cli import OneLineParser, add_placement_arguments, placement, run_cli
 from activation_cache.errors import InputError
+from ret_toolkit.cli.base import (
+    OneLineParser,
+    add_placement_arguments,
+    placement,
+    run_cli,
+)
 
 
 def _floats(text: str, what: str) -> list[float]:

@@ -21,9 +21,10 @@ from typing import Sequence
 
 from lightning.pytorch.cli import LightningCLI
 
-from activation_cache.cli import run_cli
 from activation_cache.errors import InputError
+from ret_toolkit.cli.base import run_cli
 from ret_toolkit.training import trainer_defaults
+
 
 def _link_wired(parser, wired_arguments, keys) -> None:
     """Link the model arguments that the data module decides, through the same function the Python API uses."""
@@ -64,9 +65,8 @@ class TaskCLI(LightningCLI):
 
 
 def _cli(cli_class, module, datamodule, family: str, args: Sequence[str], run: bool):
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
     from jsonargparse import ArgumentError
+    from lightning.pytorch.callbacks import ModelCheckpoint
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")

@@ -18,7 +18,7 @@ import json
 import sys
 from typing import Sequence
 
-from activation_cache.cli import OneLineParser, run_cli
+from ret_toolkit.cli.base import OneLineParser, run_cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -53,8 +53,14 @@ def _align_block(spec: str, layers: str):
 
 def _run(argv: Sequence[str]) -> int:
     from activation_cache.errors import InputError
-    from ret_toolkit.vq.codes import (check_codes_out, checkpoint_block, codes_settings, encode_store_blocks,
-                                      load_vq, write_codes)
+    from ret_toolkit.vq.codes import (
+        check_codes_out,
+        checkpoint_block,
+        codes_settings,
+        encode_store_blocks,
+        load_vq,
+        write_codes,
+    )
 
     a = parser().parse_args(argv)
     if a.batch_size < 1 or (a.anchor_stride is not None and a.anchor_stride < 1):

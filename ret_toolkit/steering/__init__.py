@@ -17,7 +17,12 @@ Layer ℓ is the output of decoder block ℓ (0-based), as ``/hidden/<ℓ>`` in 
 from ret_toolkit.steering.closed_loop import ClosedLoop, closed_loop_generate
 from ret_toolkit.steering.construct import from_contrast, from_groups
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader, load_reader
-from ret_toolkit.steering.evaluate import best_point, render_prompts, sweep, target_share_gain
+from ret_toolkit.steering.evaluate import (
+    best_point,
+    render_prompts,
+    sweep,
+    target_share_gain,
+)
 from ret_toolkit.steering.generate import Generation, generate
 from ret_toolkit.steering.hooks import Steering, steer
 from ret_toolkit.steering.nnsight_steer import language_model, nnsight_generate

@@ -50,8 +50,8 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from activation_cache.errors import InputError
 from activation_cache.devices import input_device
+from activation_cache.errors import InputError
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader
 from ret_toolkit.steering.hooks import cache_length, remove_hooks, steer
 from ret_toolkit.steering.plan import Vectors
@@ -195,8 +195,8 @@ def closed_loop_generate(model, inputs, vectors: Vectors, reader: MacrostateRead
         ``(sequences, loop)``: int64 (B, T + new) ids and the loop, whose
         ``groups`` / ``steered`` describe every decoding step.
     """
+    from activation_cache.arch import resolve_model
     from ret_toolkit.steering.nnsight_steer import encode_inputs
-    from ret_toolkit.steering.vector import resolve_model
 
     module, _, tok = resolve_model(model)
     tokenizer = tokenizer if tokenizer is not None else tok

@@ -26,11 +26,11 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from activation_cache.arch import find_architecture, get_module
+from activation_cache.arch import find_architecture, get_module, resolve_model
+from activation_cache.devices import input_device
 from activation_cache.errors import InputError
 from activation_cache.layers import LayerSpec, block_indices, parse_layers
-from activation_cache.devices import input_device
-from ret_toolkit.steering.vector import SteeringVector, model_identity, resolve_model
+from ret_toolkit.steering.vector import SteeringVector, model_identity
 
 __all__ = ["SCALES", "from_contrast", "from_groups", "scale_to_norm"]
 

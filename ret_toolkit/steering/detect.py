@@ -22,10 +22,9 @@ from typing import Sequence
 
 import torch
 
-from activation_cache.arch import find_architecture, get_module
+from activation_cache.arch import find_architecture, get_module, resolve_model
 from activation_cache.errors import InputError
 from ret_toolkit.steering.hooks import remove_hooks
-from ret_toolkit.steering.vector import resolve_model
 
 __all__ = ["LayerCapture", "MacrostateReader", "load_reader"]
 

@@ -36,15 +36,15 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from activation_cache.errors import InputError
+from activation_cache.arch import resolve_model
 from activation_cache.batching import pad_rows
-from activation_cache.tracer import eos_ids
 from activation_cache.devices import input_device
+from activation_cache.errors import InputError
 from activation_cache.ranks import Rank, all_gather, batch_shard
+from activation_cache.tracer import eos_ids
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader
 from ret_toolkit.steering.hooks import steer
 from ret_toolkit.steering.plan import Vectors
-from ret_toolkit.steering.vector import resolve_model
 
 __all__ = ["SweepPoint", "best_point", "generate_continuations", "left_pad", "render_prompts", "reread",
            "score_point", "share_gain_ci", "sweep", "target_share_gain", "until_stop"]

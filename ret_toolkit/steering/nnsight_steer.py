@@ -17,9 +17,9 @@ from typing import Any, Sequence
 import nnsight
 import torch
 
+from activation_cache.arch import resolve_model
 from activation_cache.errors import InputError
 from ret_toolkit.steering.plan import Vectors, plan_steering
-from ret_toolkit.steering.vector import resolve_model
 
 __all__ = ["language_model", "nnsight_generate"]
 

@@ -25,9 +25,9 @@ from typing import Iterable, Sequence, Union
 import torch
 from torch import nn
 
-from activation_cache.arch import ArchInfo, get_module
+from activation_cache.arch import ArchInfo, get_module, resolve_model
 from activation_cache.errors import InputError
-from ret_toolkit.steering.vector import SteeringVector, resolve_model
+from ret_toolkit.steering.vector import SteeringVector
 
 __all__ = ["POSITIONS", "SteeringPlan", "plan_steering"]
 

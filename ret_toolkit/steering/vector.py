@@ -26,36 +26,16 @@ from typing import Any, Mapping
 
 import numpy as np
 import torch
-from torch import nn
 
 from activation_cache._version import __version__
-from activation_cache.arch import ArchInfo, find_architecture
+from activation_cache.arch import ArchInfo, find_architecture, resolve_model
 from activation_cache.errors import InputError
 
-__all__ = ["SteeringVector", "model_identity", "resolve_model"]
+__all__ = ["SteeringVector", "model_identity"]
 
 FORMAT = "ret-steering-vector"
 FORMAT_VERSION = 1
 _KEY = "layer."
-
-
-def resolve_model(model) -> tuple[nn.Module, str, Any]:
-    """``(torch module, model name, tokenizer or None)`` of a model-like object.
-
-    Accepts a ``transformers`` model (name = ``model.name_or_path``), an
-    :class:`activation_cache.models.LoadedModel` (name = its ``.name``, e.g.
-    ``"smollm2-135m-instruct"``) or an nnsight ``LanguageModel``.
-    """
-    if isinstance(model, nn.Module):
-        return model, str(getattr(model, "name_or_path", "") or ""), None
-    inner = getattr(model, "model", None)
-    if isinstance(inner, nn.Module) and hasattr(model, "arch") and hasattr(model, "name"):
-        return inner, str(model.name), getattr(model, "tokenizer", None)  # LoadedModel
-    for attr in ("_module", "_model"):  # nnsight LanguageModel (0.8: _module; older: _model)
-        inner = getattr(model, attr, None)
-        if isinstance(inner, nn.Module):
-            return inner, str(getattr(inner, "name_or_path", "") or ""), getattr(model, "tokenizer", None)
-    raise InputError(f"expected a transformers model, LoadedModel or nnsight LanguageModel, got {type(model).__name__}")
 
 
 def model_identity(model, model_name: str | None = None, block_path: str | None = None) -> dict[str, Any]:
@@ -206,8 +186,9 @@ class SteeringVector:
             InputError: a missing directory, a manifest that is not JSON, or
                 (without ``overwrite``) existing files that are not this vector.
         """
-        from activation_cache.outputs import atomic_path
         from safetensors.torch import save_file
+
+        from activation_cache.outputs import atomic_path
 
         tensors_path, manifest_path = self.paths(path)
         if not tensors_path.parent.is_dir():

@@ -5,6 +5,8 @@ All figures share one colour per group (:func:`group_colors`) and one style
 transition heatmap/graph, the group table and the report.
 """
 
+from ret_toolkit.viz.report import render_report, write_report
+from ret_toolkit.viz.tables import group_table, metrics_table
 from ret_toolkit.viz.trajectory import (
     PALETTE,
     figure_style,
@@ -15,8 +17,6 @@ from ret_toolkit.viz.trajectory import (
     trajectory_html,
 )
 from ret_toolkit.viz.transitions import transition_graph, transition_heatmap
-from ret_toolkit.viz.tables import group_table, metrics_table
-from ret_toolkit.viz.report import render_report, write_report
 
 __all__ = [
     "PALETTE",

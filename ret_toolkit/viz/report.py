@@ -12,9 +12,9 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from activation_cache.outputs import write_text
+from ret_toolkit.viz.page import render_page
 from ret_toolkit.viz.tables import METHOD_NAMES, fmt_number, group_table, metrics_table
 from ret_toolkit.viz.trajectory import (
-    FONT_FAMILY,
     MONO_FAMILY,
     group_colors,
     group_labels,
@@ -36,20 +36,12 @@ SECTION_TITLES = {
 }
 
 _CSS = f"""
-body {{ font-family: {FONT_FAMILY}; color: #222; background: #f6f7f9; margin: 0; }}
-.wrap {{ max-width: 1240px; margin: 0 auto; padding: 18px 28px 60px 28px; background: white;
-        box-shadow: 0 0 6px rgba(0,0,0,0.06); }}
-h1 {{ font-size: 26px; margin: 8px 0 2px 0; }}
-h2 {{ font-size: 20px; margin: 34px 0 10px 0; padding-bottom: 4px; border-bottom: 2px solid #e6e6e6; }}
-h3 {{ font-size: 15px; margin: 18px 0 6px 0; }}
-.sub {{ color: #666; font-size: 13px; margin-bottom: 10px; }}
 nav.toc {{ font-size: 13px; margin: 10px 0 0 0; }}
 nav.toc a {{ margin-right: 14px; color: #1f5f9f; text-decoration: none; }}
 .cards {{ display: flex; flex-wrap: wrap; gap: 10px; margin: 8px 0; }}
 .card {{ border: 1px solid #e3e3e3; border-radius: 8px; padding: 8px 14px; min-width: 120px; background: #fcfcfd; }}
 .card .v {{ font-size: 20px; font-weight: 600; }}
 .card .k {{ font-size: 12px; color: #666; }}
-.note {{ font-size: 13px; color: #555; margin: 6px 0; }}
 .groups {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(370px, 1fr)); gap: 10px; }}
 .group {{ border: 1px solid #e3e3e3; border-radius: 8px; padding: 8px 10px; font-size: 13px; }}
 .group .hd {{ display: flex; align-items: center; gap: 8px; margin-bottom: 4px; }}
@@ -59,13 +51,9 @@ nav.toc a {{ margin-right: 14px; color: #1f5f9f; text-decoration: none; }}
 .ex {{ font-family: {MONO_FAMILY}; font-size: 12px; white-space: pre-wrap; word-break: break-word; color: #555;
       border-left: 3px solid #eee; padding: 1px 6px; margin: 3px 0; }}
 .ex .span {{ color: #111; border-radius: 3px; padding: 0 1px; }}
-table.plain {{ border-collapse: collapse; font-size: 13px; }}
-table.plain td, table.plain th {{ border: 1px solid #e3e3e3; padding: 3px 8px; text-align: right; }}
-table.plain td:first-child, table.plain th:first-child {{ text-align: left; }}
 details {{ margin: 8px 0; font-size: 13px; }}
 details pre {{ font-family: {MONO_FAMILY}; font-size: 12px; background: #f7f7f7; padding: 8px; overflow-x: auto; }}
 .fig {{ margin: 6px 0 14px 0; }}
-footer {{ margin-top: 40px; font-size: 12px; color: #888; }}
 """
 
 
@@ -304,22 +292,10 @@ def render_report(
 
     toc = " ".join(f'<a href="#{slug}">{_esc(t)}</a>' for slug, t, _ in sections)
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    parts = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(title)}</title>",
-        f"<style>{_CSS}</style>",
-        "</head><body><div class=\"wrap\">",
-        f"<h1>{_esc(title)}</h1>",
-        f'<div class="sub">generated {now} by ret_toolkit</div>',
-        f'<nav class="toc">{toc}</nav>',
-    ]
-    for slug, t, b in sections:
-        parts.append(f'<section id="{slug}"><h2>{_esc(t)}</h2>{b}</section>')
-    parts.append('<footer>Self-contained report: plotly.js is embedded inline; no network access needed.</footer>')
-    parts.append("</div></body></html>")
-    return "\n".join(parts)
+    body = [f'<nav class="toc">{toc}</nav>']
+    body += [f'<section id="{slug}"><h2>{_esc(t)}</h2>{b}</section>' for slug, t, b in sections]
+    body.append('<footer>Self-contained report: plotly.js is embedded inline; no network access needed.</footer>')
+    return render_page(title, "\n".join(body), css=_CSS, subtitle=f"generated {now} by ret_toolkit")
 
 
 def write_report(

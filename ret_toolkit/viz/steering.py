@@ -6,10 +6,9 @@ from pathlib import Path
 from typing import Sequence
 
 import plotly.graph_objects as go
-import plotly.io as pio
 from plotly.subplots import make_subplots
 
-from activation_cache.outputs import write_text
+from ret_toolkit.viz.page import figures_html, write_page
 from ret_toolkit.viz.trajectory import figure_style, group_color
 
 
@@ -44,4 +43,4 @@ def sweep_figure(results: Sequence[dict], max_ppl_ratio: float = 1.5) -> go.Figu
 
 def write_sweep_html(path: str | Path, results: Sequence[dict], max_ppl_ratio: float = 1.5) -> Path:
     """One self-contained HTML file with :func:`sweep_figure` (plotly.js inlined)."""
-    return write_text(path, pio.to_html(sweep_figure(results, max_ppl_ratio), full_html=True, include_plotlyjs="inline"))
+    return write_page(path, "Steering sweep", figures_html([sweep_figure(results, max_ppl_ratio)]))

@@ -9,12 +9,12 @@ from typing import Any
 import plotly.graph_objects as go
 
 from ret_toolkit.viz.trajectory import (
+    _shorten,
+    figure_style,
     group_colors,
     group_labels,
     summary_k,
-    figure_style,
     text_color_for,
-    _shorten,
 )
 
 __all__ = [
