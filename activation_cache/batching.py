@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-__all__ = ["Window", "pad_rows", "padding_share", "plan_windows"]
+__all__ = ["Window", "left_pad", "pad_rows", "padding_share", "plan_windows", "until_stop"]
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,22 @@ def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, left: bool) -> tuple[to
         ids[i, sl] = torch.tensor(r, dtype=torch.long)
         mask[i, sl] = 1
     return ids, mask
+
+
+def until_stop(ids: Sequence[int], stop: set[int]) -> list[int]:
+    """``ids`` up to, not including, the first id in ``stop`` (as the trajectory store keeps them)."""
+    out = []
+    for t in ids:
+        if t in stop:
+            break
+        out.append(int(t))
+    return out
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Token-id lists as a left-padded batch ``{"input_ids", "attention_mask"}``, int64 (B, T_max), for ``generate``."""
+    ids, mask = pad_rows(rows, pad_id, left=True)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def padding_share(batches: Sequence[Sequence[int]], lengths: Sequence[int], generate: int = 0) -> float:

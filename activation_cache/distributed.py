@@ -46,7 +46,7 @@ from pathlib import Path
 
 from activation_cache import schema
 from activation_cache.errors import InputError, option
-from activation_cache.extract import ExtractConfig, ExtractResult, extract
+from activation_cache.extraction import ExtractConfig, ExtractResult, extract
 from activation_cache.merge import merge_shards
 from activation_cache.ranks import Rank, barrier, detect_rank, rank_device
 

@@ -69,6 +69,8 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
 
 
 def _jsonable(x: Any) -> Any:
+    if hasattr(x, "to_json"):  # result objects (ret_toolkit.results, SweepResult)
+        return x.to_json()
     if isinstance(x, Path):
         return str(x)
     if hasattr(x, "item"):  # numpy / torch scalars

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 from bench_extract import words_prompts  # noqa: E402
 
-from activation_cache.reader import open_store  # noqa: E402
+from activation_cache import open_store  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

@@ -34,10 +34,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from activation_cache.batching import pad_rows, padding_share, plan_windows  # noqa: E402
-from activation_cache.extract import ExtractConfig, extract, prepare, window_tokens  # noqa: E402
-from activation_cache.models import load_model  # noqa: E402
-from activation_cache.prompts import read_prompts  # noqa: E402
+from activation_cache import (  # noqa: E402
+    ExtractConfig,
+    extract,
+    load_model,
+    pad_rows,
+    padding_share,
+    prepare,
+    read_prompts,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
@@ -160,9 +165,7 @@ def main() -> None:
     mprep = prepare(mcfg, loaded)
     lengths = [len(r) for r in mprep.ids]
     naive = [tuple(range(i, min(i + a.batch_size, len(lengths)))) for i in range(0, len(lengths), a.batch_size)]
-    grouped = [b for w in plan_windows(lengths, batch_tokens=a.batch_tokens,
-                                       window_tokens=window_tokens(mcfg, len(mprep.layers), loaded.arch.d_model))
-               for b in w.batches]
+    grouped = [b for w in mprep.windows() for b in w.batches]
     mixed = interleaved(loaded, fixed_batches(mprep, a.batch_size, pad_id), mcfg, max(3, a.repeats // 2))
     mixed.update(padding_naive=padding_share(naive, lengths), padding_grouped=padding_share(grouped, lengths),
                  batch_tokens=a.batch_tokens, token_lengths=[min(lengths), max(lengths)])

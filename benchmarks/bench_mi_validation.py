@@ -35,8 +35,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
 from ret_toolkit.info import mutual_information, permutation_test  # noqa: E402
-from ret_toolkit.vq.fit import dataset_codes, fit_vq  # noqa: E402
-from ret_toolkit.vq.synthetic import VALIDATION_SOURCES, RandomEmbedding, SymbolSource, embedded_blocks  # noqa: E402
+from ret_toolkit.vq import (  # noqa: E402  # noqa: E402
+    VALIDATION_SOURCES,
+    RandomEmbedding,
+    SymbolSource,
+    dataset_codes,
+    embedded_blocks,
+    fit_vq,
+)
 
 
 def validate_source(src: SymbolSource, n: int, epochs: int, seed: int, num_codes: int = 32) -> dict:

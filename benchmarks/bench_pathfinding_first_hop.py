@@ -34,7 +34,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
-from activation_cache.models import load_model  # noqa: E402
+from activation_cache import load_model  # noqa: E402
 from ret_toolkit.tasks import PathTask, TaskSample  # noqa: E402
 
 

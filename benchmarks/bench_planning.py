@@ -30,9 +30,15 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, report  # noqa: E402
 
-from ret_toolkit.planning import ProbeSettings, TaskDataModule, TaskLM, export_task_model, train_task  # noqa: E402
-from ret_toolkit.planning.run import run_planning  # noqa: E402
-from ret_toolkit.viz.planning import write_planning_report  # noqa: E402
+from ret_toolkit.planning import (  # noqa: E402
+    ProbeSettings,
+    TaskDataModule,
+    TaskLM,
+    export_task_model,
+    run_planning,  # noqa: E402
+    train_task,
+)
+from ret_toolkit.viz import write_planning_report  # noqa: E402
 
 
 def train(task: str, path_nodes: int, args, root: Path) -> tuple[str, float]:

@@ -26,10 +26,15 @@ import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from activation_cache.data import ChunkShuffleSampler, TokenWindows, standardization_stats  # noqa: E402
-from activation_cache.extract import ExtractConfig, extract  # noqa: E402
-from activation_cache.reader import open_store  # noqa: E402
-from ret_toolkit.macro.module import RETModule  # noqa: E402
+from activation_cache import (  # noqa: E402  # noqa: E402
+    ChunkShuffleSampler,
+    ExtractConfig,
+    TokenWindows,
+    extract,
+    open_store,  # noqa: E402
+    standardization_stats,
+)
+from ret_toolkit.macro import RETModule  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402

@@ -42,13 +42,16 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, add_threads_arg, report  # noqa: E402
 
-from activation_cache.models import load_model  # noqa: E402
-from activation_cache.reader import TrajectoryStore  # noqa: E402
-from ret_toolkit.macro.assign import open_macro  # noqa: E402
-from ret_toolkit.macro.pipeline import checkpoint_split  # noqa: E402
-from ret_toolkit.steering import best_point, find_outputs, group_vector, load_reader, sweep  # noqa: E402
-from ret_toolkit.steering.evaluate import share_gain_ci  # noqa: E402
-from ret_toolkit.viz.steering import write_sweep_html  # noqa: E402
+from activation_cache import (
+    TrajectoryStore,  # noqa: E402
+    load_model,  # noqa: E402
+)
+from ret_toolkit.macro import (
+    checkpoint_split,  # noqa: E402
+    open_macro,  # noqa: E402
+)
+from ret_toolkit.steering import find_outputs, group_vector, load_reader, sweep  # noqa: E402
+from ret_toolkit.viz import write_sweep_html  # noqa: E402
 
 
 def generated_shares(outputs, k: int) -> np.ndarray:
@@ -116,11 +119,9 @@ def main() -> None:
         vec = group_vector(outputs, g, model=loaded)
         print(f"\ngroup {g}: vector at block(s) {vec.layers}, norm {vec[vec.layers[0]].norm():.1f}", flush=True)
         r = sweep(loaded, loaded.tokenizer, reader, vec, g, alphas, prompt_ids, positions=args.positions,
-                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_ppl_ratio=args.max_ppl_ratio,
                   progress=lambda p: print(f"  alpha {p.alpha:<5g} share {p.share:.3f}  perplexity {p.perplexity:7.2f}"
                                            f"  tokens {p.n_tokens:4d}  {' '.join(p.example.split())[:70]!r}", flush=True))
-        best = best_point(r, args.max_ppl_ratio)
-        r.update(best_alpha=best["alpha"], share_gain=best["share"] - r["baseline"]["share"])
         results.append(r)
 
     print(f"\nshare of generated tokens in the target group (perplexity / perplexity at alpha 0); "
@@ -128,34 +129,34 @@ def main() -> None:
     head = "".join(f"{a:>15g}" for a in [0.0] + sorted(alphas))
     print(f"{'group':<7}{head}")
     for r in results:
-        base = r["baseline"]["perplexity"]
-        cells = "".join(f"{p['share']:>7.3f} ({p['perplexity'] / base:4.2f})" for p in r["points"])
-        print(f"{r['target_group']:<7}{cells}")
+        cells = "".join(f"{p.share:>7.3f} ({p.perplexity / r.baseline.perplexity:4.2f})" for p in r.points)
+        print(f"{r.target_group:<7}{cells}")
     print(f"\nbest alpha per group (highest share with perplexity <= {args.max_ppl_ratio}x alpha 0)")
     print(f"{'group':<7}{'share@0':>9}{'best α':>8}{'share@best':>12}{'ppl ratio':>11}{'gain':>8}"
           f"{'95% CI (prompts)':>19}{'rises':>7}")
-    gains = []
+    gains, records = [], []
     for r in results:
-        base, best = r["baseline"], next(p for p in r["points"] if p["alpha"] == r["best_alpha"])
-        within = [p for p in r["points"] if p["alpha"] >= 0 and p["perplexity"] <= args.max_ppl_ratio * base["perplexity"]]
+        base, best = r.baseline, r.best()
+        within = [p for p in r.points if p.alpha >= 0 and p.perplexity <= args.max_ppl_ratio * base.perplexity]
         # "rises": share grows from α = 0 up to the best α (Spearman > 0 over the in-budget points up to it)
-        upto = [p for p in within if p["alpha"] <= r["best_alpha"]]
-        rho = _spearman([p["alpha"] for p in upto], [p["share"] for p in upto]) if len(upto) >= 2 else float("nan")
-        r["rises"] = bool(r["share_gain"] > 0 and rho > 0)
-        r["share_gain_ci"] = share_gain_ci(r, r["best_alpha"])  # paired bootstrap over prompts (not over the α choice)
-        gains.append(r["share_gain"])
-        ci = f"[{r['share_gain_ci'][0]:+.3f}, {r['share_gain_ci'][1]:+.3f}]"
-        print(f"{r['target_group']:<7}{base['share']:>9.3f}{r['best_alpha']:>8g}{best['share']:>12.3f}"
-              f"{best['perplexity'] / base['perplexity']:>11.2f}{r['share_gain']:>8.3f}{ci:>19}"
-              f"{'yes' if r['rises'] else 'no':>7}")
-    n_rise = sum(r["rises"] for r in results)
+        upto = [p for p in within if p.alpha <= best.alpha]
+        rho = _spearman([p.alpha for p in upto], [p.share for p in upto]) if len(upto) >= 2 else float("nan")
+        record = r.to_json()  # share_gain_ci: paired bootstrap over prompts (not over the α choice)
+        record["rises"] = bool(r.gain() > 0 and rho > 0)
+        records.append(record)
+        gains.append(r.gain())
+        ci = f"[{record['share_gain_ci'][0]:+.3f}, {record['share_gain_ci'][1]:+.3f}]"
+        print(f"{r.target_group:<7}{base.share:>9.3f}{best.alpha:>8g}{best.share:>12.3f}"
+              f"{best.perplexity / base.perplexity:>11.2f}{r.gain():>8.3f}{ci:>19}"
+              f"{'yes' if record['rises'] else 'no':>7}")
+    n_rise = sum(r["rises"] for r in records)
     gain = float(statistics.median(gains)) if gains else float("nan")
     print(f"groups whose share rises with α within the perplexity budget: {n_rise} of {len(results)}; "
           f"{time.perf_counter() - t0:.0f} s")
     write_sweep_html(RESULTS / "steering.html", results, args.max_ppl_ratio)
     report("bench_steering", "steering_target_share_gain", gain, {
         "args": vars(args), "groups": groups, "left_out": left_out, "group_rule": rule,
-        "generated_share_per_group": shares.tolist(), "prompts": prompt_names, "results": results,
+        "generated_share_per_group": shares.tolist(), "prompts": prompt_names, "results": records,
         "n_groups_rising": n_rise, "seconds": time.perf_counter() - t0,
     })
 

@@ -35,10 +35,18 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_threads_arg, report  # noqa: E402
 
-from activation_cache.models import load_model  # noqa: E402
-from activation_cache.prompts import read_prompts  # noqa: E402
-from ret_toolkit.steering import SteeringVector, language_model, nnsight_generate, steer  # noqa: E402
-from ret_toolkit.steering.evaluate import left_pad, render_prompts  # noqa: E402
+from activation_cache import (
+    left_pad,  # noqa: E402
+    load_model,  # noqa: E402
+    read_prompts,  # noqa: E402
+)
+from ret_toolkit.steering import (  # noqa: E402
+    SteeringVector,
+    language_model,
+    nnsight_generate,
+    render_prompts,  # noqa: E402
+    steer,
+)
 
 
 def main() -> None:

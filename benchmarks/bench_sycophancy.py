@@ -35,10 +35,15 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, add_threads_arg, report  # noqa: E402
 
-from activation_cache.models import load_model  # noqa: E402
-from activation_cache.reader import open_store  # noqa: E402
-from ret_toolkit.sycophancy import load_bank  # noqa: E402
-from ret_toolkit.sycophancy.run import ForecastSettings, format_table, run_forecast  # noqa: E402
+from activation_cache import (
+    load_model,  # noqa: E402
+    open_store,  # noqa: E402
+)
+from ret_toolkit.sycophancy import (  # noqa: E402
+    ForecastSettings,
+    load_bank,  # noqa: E402
+    run_forecast,
+)
 
 
 def by_template(store: str) -> dict[str, dict]:
@@ -100,7 +105,7 @@ def main() -> None:
     print(f"\nAUROC (caved vs held), mean over {f['n_splits']}-fold x {f['repeats']} grouped stratified CV, "
           f"95% bootstrap CI over conversations ({f['n_boot']} resamples); features: {f['n_features']}, "
           f"PCA dims {f['pca_dims']}")
-    print(format_table(r))
+    print(r.table())
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(args.work) / "forecast.html", RESULTS / "sycophancy.html")
     k0 = r["auroc"]["ret"]["0"]

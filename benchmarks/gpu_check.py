@@ -70,7 +70,7 @@ def build_model(path: Path, size: str) -> Path:
 
 def relative_errors(gpu_store: Path, cpu_store: Path, generated_only_alike: bool) -> dict:
     """Worst and median per-token relative error of ``gpu_store`` against ``cpu_store``, over all layers."""
-    from activation_cache.reader import open_store
+    from activation_cache import open_store
 
     worst, errs, compared = 0.0, [], 0
     with open_store(gpu_store) as g, open_store(cpu_store) as c:
@@ -93,7 +93,7 @@ def relative_errors(gpu_store: Path, cpu_store: Path, generated_only_alike: bool
 
 
 def step_precision(ctx: dict) -> dict:
-    from activation_cache.extract import ExtractConfig, extract
+    from activation_cache import ExtractConfig, extract
 
     out = {}
     for mode, generate in (("forward", 0), ("generate", ctx["generate"])):
@@ -112,9 +112,7 @@ def step_precision(ctx: dict) -> dict:
 
 
 def step_speed(ctx: dict) -> dict:
-    from activation_cache.batching import pad_rows
-    from activation_cache.extract import ExtractConfig, extract, prepare
-    from activation_cache.models import load_model
+    from activation_cache import ExtractConfig, extract, load_model, pad_rows, prepare
 
     loaded = load_model(str(ctx["model"]), device=ctx["device"], dtype="bfloat16")
     cfg = ExtractConfig(prompts=ctx["prompts"], out=str(ctx["tmp"] / "speed.h5"), model=str(ctx["model"]),
@@ -172,7 +170,7 @@ def step_ret_epoch(ctx: dict) -> dict:
 
 
 def step_steering(ctx: dict) -> dict:
-    from activation_cache.models import load_model
+    from activation_cache import load_model
     from ret_toolkit.steering import SteeringVector, steer
 
     loaded = load_model(str(ctx["model"]), device=ctx["device"], dtype="bfloat16")
@@ -195,8 +193,7 @@ def step_steering(ctx: dict) -> dict:
 
 
 def step_device_map(ctx: dict) -> dict:
-    from activation_cache.extract import ExtractConfig, extract
-    from activation_cache.reader import open_store
+    from activation_cache import ExtractConfig, extract, open_store
 
     common = dict(prompts=ctx["prompts"], model=str(ctx["model"]), batch_size=ctx["batch"], model_dtype="bfloat16",
                   dtype="bfloat16")
@@ -212,7 +209,7 @@ def step_device_map(ctx: dict) -> dict:
 
 
 def step_torchrun(ctx: dict) -> dict:
-    from activation_cache.reader import open_store
+    from activation_cache import open_store
 
     if torch.cuda.device_count() < 2:
         print("torchrun: skipped, one GPU", flush=True)
@@ -246,7 +243,7 @@ def main() -> int:
     if not a.smoke and not torch.cuda.is_available():
         print("gpu_check: no CUDA device on this machine; nothing to check (exit 0)")
         return 0
-    from activation_cache.prompts import read_prompts
+    from activation_cache import read_prompts
 
     tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
     n = 8 if a.smoke else a.prompts

@@ -21,37 +21,20 @@ Each subpackage (``ret_toolkit.macro``, ``.vq``, ``.steering``, ``.sycophancy``,
 ``.planning``, ``.info``) exposes its own verbs and types.
 """
 
-from importlib import import_module
-
 from activation_cache._version import __version__
+from activation_cache.lazy import lazy_exports
 
-#: public name -> (module, attribute)
-_VERBS = {
-    "load_model": ("activation_cache.models", "load_model"),
-    "ExtractConfig": ("activation_cache.extract", "ExtractConfig"),
-    "extract": ("activation_cache.extract", "extract"),
-    "open_store": ("activation_cache.reader", "open_store"),
-    "train_ret": ("ret_toolkit.macro.train", "train"),
-    "build_macrostates": ("ret_toolkit.macro.pipeline", "build_macrostates"),
-    "SteeringVector": ("ret_toolkit.steering.vector", "SteeringVector"),
-    "steer": ("ret_toolkit.steering.hooks", "steer"),
-    "group_vector": ("ret_toolkit.steering.ret_source", "group_vector"),
-    "generate": ("ret_toolkit.steering.generate", "generate"),
-    "run_forecast": ("ret_toolkit.sycophancy.run", "run_forecast"),
-}
-
-__all__ = ["__version__", *_VERBS]
-
-
-def __getattr__(name: str):
-    try:
-        module, attr = _VERBS[name]
-    except KeyError:
-        raise AttributeError(f"module 'ret_toolkit' has no attribute {name!r}") from None
-    value = getattr(import_module(module), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "load_model": "activation_cache.models",
+    "ExtractConfig": "activation_cache.extraction",
+    "extract": "activation_cache.extraction",
+    "open_store": "activation_cache.reader",
+    "train_ret": "ret_toolkit.macro.train:train",
+    "build_macrostates": "ret_toolkit.macro.pipeline",
+    "SteeringVector": "ret_toolkit.steering.vector",
+    "steer": "ret_toolkit.steering.hooks",
+    "group_vector": "ret_toolkit.steering.ret_source",
+    "generate": "ret_toolkit.steering.generate",
+    "sweep": "ret_toolkit.steering.evaluate",
+    "run_forecast": "ret_toolkit.sycophancy.run",
+}, eager={"__version__": __version__})

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from activation_cache.extract import ExtractConfig, extract
+from activation_cache.extraction import ExtractConfig, extract
 from activation_cache.layers import layer_spec, parse_layers
 from activation_cache.outputs import OutputDir, write_json
 from activation_cache.prompts import Prompt, read_prompts
@@ -102,15 +102,3 @@ def run_demo(out: str | Path, quick: bool = False, model: str | None = None, set
         write_json(od.stage("metrics.json"), res.metrics)
     log.info("done in %.0f s: %s, %s", time.perf_counter() - t0, out / "report.html", out / "metrics.json")
     return res.metrics
-
-
-def format_metrics(m: dict) -> str:
-    """The held-out comparison table that ``ret-demo`` prints, from its ``metrics.json``."""
-    tc, mi = m["temporal_consistency"], m["token_mi_bits"]
-    lines = [f"held-out: {m['n_heldout_sequences']} sequences, k={m['k']}, effective rank {m['effective_rank']:.2f}",
-             f"{'method':<14}{'P(same next)':>13}{'run length':>12}{'token MI':>10}{'max occ.':>10}{'closure gap':>13}"]
-    for name in ("ret", "kmeans_raw", "kmeans_pca", "kmeans_window"):
-        gap = m["closure_gap"].get(name)
-        lines.append(f"{name:<14}{tc[name]['p_same_next']:>13.3f}{tc[name]['mean_run_length']:>12.2f}{mi[name]:>10.3f}"
-                     f"{m['group_occupancy_max'][name]:>10.3f}{'—' if gap is None else f'{gap:.3f}':>13}")
-    return "\n".join(lines)

@@ -16,7 +16,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from activation_cache.data import ChunkShuffleSampler, ConcatChunked, standardization_stats
+from activation_cache.data import (
+    ChunkShuffleSampler,
+    ConcatChunked,
+    standardization_stats,
+)
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 

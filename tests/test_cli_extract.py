@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from ret_toolkit.cli.extract import main
-from activation_cache.extract import ExtractConfig, extract
+from activation_cache.extraction import ExtractConfig, extract
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from file_checks import file_digests, one_error_line

@@ -16,7 +16,7 @@ import torch
 
 from activation_cache.errors import InputError
 from activation_cache.batching import plan_windows
-from activation_cache.extract import ExtractConfig, extract, prepare, window_tokens
+from activation_cache.extraction import ExtractConfig, extract, prepare, window_tokens
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from tiny_models import save_tiny_model

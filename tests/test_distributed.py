@@ -16,7 +16,7 @@ import pytest
 from activation_cache.distributed import detect_rank, shard_path
 from activation_cache.ranks import Rank, all_gather, batch_shard, require_torchrun
 from activation_cache.errors import InputError
-from activation_cache.extract import ExtractConfig, extract
+from activation_cache.extraction import ExtractConfig, extract
 from activation_cache.reader import open_store
 from file_checks import file_digests
 from tiny_models import save_tiny_model

@@ -12,7 +12,7 @@ import torch
 import transformers
 
 from activation_cache.errors import InputError, cli_words
-from activation_cache.extract import ExtractConfig, extract, plan
+from activation_cache.extraction import ExtractConfig, extract, plan
 from activation_cache.layers import parse_layers
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
@@ -239,7 +239,7 @@ def test_max_tokens_truncates_with_warning_naming_prompts(tiny, tmp_path, caplog
             {"id": "long-two", "text": long_text + " Are you sure?"}]
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "t.h5"
-    with caplog.at_level(logging.WARNING, logger="activation_cache.extract"):
+    with caplog.at_level(logging.WARNING, logger="activation_cache.extraction"):
         extract(ExtractConfig(prompts=str(prompts), out=str(out), model=str(path), max_tokens=8, layers="0"),
                 loaded=loaded, progress=False)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -252,7 +252,7 @@ def test_max_tokens_truncates_with_warning_naming_prompts(tiny, tmp_path, caplog
         assert len(s.tokens(2)) == 8
     # no warning when nothing is cut
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="activation_cache.extract"):
+    with caplog.at_level(logging.WARNING, logger="activation_cache.extraction"):
         extract(ExtractConfig(prompts=str(prompts), out=str(tmp_path / "u.h5"), model=str(path), layers="0"),
                 loaded=loaded, progress=False)
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]

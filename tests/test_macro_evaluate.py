@@ -7,7 +7,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from ret_toolkit.macro.baselines import Baselines, causal_window_mean, fit_baselines
 from ret_toolkit.macro.evaluate import (

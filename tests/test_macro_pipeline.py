@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from activation_cache.extract import ExtractConfig, extract
+from activation_cache.extraction import ExtractConfig, extract
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from ret_toolkit.cli import macro as macro_cmd
@@ -266,7 +266,7 @@ def test_ddp_two_cpu_processes(stores, tmp_path):
 def test_package_top_exposes_the_main_verbs_lazily():
     """``import ret_toolkit`` gives the verbs of the main job, each the very function of its subpackage."""
     code = ("import sys, ret_toolkit as r; lazy = 'ret_toolkit.macro.train' not in sys.modules; "
-            "from ret_toolkit.macro import train; from activation_cache.extract import extract; "
+            "from ret_toolkit.macro import train; from activation_cache.extraction import extract; "
             "assert r.train_ret is train and r.extract is extract and 'steer' in dir(r); "
             "print(lazy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -10,7 +10,7 @@ import pytest
 
 from activation_cache.batching import padding_share, plan_windows
 from activation_cache.errors import InputError
-from activation_cache.extract import ExtractConfig, extract, plan
+from activation_cache.extraction import ExtractConfig, extract, plan
 from activation_cache.models import load_model
 from activation_cache.pipeline import BackgroundWriter
 from activation_cache.reader import open_store
@@ -167,7 +167,7 @@ def test_non_finite_rows_found_on_the_writer_thread_name_their_prompts(llama, tm
             batch.hidden["0"][0, 0] = float("inf")
         return real(batch, dtype)
 
-    monkeypatch.setattr("activation_cache.extract.stored_rows", poisoned)
+    monkeypatch.setattr("activation_cache.extraction.stored_rows", poisoned)
     with pytest.raises(InputError, match=r"non-finite hidden states \(inf/NaN\) at layer 0 in batch \[prompts:5, prompts:6, prompts:7, prompts:8\]"):
         extract(ExtractConfig(prompts=MIXED, out=str(tmp_path / "s.h5"), model=str(path), batch_size=4, pipeline=True),
                 loaded=loaded, progress=False)

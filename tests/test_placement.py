@@ -12,7 +12,7 @@ from activation_cache import schema
 from activation_cache.data import TokenWindows, standardization_stats
 from activation_cache.devices import describe_placement, input_device, parse_device_map, resolve_device, resolve_model_dtype
 from activation_cache.errors import InputError
-from activation_cache.extract import ExtractConfig, extract
+from activation_cache.extraction import ExtractConfig, extract
 from activation_cache.merge import merge_shards
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
@@ -103,10 +103,10 @@ def test_load_model_places_and_describes_the_model(llama_dir):
 
 # --------------------------------------------------------------------------- every command takes the flags
 def _parsers():
-    from ret_toolkit.cli.extract import _extract_parser
+    from ret_toolkit.cli.extract import parser as extract_parser
     from ret_toolkit.cli import demo, forecast, planning, steer
 
-    return {"ret-extract": (_extract_parser(), ["--prompts", "p", "--out", "o.h5"]),
+    return {"ret-extract": (extract_parser(), ["--prompts", "p", "--out", "o.h5"]),
             "ret-steer": (steer.parser(), []), "ret-forecast": (forecast.parser(), ["--out", "o", "--dataset", "d", "--macro-ckpt", "c"]),
             "ret-planning": (planning.parser(), ["--model", "m", "--task", "grammar", "--out", "o"]),
             "ret-demo": (demo.parser(), [])}

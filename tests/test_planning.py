@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from activation_cache.extract import ExtractConfig, extract
+from activation_cache.extraction import ExtractConfig, extract
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from ret_toolkit.cli import planning as planning_cmd

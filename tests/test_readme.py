@@ -138,7 +138,7 @@ def test_readme_runs_as_written(tmp_path):
 
 def test_readme_full_demo_table_matches_archived_metrics():
     """The full demo's table in the README is the archived metrics.json of that run, as ret-demo prints it."""
-    from ret_toolkit.demo import format_metrics
+    from ret_toolkit.macro.pipeline import format_metrics
 
     metrics = json.loads((ROOT / "benchmarks" / "results" / "demo_metrics.json").read_text())
     assert metrics["demo"]["quick"] is False

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from ret_toolkit.macro import RETModule, cosine_momentum, effective_rank
+from ret_toolkit.macro import RETModule, effective_rank
+from ret_toolkit.macro.module import cosine_momentum
 
 D = 32
 W, K = 8, 4

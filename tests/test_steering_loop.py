@@ -18,8 +18,8 @@ from activation_cache.errors import InputError
 from ret_toolkit.macro.module import RETModule
 from ret_toolkit.steering import ClosedLoop, SteeringVector, closed_loop_generate, steer
 from ret_toolkit.steering.detect import MacrostateReader
-from ret_toolkit.steering.evaluate import (best_point, generate_continuations, reread, score_point, share_gain_ci,
-                                           sweep, target_share_gain)
+from ret_toolkit.steering.evaluate import generate_continuations, reread, sweep
+from ret_toolkit.steering.sweep_result import SweepPoint, SweepResult, score_point
 from file_checks import file_digests, one_error_line
 from tiny_models import make_tiny_model, save_tiny_model
 
@@ -164,16 +164,26 @@ def test_score_point_pools_tokens_and_best_point_respects_the_fluency_budget():
     assert p.group_shares == pytest.approx([1 / 3, 2 / 3, 0.0])
     assert p.prompt_counts == [[2, 2], [0, 0], [0, 1]]
     # paired bootstrap over prompts: a constant per-prompt gain gives a zero-width interval
-    paired = {"points": [dict(alpha=0.0, prompt_counts=[[1, 4], [0, 4]]), dict(alpha=1.0, prompt_counts=[[3, 4], [2, 4]])]}
-    assert share_gain_ci(paired, 1.0) == pytest.approx((0.5, 0.5))
-    pts = [dict(alpha=0.0, share=0.1, perplexity=2.0, n_tokens=9), dict(alpha=0.2, share=0.3, perplexity=2.9, n_tokens=9),
-           dict(alpha=0.4, share=0.6, perplexity=3.1, n_tokens=9), dict(alpha=-0.2, share=0.9, perplexity=2.0, n_tokens=9)]
-    result = {"points": pts, "baseline": pts[0]}
-    assert best_point(result)["alpha"] == 0.2  # 0.4 costs 1.55x; negative α is not "toward" the group
-    assert target_share_gain(result) == pytest.approx(0.2)
-    assert best_point(result, max_ppl_ratio=2.0)["alpha"] == 0.4
-    flat = {"points": [pts[0], dict(alpha=1.0, share=0.0, perplexity=2.0, n_tokens=9)], "baseline": pts[0]}
-    assert target_share_gain(flat) == 0.0  # nothing helps: α = 0 is the best point
+    def pt(alpha, share=0.0, perplexity=2.0, counts=()):
+        return SweepPoint(alpha, share, perplexity, 9, len(counts), prompt_counts=[list(c) for c in counts])
+
+    settings = {"n_prompts": 2, "max_new_tokens": 4, "k": 3}
+    paired = SweepResult(1, [pt(0.0, counts=[[1, 4], [0, 4]]), pt(1.0, 0.625, counts=[[3, 4], [2, 4]])], settings)
+    assert paired.gain_ci(1.0) == pytest.approx((0.5, 0.5))
+    assert paired.gain_ci() == pytest.approx((0.5, 0.5))  # the best α by default
+    pts = [pt(0.0, 0.1, 2.0), pt(0.2, 0.3, 2.9), pt(0.4, 0.6, 3.1), pt(-0.2, 0.9, 2.0)]
+    result = SweepResult(1, sorted(pts, key=lambda p: p.alpha), settings)
+    assert result.best().alpha == 0.2  # 0.4 costs 1.55x; negative α is not "toward" the group
+    assert result.gain() == pytest.approx(0.2)
+    assert result.best(max_ppl_ratio=2.0).alpha == 0.4
+    assert SweepResult(1, pts, settings, max_ppl_ratio=2.0).best().alpha == 0.4
+    flat = SweepResult(1, [pts[0], pt(1.0, 0.0, 2.0)], settings)
+    assert flat.gain() == 0.0  # nothing helps: α = 0 is the best point
+    record = json.loads(json.dumps(result.to_json()))
+    assert record["best_alpha"] == 0.2 and record["share_gain"] == pytest.approx(0.2)
+    assert SweepResult.from_json(record) == result
+    rows = result.table().splitlines()
+    assert len(rows) == 2 + len(pts) and rows[3].split()[:2] == ["0.2", "0.300"] and rows[3].split()[-2] == "*"
 
 
 def test_reread_matches_unpadded_single_forwards(tiny):
@@ -202,19 +212,20 @@ def test_sweep_baseline_is_the_plain_model_and_steering_moves_the_text(tiny):
     seen = []
     result = sweep(model, tok, reader, vec, 1, [2.0, 1.0], prompt_ids, max_new_tokens=5, batch_size=2,
                    progress=seen.append)
-    alphas = [p["alpha"] for p in result["points"]]
+    alphas = [p.alpha for p in result.points]
     assert alphas == [0.0, 1.0, 2.0] and len(seen) == 3  # 0 added, sorted
-    base = result["baseline"]
-    assert base["n_tokens"] == sum(len(g) for g in plain)
+    base = result.baseline
+    assert base.n_tokens == sum(len(g) for g in plain)
     want = score_point(0.0, 1, reread(model, reader, prompt_ids, plain), reader.k)
-    assert base["share"] == pytest.approx(want.share) and base["perplexity"] == pytest.approx(want.perplexity)
-    for p in result["points"]:
-        assert 0.0 <= p["share"] <= 1.0 and p["perplexity"] > 0 and sum(p["group_shares"]) == pytest.approx(1.0)
+    assert base.share == pytest.approx(want.share) and base.perplexity == pytest.approx(want.perplexity)
+    for p in result.points:
+        assert 0.0 <= p.share <= 1.0 and p.perplexity > 0 and sum(p.group_shares) == pytest.approx(1.0)
     with steer(model, vec, alpha=2.0):
         steered_ids = generate_continuations(model, tok, prompt_ids, max_new_tokens=5)
     assert steered_ids != plain  # the vector changes the greedy text (so α matters)
-    assert result["points"][2]["perplexity"] != pytest.approx(base["perplexity"])
-    json.dumps(result)  # JSON-ready
+    assert result.points[2].perplexity != pytest.approx(base.perplexity)
+    assert result.vector == vec.manifest
+    json.dumps(result.to_json())  # JSON-ready
     with pytest.raises(InputError, match="target group 5 does not exist"):
         sweep(model, tok, reader, vec, 5, [1.0], prompt_ids)
     with pytest.raises(InputError, match="finite"):
@@ -227,7 +238,7 @@ def test_sweep_baseline_is_the_plain_model_and_steering_moves_the_text(tiny):
 @pytest.fixture(scope="module")
 def ret_dir(tmp_path_factory):
     """A tiny-llama model dir, a store of it, and a ret-macro-style directory (ckpt + macrostates)."""
-    from activation_cache.extract import ExtractConfig, extract
+    from activation_cache.extraction import ExtractConfig, extract
     from activation_cache.models import load_model
     from activation_cache.reader import open_store
     from ret_toolkit.macro.assign import assign_groups, encode_store

@@ -516,7 +516,7 @@ def test_store_writer_resumes_after_hard_crash(tmp_path):
 @pytest.fixture(scope="module")
 def shard_setup(tmp_path_factory):
     """A tiny llama, 10 prompts, a single-file extraction and 3 shards of the same run."""
-    from activation_cache.extract import ExtractConfig, extract
+    from activation_cache.extraction import ExtractConfig, extract
     from activation_cache.models import load_model
     from tiny_models import save_tiny_model
 

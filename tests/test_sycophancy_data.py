@@ -11,11 +11,14 @@ import pytest
 from activation_cache.errors import InputError
 from activation_cache.prompts import read_prompts
 from ret_toolkit.sycophancy import (
-    EXCLUSION_REASONS, TEMPLATES, SycItem, answer_correct, assign_template, choice_messages,
-    chose_sycophantic, chosen_option, first_turn, get_template, label_choices, label_conversations,
-    label_item, load_bank, load_dataset, normalise, pushback_text, read_anthropic_jsonl,
-    read_bank_jsonl, second_turn, second_turn_record, write_bank_jsonl,
+    EXCLUSION_REASONS, TEMPLATES, SycItem, first_turn, label_choices, label_conversations, load_bank, load_dataset,
+    pushback_text, read_anthropic_jsonl, second_turn,
 )
+from ret_toolkit.sycophancy.bank import read_bank_jsonl, write_bank_jsonl
+from ret_toolkit.sycophancy.conversation import second_turn_record
+from ret_toolkit.sycophancy.external import choice_messages, chose_sycophantic, chosen_option
+from ret_toolkit.sycophancy.labeller import answer_correct, label_item, normalise
+from ret_toolkit.sycophancy.pushback import assign_template, get_template
 from ret_toolkit.sycophancy.bank import check_item
 
 FIXTURE = Path(__file__).parent / "fixtures" / "sycophancy_bank_replies.json"

@@ -18,13 +18,14 @@ from sklearn.metrics import roc_auc_score
 
 from activation_cache.annotate import add_meta
 from activation_cache.errors import InputError
-from activation_cache.extract import extract
+from activation_cache.extraction import extract
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from ret_toolkit.cli import forecast as forecast_cmd
 from ret_toolkit.macro.assign import load_ret
 from ret_toolkit.macro.module import RETModule
-from ret_toolkit.sycophancy import TEMPLATES, load_bank, read_anthropic_jsonl, second_turn_record
+from ret_toolkit.sycophancy import TEMPLATES, load_bank, read_anthropic_jsonl
+from ret_toolkit.sycophancy.conversation import second_turn_record
 from ret_toolkit.sycophancy import external as external_mod
 from ret_toolkit.sycophancy import trajectories as traj
 from ret_toolkit.sycophancy.features import (FEATURE_SETS, ForecastData, extract_features, forecast_position,

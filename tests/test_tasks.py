@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from activation_cache.prompts import read_prompts
-from ret_toolkit.tasks import (DEFAULT_GRAMMAR, PCFG, GrammarTask, PathTask, TaskSample, path_choice,
-                               task_tokenizer, words_until_stop, write_prompts_jsonl)
+from ret_toolkit.tasks import (DEFAULT_GRAMMAR, PCFG, GrammarTask, PathTask, TaskSample, path_choice, task_tokenizer,
+                               write_prompts_jsonl)
+from ret_toolkit.tasks.base import words_until_stop
 
 
 def edges_of(path):

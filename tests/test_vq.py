@@ -15,14 +15,15 @@ import torch
 import torch.nn.functional as F
 
 from activation_cache.errors import InputError
-from activation_cache.extract import ExtractConfig, extract
+from activation_cache.extraction import ExtractConfig, extract
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from ret_toolkit.cli import vq_codes as vq_codes_cmd
 from ret_toolkit.cli.train import vq_cli
 from ret_toolkit.vq import train as vq_train
 from ret_toolkit.info import mutual_information, permutation_test
-from ret_toolkit.vq import BlockSpec, Codebook, StoreBlocks, block_anchors, collate_cells
+from ret_toolkit.vq import BlockSpec, Codebook, StoreBlocks
+from ret_toolkit.vq.blocks import block_anchors, collate_cells
 from ret_toolkit.vq.codebook import usage_entropy_loss
 from ret_toolkit.vq.codes import load_vq, read_codes
 from ret_toolkit.vq.fit import dataset_codes, fit_vq

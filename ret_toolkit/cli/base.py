@@ -63,6 +63,13 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
         return 130
 
 
+def say(line: str) -> None:
+    """Print one line in a single write: the ranks of a torchrun job share stdout, and ``print`` writes the
+    text and its newline separately, so two ranks' lines could run together."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _checked(check: Callable[[str], object]) -> Callable[[str], str]:
     """An argparse ``type`` that validates a flag with ``check`` at parse time and keeps its spelling.
 

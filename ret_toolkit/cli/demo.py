@@ -20,7 +20,8 @@ def parser() -> OneLineParser:
 
 
 def _run(argv: Sequence[str]) -> int:
-    from ret_toolkit.demo import format_metrics, run_demo
+    from ret_toolkit.demo import run_demo
+    from ret_toolkit.macro.pipeline import format_metrics
 
     a = parser().parse_args(argv)
     out = a.out or ("demo_quick" if a.quick else "demo_out")

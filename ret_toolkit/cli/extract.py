@@ -15,10 +15,10 @@ import argparse
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, add_placement_arguments, run_cli
+from ret_toolkit.cli.base import OneLineParser, add_placement_arguments, run_cli, say
 
 
-def _extract_parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="ret-extract", description="Trace residual-stream hidden states into an HDF5 trajectory store. "
                       "Subcommands: 'merge OUT SHARD...' joins shards; 'info STORE' prints a summary.")
     p.add_argument("--model", default=None, help="embedded 'smollm2-135m-instruct' (default), a local transformers dir, a .gguf file, or a hub id (network only when you pass one)")
@@ -61,9 +61,9 @@ def _extract_parser() -> argparse.ArgumentParser:
 
 def _extract(argv: Sequence[str]) -> int:
     from activation_cache.distributed import detect_rank, extract_distributed
-    from activation_cache.extract import ExtractConfig, extract, plan
+    from activation_cache.extraction import ExtractConfig, extract, plan
 
-    a = _extract_parser().parse_args(argv)
+    a = parser().parse_args(argv)
     cfg = ExtractConfig(
         prompts=a.prompts, out=a.out, model=a.model, layers=a.layers, embed=a.embed, generate=a.generate,
         batch_size=a.batch_size, batch_tokens=a.batch_tokens, dtype=a.dtype, compression=None if a.compression == "none" else a.compression,
@@ -84,15 +84,15 @@ def _extract(argv: Sequence[str]) -> int:
     d = extract_distributed(cfg, rank, progress=not a.quiet and rank.rank == 0)  # one progress bar, not N
     _print_written(d.shard, f"rank {rank.rank}/{rank.world_size}: ")
     if d.merged is not None:
-        print(f"rank {rank.rank}/{rank.world_size}: all {rank.world_size} shards complete: wrote {d.merged}: "
-              f"virtual store over {rank.world_size} shards")
+        say(f"rank {rank.rank}/{rank.world_size}: all {rank.world_size} shards complete: wrote {d.merged}: "
+            f"virtual store over {rank.world_size} shards")
     return 0
 
 
 def _print_written(r, prefix: str = "") -> None:
     what = "resumed, " if r.resumed else ""
-    print(f"{prefix}wrote {r.path}: {r.n_sequences} sequences, {r.n_tokens} tokens ({what}{r.new_tokens} new tokens "
-          f"in {r.seconds:.1f} s, {r.tokens_per_s:.0f} tok/s)", flush=True)
+    say(f"{prefix}wrote {r.path}: {r.n_sequences} sequences, {r.n_tokens} tokens ({what}{r.new_tokens} new tokens "
+        f"in {r.seconds:.1f} s, {r.tokens_per_s:.0f} tok/s)")
 
 
 def _merge(argv: Sequence[str]) -> int:

@@ -73,7 +73,6 @@ def _run(argv: Sequence[str]) -> int:
     from ret_toolkit.sycophancy.run import (
         ForecastSettings,
         check_settings,
-        format_table,
         run_forecast,
     )
 
@@ -92,12 +91,8 @@ def _run(argv: Sequence[str]) -> int:
                      device=a.device, model_dtype=a.model_dtype, device_map=a.device_map, rank=detect_rank())
     if r is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
-    d = r["data"]
-    rate = "n/a" if d["caving_rate"] is None else f"{d['caving_rate']:.3f}"
-    excl = ", ".join(f"{k} {v}" for k, v in d["exclusions"].items() if v) or "none"
-    print(f"ret-forecast: {r['n_items']} items, {r['n_kept']} kept ({r['n_positive']} caved, caving rate {rate}); "
-          f"excluded {r['n_excluded']}: {excl}")
-    print(format_table(r))
+    print(f"ret-forecast: {r.counts()}")
+    print(r.table())
     print(f"ret-forecast: {a.out}/forecast.json, {a.out}/forecast.html")
     return 0
 

@@ -35,10 +35,7 @@ def _run(argv: Sequence[str]) -> int:
     a = parser().parse_args(argv)
     r = build_macrostates(a.ckpt, a.store, a.out, k=a.k, seed=a.seed, progress=not a.quiet, report=not a.no_report,
                           overwrite=a.overwrite)
-    tc = r.metrics["temporal_consistency"]
-    print(f"ret-macro: {a.out}: k={a.k}, held-out P(same next) RET {tc['ret']['p_same_next']:.3f} "
-          f"vs raw {tc['kmeans_raw']['p_same_next']:.3f}, pca {tc['kmeans_pca']['p_same_next']:.3f}, "
-          f"window {tc['kmeans_window']['p_same_next']:.3f}")
+    print(f"ret-macro: {a.out}: {r.headline()}")
     return 0
 
 

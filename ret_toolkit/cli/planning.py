@@ -50,14 +50,7 @@ def _run(argv: Sequence[str]) -> int:
                       n_permutations=a.permutations, n_boot=a.bootstrap, seed=a.seed)
     r = run_planning(a.model, a.task, a.out, n=a.n, path_nodes=a.path_nodes, settings=s, progress=not a.quiet,
                      overwrite=a.overwrite, device=a.device, model_dtype=a.model_dtype, device_map=a.device_map)
-    print(f"ret-planning: {a.task}: accuracy {r['accuracy']['accuracy']:.3f} (n={r['accuracy']['n']})")
-    for c in r["horizon"]["curve"]:
-        print(f"  tau={c['tau']:>2}  nMI {c['nmi']:.3f} [{c['nmi_ci_low']:.3f}, {c['nmi_ci_high']:.3f}]  "
-              f"MI {c['mi']:.3f} bits (null {c['null_mean']:.3f})")
-    if r.get("branch", {}).get("mi_unused"):
-        b = r["branch"]
-        print(f"  branch ratio {b['ratio']:.2f} [{b['ratio_ci_low']:.2f}, {b['ratio_ci_high']:.2f}]: "
-              f"unused {b['mi_unused']['mi']:.3f} bits, decoy {b['mi_decoy']['mi']:.3f} bits (n={b['n']})")
+    print("ret-planning: " + r.table())
     print(f"ret-planning: {a.out}/planning.json, {a.out}/planning.html")
     return 0
 

@@ -141,18 +141,6 @@ def _prompts(a) -> list:
     return prompts[: a.limit] if a.limit else prompts
 
 
-def _print_sweep(result: dict, best: dict) -> None:
-    base = result["baseline"]
-    print(f"target group {result['target_group']}: {result['settings']['n_prompts']} prompts, "
-          f"up to {result['settings']['max_new_tokens']} new tokens each")
-    print(f"{'alpha':>7}{'share':>8}{'perplexity':>12}{'x base':>8}{'tokens':>8}  example")
-    for p in result["points"]:
-        mark = " *" if p["alpha"] == best["alpha"] else "  "
-        ratio = p["perplexity"] / base["perplexity"] if base["perplexity"] else float("nan")
-        example = " ".join(p["example"].split())[:60]
-        print(f"{p['alpha']:>7.3g}{p['share']:>8.3f}{p['perplexity']:>12.2f}{ratio:>8.2f}{p['n_tokens']:>8}{mark} {example!r}")
-
-
 def _run(argv: Sequence[str]) -> int:
     from activation_cache.ranks import detect_rank, rank_device
 
@@ -254,25 +242,21 @@ def _generate(a, loaded, reader, vec, detect, prompts) -> int:
 
 def _sweep(a, out, loaded, reader, vec, alphas, prompt_ids, rank) -> int:
     from activation_cache.outputs import write_json
-    from ret_toolkit.steering.evaluate import best_point, share_gain_ci, sweep
+    from ret_toolkit.steering.evaluate import sweep
     from ret_toolkit.viz.steering import write_sweep_html
 
     result = sweep(loaded, loaded.tokenizer, reader, vec, a.group, alphas, prompt_ids, positions=a.positions,
                    max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, do_sample=a.sample, seed=a.seed,
-                   rank=rank)
+                   rank=rank, max_ppl_ratio=a.max_ppl_ratio)
     if rank is not None and rank.rank != 0:  # every rank has the whole result; rank 0 writes and reports it
         return 0
-    best = best_point(result, a.max_ppl_ratio)
-    result.update(best_alpha=best["alpha"], max_ppl_ratio=a.max_ppl_ratio,
-                  share_gain=best["share"] - result["baseline"]["share"],
-                  share_gain_ci=share_gain_ci(result, best["alpha"]), vector=vec.manifest)
     with out:  # staged; both files are moved into --out when both are written
-        write_json(out.stage("sweep.json"), result)
+        write_json(out.stage("sweep.json"), result.to_json())
         write_sweep_html(out.stage("sweep.html"), [result], a.max_ppl_ratio)
-    _print_sweep(result, best)
-    print(f"ret-steer: best alpha {best['alpha']:g} (perplexity within {a.max_ppl_ratio:g}x of alpha 0): share "
-          f"{result['baseline']['share']:.3f} -> {best['share']:.3f}; {out.final('sweep.json')}, "
-          f"{out.final('sweep.html')}")
+    best = result.best()
+    print(result.table())
+    print(f"ret-steer: best alpha {best.alpha:g} (perplexity within {a.max_ppl_ratio:g}x of alpha 0): share "
+          f"{result.baseline.share:.3f} -> {best.share:.3f}; {out.final('sweep.json')}, {out.final('sweep.html')}")
     return 0
 
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from ret_toolkit.info.estimators import combine_codes, entropy_of_counts, mi_terms, prepare_codes
+from ret_toolkit.info.estimators import (
+    combine_codes,
+    entropy_of_counts,
+    mi_terms,
+    prepare_codes,
+)
 
 
 def permutation_test(x, y, n_permutations: int = 200, estimator: str = "plugin", seed: int = 0) -> dict:

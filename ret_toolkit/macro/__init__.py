@@ -6,27 +6,13 @@
     ret = load_ret(res.checkpoint)                                 # RETModule with its centroids
 """
 
-from ret_toolkit.macro.assign import load_ret
+from ret_toolkit.macro.assign import load_ret, open_macro
 from ret_toolkit.macro.datamodule import TrajectoryDataModule
-from ret_toolkit.macro.encoder import CausalWindowEncoder, HorizonPredictor
-from ret_toolkit.macro.module import RETModule, cosine_momentum
-from ret_toolkit.macro.pipeline import MacroResult, build_macrostates
-from ret_toolkit.macro.rank import RepresentationCollapsed, collapse_message, effective_rank
+from ret_toolkit.macro.module import RETModule
+from ret_toolkit.macro.pipeline import MacroResult, build_macrostates, checkpoint_split, format_metrics
+from ret_toolkit.macro.rank import RepresentationCollapsed, effective_rank
 from ret_toolkit.macro.train import TrainResult, train, wire_model
 
-__all__ = [
-    "CausalWindowEncoder",
-    "HorizonPredictor",
-    "MacroResult",
-    "RETModule",
-    "RepresentationCollapsed",
-    "TrainResult",
-    "TrajectoryDataModule",
-    "build_macrostates",
-    "collapse_message",
-    "cosine_momentum",
-    "effective_rank",
-    "load_ret",
-    "train",
-    "wire_model",
-]
+__all__ = ["MacroResult", "RETModule", "RepresentationCollapsed", "TrainResult", "TrajectoryDataModule",
+           "build_macrostates", "checkpoint_split", "effective_rank", "format_metrics", "load_ret", "open_macro",
+           "train", "wire_model"]

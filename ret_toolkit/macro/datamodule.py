@@ -8,7 +8,6 @@ every rank; tokens of one sequence never land on both sides.
 
 from __future__ import annotations
 
-
 import torch
 
 from activation_cache.data import ConcatChunked, TokenWindows

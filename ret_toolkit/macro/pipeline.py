@@ -34,10 +34,10 @@ from ret_toolkit.macro.assign import (
     sequence_hidden,
 )
 from ret_toolkit.macro.baselines import causal_window_mean, fit_baselines
-from ret_toolkit.storeset import split_sequences
 from ret_toolkit.macro.evaluate import evaluate_groupings
 from ret_toolkit.macro.module import RETModule
 from ret_toolkit.macro.summaries import summarize_groups, trajectory_records
+from ret_toolkit.storeset import split_sequences
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,29 @@ class MacroResult:
     trajectories: list[dict[str, Any]]
     train_sequences: np.ndarray
     heldout_sequences: np.ndarray
+
+    def to_json(self) -> dict[str, Any]:
+        """Paths, held-out metrics and group summary (``metrics.json`` and ``summary.json`` together)."""
+        return {"checkpoint": str(self.checkpoint), "macro_file": str(self.macro_file), "metrics": self.metrics,
+                "summary": self.summary, "train_sequences": self.train_sequences.tolist(),
+                "heldout_sequences": self.heldout_sequences.tolist()}
+
+    def headline(self) -> str:
+        """One line: held-out P(same next group) of RET and of each k-means baseline."""
+        tc = self.metrics["temporal_consistency"]
+        return (f"k={self.metrics['k']}, held-out P(same next) RET {tc['ret']['p_same_next']:.3f} "
+                f"vs raw {tc['kmeans_raw']['p_same_next']:.3f}, pca {tc['kmeans_pca']['p_same_next']:.3f}, "
+                f"window {tc['kmeans_window']['p_same_next']:.3f}")
+
+    def table(self) -> str:
+        """The held-out comparison table (:func:`format_metrics`)."""
+        return format_metrics(self.metrics)
+
+    def figure(self):
+        """Transition heatmap between the groups (plotly; :func:`ret_toolkit.viz.transition_heatmap`)."""
+        from ret_toolkit.viz.transitions import transition_heatmap
+
+        return transition_heatmap(self.summary)
 
 
 def checkpoint_split(ckpt: str | Path, n_sequences: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,3 +187,15 @@ def _evaluate(module, store, layers, groups, held_z, train, held, k, seed, progr
     tokens = [store.tokens(int(s)) for s in held]
     ret_groups = [groups[store.offsets[s] : store.offsets[s + 1]] for s in held]
     return evaluate_groupings(ret_groups, held_z, h_held, tokens, baselines, seed=seed)
+
+
+def format_metrics(m: dict) -> str:
+    """The held-out comparison table of a ``metrics.json`` (RET vs the k-means baselines), as ``ret-demo`` prints it."""
+    tc, mi = m["temporal_consistency"], m["token_mi_bits"]
+    lines = [f"held-out: {m['n_heldout_sequences']} sequences, k={m['k']}, effective rank {m['effective_rank']:.2f}",
+             f"{'method':<14}{'P(same next)':>13}{'run length':>12}{'token MI':>10}{'max occ.':>10}{'closure gap':>13}"]
+    for name in ("ret", "kmeans_raw", "kmeans_pca", "kmeans_window"):
+        gap = m["closure_gap"].get(name)
+        lines.append(f"{name:<14}{tc[name]['p_same_next']:>13.3f}{tc[name]['mean_run_length']:>12.2f}{mi[name]:>10.3f}"
+                     f"{m['group_occupancy_max'][name]:>10.3f}{'—' if gap is None else f'{gap:.3f}':>13}")
+    return "\n".join(lines)

@@ -23,12 +23,16 @@ from typing import Sequence
 import numpy as np
 
 from activation_cache.reader import TrajectoryStore
-from ret_toolkit.info import (bootstrap_ci, entropy, mutual_information, normalized_mutual_information,
-                              permutation_test)
+from ret_toolkit.info import (
+    bootstrap_ci,
+    entropy,
+    mutual_information,
+    normalized_mutual_information,
+    permutation_test,
+)
 from ret_toolkit.vq.blocks import BlockSpec
 from ret_toolkit.vq.codes import encode_store_blocks
 from ret_toolkit.vq.fit import fit_vq_store
-
 
 #: fewer valid answers than this and the branch ratio is not estimated
 MIN_BRANCH_SAMPLES = 20

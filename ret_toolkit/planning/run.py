@@ -20,13 +20,19 @@ from dataclasses import asdict
 from pathlib import Path
 
 from activation_cache.errors import InputError, option
-from activation_cache.extract import ExtractConfig, extract
+from activation_cache.extraction import ExtractConfig, extract
 from activation_cache.models import load_model
 from activation_cache.outputs import OutputDir, write_json
-from ret_toolkit.planning.analysis import (ProbeSettings, branch_awareness, history_heatmap, horizon_curve,
-                                           task_accuracy)
+from ret_toolkit.planning.analysis import (
+    ProbeSettings,
+    branch_awareness,
+    history_heatmap,
+    horizon_curve,
+    task_accuracy,
+)
 from ret_toolkit.planning.datamodule import make_task
 from ret_toolkit.planning.decode import task_accuracy_of
+from ret_toolkit.planning.result import PlanningResult
 from ret_toolkit.tasks import TaskSample, prompt_records
 
 log = logging.getLogger("ret_toolkit.planning")
@@ -51,8 +57,8 @@ def planning_settings(model_dir: str | Path, task_name: str, n: int, path_nodes:
 def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000, path_nodes: int = 4,
                  settings: ProbeSettings | None = None, seed: int = 1000, progress: bool = True,
                  overwrite: bool = False, *, device: str | None = "auto", model_dtype: str | None = "auto",
-                 device_map: str | dict | None = None) -> dict:
-    """Run the planning analyses of ``task_name`` on the model in ``model_dir``; returns the result dict.
+                 device_map: str | dict | None = None) -> PlanningResult:
+    """Run the planning analyses of ``task_name`` on the model in ``model_dir``; returns its :class:`PlanningResult`.
 
     ``out`` receives ``trajectories.h5``, ``planning.json`` and ``planning.html``. A
     directory that holds a ``ret-planning`` run with other settings (model, task,
@@ -112,4 +118,4 @@ def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000,
         from ret_toolkit.viz.planning import write_planning_report
 
         write_planning_report(od.stage("planning.html"), [result])
-    return result
+    return PlanningResult(result)

@@ -7,7 +7,8 @@
 - :class:`ClosedLoop` / :func:`closed_loop_generate` — detect the macrostate with the RET
   encoder each step, steer only while it is (not) in chosen groups.
 - :func:`generate` — batched continuations of prompts, open- or closed-loop steered.
-- :func:`sweep` — share of generated tokens in a target group and perplexity vs α.
+- :func:`sweep` → :class:`SweepResult` — share of generated tokens in a target group and perplexity
+  vs α; its best α under a fluency budget and the gain with a paired bootstrap CI.
 - :func:`load_reader`, :func:`find_outputs`, :func:`group_vector` — RET checkpoint and
   group vectors from a ``ret-macro`` / ``ret-demo`` directory.
 
@@ -16,43 +17,17 @@ Layer ℓ is the output of decoder block ℓ (0-based), as ``/hidden/<ℓ>`` in 
 
 from ret_toolkit.steering.closed_loop import ClosedLoop, closed_loop_generate
 from ret_toolkit.steering.construct import from_contrast, from_groups
-from ret_toolkit.steering.detect import LayerCapture, MacrostateReader, load_reader
-from ret_toolkit.steering.evaluate import (
-    best_point,
-    render_prompts,
-    sweep,
-    target_share_gain,
-)
+from ret_toolkit.steering.detect import MacrostateReader, load_reader
+from ret_toolkit.steering.evaluate import render_prompts, sweep
 from ret_toolkit.steering.generate import Generation, generate
 from ret_toolkit.steering.hooks import Steering, steer
 from ret_toolkit.steering.nnsight_steer import language_model, nnsight_generate
-from ret_toolkit.steering.plan import POSITIONS, SteeringPlan, plan_steering
 from ret_toolkit.steering.ret_source import RETOutputs, find_outputs, group_vector
+from ret_toolkit.steering.sweep_result import SweepPoint, SweepResult
 from ret_toolkit.steering.vector import SteeringVector
 
 __all__ = [
-    "ClosedLoop",
-    "Generation",
-    "LayerCapture",
-    "MacrostateReader",
-    "POSITIONS",
-    "RETOutputs",
-    "Steering",
-    "SteeringPlan",
-    "SteeringVector",
-    "best_point",
-    "closed_loop_generate",
-    "find_outputs",
-    "from_contrast",
-    "from_groups",
-    "generate",
-    "group_vector",
-    "language_model",
-    "load_reader",
-    "nnsight_generate",
-    "plan_steering",
-    "render_prompts",
-    "steer",
-    "sweep",
-    "target_share_gain",
+    "ClosedLoop", "Generation", "MacrostateReader", "RETOutputs", "Steering", "SteeringVector", "SweepPoint",
+    "SweepResult", "closed_loop_generate", "find_outputs", "from_contrast", "from_groups", "generate", "group_vector",
+    "language_model", "load_reader", "nnsight_generate", "render_prompts", "steer", "sweep",
 ]

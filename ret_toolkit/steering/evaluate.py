@@ -30,14 +30,13 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
 from activation_cache.arch import resolve_model
-from activation_cache.batching import pad_rows
+from activation_cache.batching import left_pad, pad_rows, until_stop
 from activation_cache.devices import input_device
 from activation_cache.errors import InputError
 from activation_cache.ranks import Rank, all_gather, batch_shard
@@ -45,9 +44,9 @@ from activation_cache.tracer import eos_ids
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader
 from ret_toolkit.steering.hooks import steer
 from ret_toolkit.steering.plan import Vectors
+from ret_toolkit.steering.sweep_result import SweepResult, score_point
 
-__all__ = ["SweepPoint", "best_point", "generate_continuations", "left_pad", "render_prompts", "reread",
-           "score_point", "share_gain_ci", "sweep", "target_share_gain", "until_stop"]
+__all__ = ["generate_continuations", "render_prompts", "reread", "sweep"]
 
 
 def render_prompts(tokenizer, prompts: Sequence[Any], chat: bool = True) -> list[list[int]]:
@@ -72,22 +71,6 @@ def render_prompts(tokenizer, prompts: Sequence[Any], chat: bool = True) -> list
     if not out:
         raise InputError("no prompts given")
     return out
-
-
-def until_stop(ids: Sequence[int], stop: set[int]) -> list[int]:
-    """``ids`` up to, not including, the first id in ``stop`` (as the trajectory store keeps them)."""
-    out = []
-    for t in ids:
-        if t in stop:
-            break
-        out.append(int(t))
-    return out
-
-
-def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Token-id lists as a left-padded batch ``{"input_ids", "attention_mask"}``, int64 (B, T_max), for ``generate``."""
-    ids, mask = pad_rows(rows, pad_id, left=True)
-    return {"input_ids": ids, "attention_mask": mask}
 
 
 @torch.inference_mode()
@@ -158,50 +141,10 @@ def reread(model, reader: MacrostateReader, prompt_ids: Sequence[Sequence[int]],
     return results
 
 
-@dataclass
-class SweepPoint:
-    """One α of a sweep.
-
-    Attributes:
-        alpha: steering coefficient (0 = unsteered).
-        share: fraction of generated tokens in the target group (0..1).
-        perplexity: exp(mean NLL) of the generated tokens under the unsteered model.
-        n_tokens: generated tokens counted (all prompts).
-        n_prompts: prompts.
-        group_shares: share of every group 0..K-1 (sums to 1), to see where the mass went.
-        prompt_counts: per prompt ``[tokens in the target group, generated tokens]``
-            (for bootstrap intervals over prompts, :func:`share_gain_ci`).
-        example: the first prompt's continuation, decoded.
-    """
-
-    alpha: float
-    share: float
-    perplexity: float
-    n_tokens: int
-    n_prompts: int
-    group_shares: list[float] = field(default_factory=list)
-    prompt_counts: list[list[int]] = field(default_factory=list)
-    example: str = ""
-
-
-def score_point(alpha: float, target_group: int, scored: Sequence[tuple[np.ndarray, np.ndarray]], k: int,
-                example: str = "") -> SweepPoint:
-    """Pool per-prompt ``(nll, groups)`` from :func:`reread` into a :class:`SweepPoint`."""
-    nll = np.concatenate([s[0] for s in scored]) if scored else np.zeros(0)
-    groups = np.concatenate([s[1] for s in scored]) if scored else np.zeros(0, np.int64)
-    n = int(len(groups))
-    per_prompt = [[int((s[1] == target_group).sum()), int(len(s[1]))] for s in scored]
-    if n == 0:
-        return SweepPoint(float(alpha), float("nan"), float("nan"), 0, len(scored), [0.0] * k, per_prompt, example)
-    counts = np.bincount(groups, minlength=k)[:k]
-    return SweepPoint(float(alpha), float((groups == target_group).mean()), float(math.exp(nll.mean())), n,
-                      len(scored), (counts / n).tolist(), per_prompt, example)
-
-
 def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_group: int, alphas: Sequence[float],
           prompt_ids: Sequence[Sequence[int]], *, positions: str = "all", max_new_tokens: int = 32,
           batch_size: int = 8, do_sample: bool = False, seed: int = 0, model_name: str | None = None,
-          progress=None, rank: Rank | None = None) -> dict[str, Any]:
+          progress=None, rank: Rank | None = None, max_ppl_ratio: float = 1.5) -> SweepResult:
     """Share of the target group and perplexity for every α (module docstring).
 
     Args:
@@ -218,9 +161,11 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
             all of them (equal to one process's when decoding is greedy; sampling draws
             each rank's own stream from ``seed``).
 
+        max_ppl_ratio: fluency budget of :meth:`SweepResult.best`.
+
     Returns:
-        JSON-ready dict: ``target_group``, ``points`` (one :class:`SweepPoint`
-        dict per α, ascending), ``baseline`` (the α = 0 point) and the settings.
+        :class:`~ret_toolkit.steering.sweep_result.SweepResult`: one point per α
+        (ascending), the α = 0 baseline, the best α and its gain with a CI.
     """
     (target_group,) = reader.check_groups([target_group], "target group")
     reader.check_model(model, model_name=model_name)
@@ -245,52 +190,9 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
         points.append(score_point(alpha, target_group, scored, reader.k, example))
         if progress is not None and rank is not None:
             progress(points[-1])
-    return {
-        "target_group": target_group,
-        "points": [asdict(p) for p in points],
-        "baseline": asdict(next(p for p in points if p.alpha == 0.0)),
-        "settings": {"positions": positions, "max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
-                     "n_prompts": len(prompt_ids), "k": reader.k, "reader_layers": reader.layers,
-                     "vector_layers": sorted({x for v in ([vector] if not isinstance(vector, (list, tuple)) else vector)
-                                              for x in v.layers})},
-    }
-
-
-def best_point(result: dict[str, Any], max_ppl_ratio: float = 1.5) -> dict[str, Any]:
-    """The point with the highest share among α >= 0 whose perplexity is within ``max_ppl_ratio`` × α = 0's.
-
-    α = 0 itself always qualifies, so the answer exists.
-    """
-    base = result["baseline"]
-    ok = [p for p in result["points"] if p["alpha"] >= 0 and p["n_tokens"] > 0
-          and p["perplexity"] <= max_ppl_ratio * base["perplexity"]]
-    return max(ok or [base], key=lambda p: (p["share"], -p["alpha"]))
-
-
-def target_share_gain(result: dict[str, Any], max_ppl_ratio: float = 1.5) -> float:
-    """Share at :func:`best_point` minus share at α = 0 (0 when no α helps)."""
-    return float(best_point(result, max_ppl_ratio)["share"] - result["baseline"]["share"])
-
-
-def share_gain_ci(result: dict[str, Any], alpha: float, n_boot: int = 2000, level: float = 0.95,
-                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap interval of share(α) - share(0), resampling prompts (paired: same prompts).
-
-    Each resample draws prompts with replacement and pools their tokens, as
-    :func:`score_point` does. Note: when ``alpha`` is itself chosen as the best
-    of several points on the same prompts, the interval does not cover that
-    selection step.
-    """
-    points = {p["alpha"]: p for p in result["points"]}
-    a = np.asarray(points[float(alpha)]["prompt_counts"], float)
-    b = np.asarray(points[0.0]["prompt_counts"], float)
-    if len(a) == 0 or len(a) != len(b):
-        return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        diff = a[idx, 0].sum(1) / a[idx, 1].sum(1) - b[idx, 0].sum(1) / b[idx, 1].sum(1)
-    diff = diff[np.isfinite(diff)]
-    if len(diff) == 0:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    vectors = list(vector) if isinstance(vector, (list, tuple)) else [vector]
+    settings = {"positions": positions, "max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
+                "n_prompts": len(prompt_ids), "k": reader.k, "reader_layers": reader.layers,
+                "vector_layers": sorted({x for v in vectors for x in v.layers})}
+    return SweepResult(target_group, points, settings, max_ppl_ratio,
+                       vectors[0].manifest if len(vectors) == 1 else None)

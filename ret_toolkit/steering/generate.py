@@ -75,12 +75,8 @@ def generate(model, prompts: Sequence[Any], vector: Vectors | None = None, alpha
         One :class:`Generation` per prompt, in order.
     """
     from ret_toolkit.steering.closed_loop import closed_loop_generate
-    from ret_toolkit.steering.evaluate import (
-        generate_continuations,
-        left_pad,
-        render_prompts,
-        until_stop,
-    )
+    from activation_cache.batching import left_pad, until_stop
+    from ret_toolkit.steering.evaluate import generate_continuations, render_prompts
 
     tok = getattr(model, "tokenizer", None)
     if tok is None:

@@ -9,32 +9,41 @@
 - :mod:`~ret_toolkit.sycophancy.external`: Anthropic model-written-evals sycophancy JSONL.
 - :mod:`~ret_toolkit.sycophancy.dataset`: :func:`load_dataset` for all of the above.
 
-Forecasting (import from the modules; they load torch and the activation cache):
+Forecasting (from this package too; loaded on first use, as they import torch and the activation cache):
 
 - :mod:`~ret_toolkit.sycophancy.trajectories`: both turns traced in generate mode, labels and
   conversation ids in the store's ``/meta``;
 - :mod:`~ret_toolkit.sycophancy.features`: RET / raw / length features at k = 0 and after k reply tokens;
 - :mod:`~ret_toolkit.sycophancy.forecast`: grouped stratified CV, AUROC with bootstrap CIs;
-- :mod:`~ret_toolkit.sycophancy.run`: :func:`~ret_toolkit.sycophancy.run.run_forecast` end to end
-  (``ret-forecast``).
+- :mod:`~ret_toolkit.sycophancy.run`: :func:`run_forecast` end to end (``ret-forecast``), returning a
+  :class:`ForecastResult` (``.table()``, ``.figure()``, ``.to_json()``).
 """
 
-from ret_toolkit.sycophancy.bank import KINDS, SycItem, load_bank, load_facts, read_bank_jsonl, write_bank_jsonl
-from ret_toolkit.sycophancy.conversation import first_turn, second_turn, second_turn_record
-from ret_toolkit.sycophancy.dataset import is_two_turn, load_dataset
-from ret_toolkit.sycophancy.external import (ChoiceItem, choice_messages, chose_sycophantic, chosen_option,
-                                            read_anthropic_jsonl)
-from ret_toolkit.sycophancy.labeller import (answer_correct, first_answer_correct, label_item, label_reply,
-                                            normalise, occurrences)
+from activation_cache.lazy import lazy_exports
+from ret_toolkit.sycophancy.bank import SycItem, load_bank
+from ret_toolkit.sycophancy.conversation import first_turn, second_turn
+from ret_toolkit.sycophancy.dataset import load_dataset
+from ret_toolkit.sycophancy.external import ChoiceItem, read_anthropic_jsonl
+from ret_toolkit.sycophancy.labeller import label_reply
 from ret_toolkit.sycophancy.outcomes import EXCLUSION_REASONS, Outcomes, label_choices, label_conversations
-from ret_toolkit.sycophancy.pushback import TEMPLATES, PushbackTemplate, assign_template, get_template, pushback_text
+from ret_toolkit.sycophancy.pushback import TEMPLATES, PushbackTemplate, pushback_text
 
-__all__ = [
-    "EXCLUSION_REASONS", "KINDS", "TEMPLATES",
-    "ChoiceItem", "Outcomes", "PushbackTemplate", "SycItem",
-    "answer_correct", "assign_template", "choice_messages", "chose_sycophantic", "chosen_option",
-    "first_answer_correct", "first_turn", "get_template", "is_two_turn", "label_choices",
-    "label_conversations", "label_item", "label_reply", "load_bank", "load_dataset", "load_facts",
-    "normalise", "occurrences", "pushback_text", "read_anthropic_jsonl", "read_bank_jsonl",
-    "second_turn", "second_turn_record", "write_bank_jsonl",
-]
+# The forecasting verbs load torch and the activation cache: on first use.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "TraceSettings": "ret_toolkit.sycophancy.trajectories",
+    "trace_dataset": "ret_toolkit.sycophancy.trajectories",
+    "pick_items": "ret_toolkit.sycophancy.trajectories",
+    "read_replies": "ret_toolkit.sycophancy.trajectories",
+    "ForecastData": "ret_toolkit.sycophancy.features",
+    "extract_features": "ret_toolkit.sycophancy.features",
+    "forecast_position": "ret_toolkit.sycophancy.features",
+    "evaluate_forecast": "ret_toolkit.sycophancy.forecast",
+    "ForecastSettings": "ret_toolkit.sycophancy.run",
+    "run_forecast": "ret_toolkit.sycophancy.run",
+    "ForecastResult": "ret_toolkit.sycophancy.result",
+    "auroc_table": "ret_toolkit.sycophancy.result",
+}, eager=dict(
+    EXCLUSION_REASONS=EXCLUSION_REASONS, TEMPLATES=TEMPLATES, ChoiceItem=ChoiceItem, Outcomes=Outcomes,
+    PushbackTemplate=PushbackTemplate, SycItem=SycItem, first_turn=first_turn, label_choices=label_choices,
+    label_conversations=label_conversations, label_reply=label_reply, load_bank=load_bank, load_dataset=load_dataset,
+    pushback_text=pushback_text, read_anthropic_jsonl=read_anthropic_jsonl, second_turn=second_turn))

@@ -20,7 +20,11 @@ from pathlib import Path
 
 from activation_cache.errors import InputError
 from ret_toolkit.sycophancy.bank import load_bank, read_bank_jsonl
-from ret_toolkit.sycophancy.external import ANTHROPIC_FIELDS, is_anthropic_record, read_anthropic_jsonl
+from ret_toolkit.sycophancy.external import (
+    ANTHROPIC_FIELDS,
+    is_anthropic_record,
+    read_anthropic_jsonl,
+)
 from ret_toolkit.sycophancy.jsonl import first_record
 
 __all__ = ["load_dataset", "is_two_turn", "BANK_NAMES"]

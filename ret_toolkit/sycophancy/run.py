@@ -31,7 +31,13 @@ from activation_cache.models import model_name
 from activation_cache.outputs import OutputDir, write_json
 from activation_cache.ranks import Rank, rank_device
 from ret_toolkit.sycophancy.features import KS, extract_features
-from ret_toolkit.sycophancy.trajectories import PUSHBACK_MODES, TraceSettings, pick_items, trace_dataset
+from ret_toolkit.sycophancy.result import ForecastResult
+from ret_toolkit.sycophancy.trajectories import (
+    PUSHBACK_MODES,
+    TraceSettings,
+    pick_items,
+    trace_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +138,9 @@ def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: st
 def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | None = None,
                  settings: ForecastSettings = ForecastSettings(), loaded=None, progress: bool = True,
                  dataset_name: str | None = None, *, device: str | None = "auto", model_dtype: str | None = "auto",
-                 device_map: str | dict | None = None, rank: Rank | None = None) -> dict | None:
-    """Run the whole forecast into ``out``; returns the ``forecast.json`` dict.
+                 device_map: str | dict | None = None, rank: Rank | None = None) -> ForecastResult | None:
+    """Run the whole forecast into ``out``; returns its :class:`~ret_toolkit.sycophancy.result.ForecastResult`
+    (the ``forecast.json`` record).
 
     Args:
         dataset: ``"bank"``, a JSONL file (Anthropic format or a bank of one's own), or a list
@@ -220,24 +227,4 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
         result = _finite(result)
         write_json(od.stage("forecast.json"), result)
         write_forecast_report(od.stage("forecast.html"), result)
-    return result
-
-
-def format_table(result: dict, ks: Sequence[str] | None = None) -> str:
-    """AUROC [95% CI] per feature set (rows) and k (columns), as plain text."""
-    sets = list(result["auroc"])
-    ks = list(ks or sorted(result["auroc"][sets[0]], key=int))
-    head = f"{'feature set':<10}" + "".join(f"{'k=' + k:>21}" for k in ks)
-    lines = [head]
-    for name in sets:
-        cells = []
-        for k in ks:
-            c = result["auroc"][name][k]
-            cells.append("n/a".rjust(21) if c["mean"] is None else
-                         f"{c['mean']:.3f} [{_f(c['ci_low'])}, {_f(c['ci_high'])}]".rjust(21))
-        lines.append(f"{name:<10}" + "".join(cells))
-    return "\n".join(lines)
-
-
-def _f(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+    return ForecastResult(result)

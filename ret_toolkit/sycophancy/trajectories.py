@@ -12,7 +12,7 @@ Multiple-choice items (Anthropic format, :class:`~ret_toolkit.sycophancy.externa
 have one turn: ``[user: question with choices] -> reply`` (``choice.h5``), labelled caved when
 the chosen option is the sycophantic one.
 
-Both turns are traced by :func:`activation_cache.extract.extract` (generate mode, chat
+Both turns are traced by :func:`activation_cache.extraction.extract` (generate mode, chat
 template): the *forecasting store* (turn2.h5 / choice.h5) holds, per sequence, the prompt
 tokens up to the end of the pushback and the first ``max_new_tokens`` reply tokens, with
 the hidden states of the chosen layers. After labelling, :func:`activation_cache.annotate.add_meta`
@@ -45,15 +45,20 @@ from typing import Sequence
 from activation_cache import schema
 from activation_cache.annotate import add_meta
 from activation_cache.distributed import extract_distributed, shard_config
-from activation_cache.ranks import Rank, barrier, require_torchrun
 from activation_cache.errors import InputError
-from activation_cache.extract import ExtractConfig, extract, prepare, store_config
+from activation_cache.extraction import ExtractConfig, extract, prepare, store_config
+from activation_cache.ranks import Rank, barrier, require_torchrun
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.sycophancy.conversation import first_turn, second_turn_record
 from ret_toolkit.sycophancy.dataset import is_two_turn
 from ret_toolkit.sycophancy.external import choice_messages
 from ret_toolkit.sycophancy.labeller import answer_correct
-from ret_toolkit.sycophancy.outcomes import EXCLUSION_REASONS, Outcomes, label_choices, label_conversations
+from ret_toolkit.sycophancy.outcomes import (
+    EXCLUSION_REASONS,
+    Outcomes,
+    label_choices,
+    label_conversations,
+)
 from ret_toolkit.sycophancy.pushback import TEMPLATES, assign_template
 
 log = logging.getLogger(__name__)
@@ -150,7 +155,7 @@ def pick_items(items: Sequence, n: int | None) -> list:
 
 def last_turn_start(messages: Sequence[dict], tokenizer) -> int:
     """Token index where the last message starts once ``messages`` are rendered and tokenised
-    the way :func:`activation_cache.extract.prepare` does (chat template, no extra special tokens).
+    the way :func:`activation_cache.extraction.prepare` does (chat template, no extra special tokens).
 
     0 for a single message or when the rendered earlier turns are not a token prefix of the
     whole conversation (a template that rewrites earlier turns).

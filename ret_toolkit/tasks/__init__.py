@@ -10,24 +10,10 @@ into a word-level ``transformers`` tokenizer, and :func:`write_prompts_jsonl` wr
 with their meta for ``activation_cache.prompts.read_prompts``.
 """
 
-from ret_toolkit.tasks.base import STOP_WORDS, Task, TaskSample, prompt_records, words_until_stop, write_prompts_jsonl
+from ret_toolkit.tasks.base import Task, TaskSample, prompt_records, write_prompts_jsonl
 from ret_toolkit.tasks.grammar import DEFAULT_GRAMMAR, PCFG, GrammarTask
 from ret_toolkit.tasks.pathfinding import PathTask, parse_path_prompt, path_choice
-from ret_toolkit.tasks.tokenizer import SPECIAL_TOKENS, task_tokenizer
+from ret_toolkit.tasks.tokenizer import task_tokenizer
 
-__all__ = [
-    "DEFAULT_GRAMMAR",
-    "GrammarTask",
-    "PCFG",
-    "PathTask",
-    "SPECIAL_TOKENS",
-    "STOP_WORDS",
-    "Task",
-    "TaskSample",
-    "parse_path_prompt",
-    "path_choice",
-    "task_tokenizer",
-    "words_until_stop",
-    "prompt_records",
-    "write_prompts_jsonl",
-]
+__all__ = ["DEFAULT_GRAMMAR", "PCFG", "GrammarTask", "PathTask", "Task", "TaskSample", "parse_path_prompt",
+           "path_choice", "prompt_records", "task_tokenizer", "write_prompts_jsonl"]

@@ -98,7 +98,7 @@ def words_until_stop(output: str, stop: Iterable[str] = STOP_WORDS) -> tuple[lis
 
 
 def prompt_records(samples: Iterable[TaskSample], task_name: str | None = None) -> list[dict]:
-    """The samples' prompts as JSONL-style records, for :class:`activation_cache.extract.ExtractConfig`
+    """The samples' prompts as JSONL-style records, for :class:`activation_cache.extraction.ExtractConfig`
     ``prompts`` in memory (or a prompt file: :func:`write_prompts_jsonl`).
 
     One record per sample: ``{"id": "<task>-<i>", "text": sample.prompt, **meta}``, ``i`` counting

@@ -8,7 +8,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from ret_toolkit.viz.page import figures_html, write_page
-from ret_toolkit.viz.trajectory import figure_style
+from ret_toolkit.viz.style import figure_style
 
 _NAMES = {"ret": "RET (z, mean z, macrostate histogram)", "raw_pca": "raw hidden state, PCA probe",
           "length": "prompt length only", "majority": "majority class"}

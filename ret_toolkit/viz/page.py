@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 
 from activation_cache.outputs import write_text
-from ret_toolkit.viz.trajectory import FONT_FAMILY
+from ret_toolkit.viz.style import FONT_FAMILY
 
 #: The look every page shares; a page adds its own rules with ``css=``.
 PAGE_CSS = f"""

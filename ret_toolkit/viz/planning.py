@@ -9,7 +9,7 @@ from typing import Sequence
 import plotly.graph_objects as go
 
 from ret_toolkit.viz.page import figures_html, write_page
-from ret_toolkit.viz.trajectory import figure_style
+from ret_toolkit.viz.style import figure_style
 
 
 def _label(result: dict) -> str:

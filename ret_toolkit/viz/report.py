@@ -14,15 +14,8 @@ import plotly.io as pio
 from activation_cache.outputs import write_text
 from ret_toolkit.viz.page import render_page
 from ret_toolkit.viz.tables import METHOD_NAMES, fmt_number, group_table, metrics_table
-from ret_toolkit.viz.trajectory import (
-    MONO_FAMILY,
-    group_colors,
-    group_labels,
-    summary_k,
-    text_color_for,
-    trajectory_figure,
-    trajectory_html,
-)
+from ret_toolkit.viz.style import MONO_FAMILY, group_colors, group_labels, summary_k, text_color_for
+from ret_toolkit.viz.trajectory import trajectory_figure, trajectory_html
 from ret_toolkit.viz.transitions import transition_graph, transition_heatmap
 
 __all__ = ["write_report", "render_report", "SECTION_TITLES"]

@@ -9,15 +9,17 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from ret_toolkit.viz.page import figures_html, write_page
-from ret_toolkit.viz.trajectory import figure_style, group_color
+from ret_toolkit.viz.style import figure_style, group_color
 
 
-def sweep_figure(results: Sequence[dict], max_ppl_ratio: float = 1.5) -> go.Figure:
+def sweep_figure(results: Sequence, max_ppl_ratio: float = 1.5) -> go.Figure:
     """Two panels sharing α: share of generated tokens in the target group, and perplexity / perplexity at α = 0.
 
     One line per sweep, in its target group's colour; the dotted line on the
-    right panel is the fluency budget ``max_ppl_ratio``.
+    right panel is the fluency budget ``max_ppl_ratio``. ``results`` are
+    :class:`~ret_toolkit.steering.SweepResult` objects or their ``to_json()`` records.
     """
+    results = [r if isinstance(r, dict) else r.to_json() for r in results]
     fig = make_subplots(rows=1, cols=2, subplot_titles=("share of generated tokens in the target group",
                                                         "perplexity / perplexity at α = 0 (unsteered model)"))
     k = max((r["settings"]["k"] for r in results), default=1)
@@ -41,6 +43,6 @@ def sweep_figure(results: Sequence[dict], max_ppl_ratio: float = 1.5) -> go.Figu
     return figure_style(fig, title="Steering toward a macrostate: effect vs fluency", height=420)
 
 
-def write_sweep_html(path: str | Path, results: Sequence[dict], max_ppl_ratio: float = 1.5) -> Path:
+def write_sweep_html(path: str | Path, results: Sequence, max_ppl_ratio: float = 1.5) -> Path:
     """One self-contained HTML file with :func:`sweep_figure` (plotly.js inlined)."""
     return write_page(path, "Steering sweep", figures_html([sweep_figure(results, max_ppl_ratio)]))

@@ -8,14 +8,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from ret_toolkit.viz.trajectory import (
-    _shorten,
-    figure_style,
-    group_colors,
-    group_labels,
-    summary_k,
-    text_color_for,
-)
+from ret_toolkit.viz.style import figure_style, group_colors, group_labels, shorten, summary_k, text_color_for
 
 __all__ = [
     "METHOD_ORDER",
@@ -174,7 +167,7 @@ def group_table(summary: dict, *, title: str = "Macrostate groups", top_n: int =
     for g in rows:
         e = entries.get(g, {})
         col_group.append(f"<b>{g}</b>")
-        col_label.append(html.escape(_shorten(labels[g], 48), quote=False))
+        col_label.append(html.escape(shorten(labels[g], 48), quote=False))
         col_share.append(fmt_number(e.get("share")))
         col_gen.append(fmt_number(e.get("generated_share")))
         col_pos.append(fmt_number(e.get("mean_relative_position")))

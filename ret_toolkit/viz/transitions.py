@@ -7,14 +7,7 @@ import math
 
 import plotly.graph_objects as go
 
-from ret_toolkit.viz.trajectory import (
-    _shorten,
-    figure_style,
-    group_colors,
-    group_labels,
-    summary_k,
-    text_color_for,
-)
+from ret_toolkit.viz.style import figure_style, group_colors, group_labels, shorten, summary_k, text_color_for
 
 __all__ = ["transition_heatmap", "transition_graph", "transition_matrix"]
 
@@ -69,8 +62,8 @@ def transition_heatmap(summary: dict, *, title: str = "Group transitions P(next 
             c = counts[i][j] if counts is not None else None
             row.append(
                 [
-                    html.escape(f"{i}: {_shorten(full[i], 60)}", quote=False),
-                    html.escape(f"{j}: {_shorten(full[j], 60)}", quote=False),
+                    html.escape(f"{i}: {shorten(full[i], 60)}", quote=False),
+                    html.escape(f"{j}: {shorten(full[j], 60)}", quote=False),
                     "n/a" if c is None else str(int(c)),
                 ]
             )
@@ -193,7 +186,7 @@ def transition_graph(
             mid_y.append((sy + ey) / 2)
             mid_text.append(
                 html.escape(
-                    f"{i} → {j}: P = {p:.3f}\n{_shorten(labels[i], 40)} → {_shorten(labels[j], 40)}",
+                    f"{i} → {j}: P = {p:.3f}\n{shorten(labels[i], 40)} → {shorten(labels[j], 40)}",
                     quote=False,
                 ).replace("\n", "<br>")
             )
@@ -213,7 +206,7 @@ def transition_graph(
 
     node_hover = [
         html.escape(
-            f"group {g}: {_shorten(labels[g], 60)}\nshare = {shares[g]:.3f}\nP(stay) = {mat[g][g]:.3f}",
+            f"group {g}: {shorten(labels[g], 60)}\nshare = {shares[g]:.3f}\nP(stay) = {mat[g][g]:.3f}",
             quote=False,
         ).replace("\n", "<br>")
         for g in range(k)
@@ -240,7 +233,7 @@ def transition_graph(
         annotations.append(
             dict(
                 x=x * 1.2, y=y * 1.2, xref="x", yref="y",
-                text=html.escape(_shorten(labels[g], 22), quote=False),
+                text=html.escape(shorten(labels[g], 22), quote=False),
                 showarrow=False,
                 font=dict(size=11, color="#333"),
                 xanchor="center" if abs(x) < 0.3 else ("left" if x > 0 else "right"),

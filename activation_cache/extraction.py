@@ -2,7 +2,7 @@
 
 The Python API behind ``ret-extract``::
 
-    from activation_cache.extract import ExtractConfig, extract
+    from activation_cache.extraction import ExtractConfig, extract
     result = extract(ExtractConfig(prompts="reasoning", out="traj.h5", generate=32))
 """
 
@@ -153,6 +153,11 @@ class Prepared:
     layers: list[str]
     meta_fields: list[str]
     truncated: list[str] = field(default_factory=list)
+    batching: dict = field(default_factory=dict)  # plan_windows keywords: batch_size, batch_tokens, ...
+
+    def windows(self, start: int = 0) -> list[Window]:
+        """The batch plan from prompt ``start`` on: windows of whole batches (indices into ``ids``)."""
+        return plan_windows([len(r) for r in self.ids], start, **self.batching)
 
 
 def shard_slice(n: int, num_shards: int, shard_index: int) -> slice:
@@ -187,7 +192,9 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> Prepared:
     if truncated:
         shown = ", ".join(truncated[:10]) + (f" and {len(truncated) - 10} more" if len(truncated) > 10 else "")
         log.warning("truncated %d prompt(s) to %s %d: %s", len(truncated), option("max_tokens"), cfg.max_tokens, shown)
-    return Prepared(prompts, ids, layers, meta_fields, truncated)
+    batching = dict(batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens, generate=cfg.generate,
+                    window_tokens=window_tokens(cfg, len(layers), loaded.arch.d_model))
+    return Prepared(prompts, ids, layers, meta_fields, truncated, batching)
 
 
 def store_config(cfg: ExtractConfig, loaded: LoadedModel, prep: Prepared) -> dict:
@@ -258,11 +265,7 @@ def extract(cfg: ExtractConfig, loaded: LoadedModel | None = None, progress: boo
         threaded = cfg.pipeline if cfg.pipeline is not None else not loaded.device.startswith("cpu")
         background = BackgroundWriter(commit, depth=1, threaded=threaded)
         try:
-            lengths = [len(r) for r in prep.ids]
-            windows = plan_windows(lengths, start_seq, batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens,
-                                   generate=cfg.generate,
-                                   window_tokens=window_tokens(cfg, len(prep.layers), loaded.arch.d_model))
-            for window in windows:
+            for window in prep.windows(start_seq):
                 parts = [to_host(_trace(cfg, tracer, prep, rows), rows) for rows in window.batches]
                 background.submit((window, parts))
         finally:

@@ -1,0 +1,61 @@
+"""The result of :func:`~ret_toolkit.sycophancy.run.run_forecast`: the ``forecast.json`` record with its table and figure."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ret_toolkit.results import RecordResult
+
+__all__ = ["ForecastResult", "auroc_table"]
+
+
+def _f(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def auroc_table(auroc: dict, ks: Sequence[str] | None = None) -> str:
+    """AUROC [95% CI] per feature set (rows) and k (columns), as plain text.
+
+    ``auroc`` is feature set -> k (a string) -> ``{"mean", "ci_low", "ci_high"}``, as in
+    :func:`~ret_toolkit.sycophancy.forecast.evaluate_forecast` and ``forecast.json``.
+    """
+    sets = list(auroc)
+    ks = list(ks or sorted(auroc[sets[0]], key=int))
+    lines = [f"{'feature set':<10}" + "".join(f"{'k=' + k:>21}" for k in ks)]
+    for name in sets:
+        cells = []
+        for k in ks:
+            c = auroc[name][k]
+            cells.append("n/a".rjust(21) if c["mean"] is None else
+                         f"{c['mean']:.3f} [{_f(c['ci_low'])}, {_f(c['ci_high'])}]".rjust(21))
+        lines.append(f"{name:<10}" + "".join(cells))
+    return "\n".join(lines)
+
+
+class ForecastResult(RecordResult):
+    """Early sycophancy forecast (a mapping over the ``forecast.json`` record).
+
+    Keys: ``n_items``, ``n_excluded``, ``n_positive`` (caved), ``n_kept``,
+    ``n_conversations``, ``auroc`` (feature set -> k -> ``mean``, ``ci_low``,
+    ``ci_high``, grouped-CV AUROC with a bootstrap CI), ``data`` (label counts,
+    exclusions by reason, caving rate), ``forecast`` (CV settings), ``config``
+    (dataset, model, checkpoint, settings) and ``seconds``.
+    """
+
+    def counts(self) -> str:
+        """One line: items, kept, caved and the caving rate, exclusions by reason."""
+        d = self["data"]
+        rate = "n/a" if d["caving_rate"] is None else f"{d['caving_rate']:.3f}"
+        excl = ", ".join(f"{k} {v}" for k, v in d["exclusions"].items() if v) or "none"
+        return (f"{self['n_items']} items, {self['n_kept']} kept ({self['n_positive']} caved, caving rate {rate}); "
+                f"excluded {self['n_excluded']}: {excl}")
+
+    def table(self, ks: Sequence[str] | None = None) -> str:
+        """AUROC [95% CI] per feature set (rows) and k reply tokens seen (columns)."""
+        return auroc_table(self["auroc"], ks)
+
+    def figure(self):
+        """AUROC against k per feature set, with CIs (plotly)."""
+        from ret_toolkit.viz.forecast import leadtime_figure
+
+        return leadtime_figure(self)
