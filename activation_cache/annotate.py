@@ -16,7 +16,7 @@ import numpy as np
 
 from activation_cache import schema
 from activation_cache.errors import InputError
-from activation_cache.writer import StoreLock
+from activation_cache.lock import StoreLock
 
 __all__ = ["add_meta"]
 

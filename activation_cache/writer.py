@@ -9,7 +9,6 @@ resumes after the last committed sequence and overwrites the half-written tail.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from activation_cache import schema
 from activation_cache._version import __version__
 from activation_cache.errors import InputError, option
 from activation_cache.h5clear import clear_status_flags
+from activation_cache.lock import StoreLock
 from activation_cache.outputs import differing_keys
 
 
@@ -376,48 +376,6 @@ class StoreWriter:
                 raise
 
 
-class StoreLock:
-    """Exclusive advisory lock on ``<path>.lock``: one writer per store.
-
-    A SWMR writer holds no exclusive HDF5 lock, and resuming clears the flags a
-    crashed writer left, so without this a second copy of the same command
-    would append to a store that is still being written. The kernel releases
-    the lock when the process dies, so a crash never leaves a stale lock (the
-    empty file it leaves is harmless); a clean exit removes the file.
-    """
-
-    def __init__(self, path: Path):
-        self.path = path.with_name(path.name + ".lock")
-        for _ in range(10):
-            f = open(self.path, "a")
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                f.close()
-                raise InputError(f"{path} is being written by another process (lock {self.path.name} is held)") from None
-            # Another writer may have removed the file between our open and flock: then
-            # our lock is on an orphaned inode and a third process could lock a new one.
-            try:
-                same = os.stat(self.path).st_ino == os.fstat(f.fileno()).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                self._f = f
-                return
-            f.close()
-        raise InputError(f"cannot take the lock {self.path} (it keeps being replaced)")
-
-    def close(self) -> None:
-        if self._f is None:
-            return
-        try:
-            self.path.unlink()  # while still holding it, so no one locks the file we remove
-        except FileNotFoundError:
-            pass
-        self._f.close()
-        self._f = None
-
-
 def _trim(f: h5py.File, n_seq: int, n_tok: int) -> None:
     def visit(name: str, obj: Any) -> None:
         if not isinstance(obj, h5py.Dataset) or name == "tokenizer":
@@ -429,4 +387,4 @@ def _trim(f: h5py.File, n_seq: int, n_tok: int) -> None:
     f.visititems(visit)
 
 
-__all__ = ["Batch", "StoreLock", "StoreSpec", "StoreWriteError", "StoreWriter"]
+__all__ = ["Batch", "StoreSpec", "StoreWriteError", "StoreWriter"]

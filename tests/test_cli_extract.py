@@ -13,7 +13,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from ret_toolkit.cli.extract import main
 from activation_cache.extraction import ExtractConfig, extract
@@ -26,15 +25,7 @@ RET_EXTRACT = str(Path(sys.executable).with_name("ret-extract"))
 LINES = [f"Question {i}: what is {i} + {3 * i}? Let me think step by step." for i in range(40)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run thousands of microsecond ops: with 2 intra-op threads on a busy
-    2-core machine, thread hand-offs make them 5-40x slower. One thread is fast and
-    deterministic (subprocesses get OMP_NUM_THREADS=1 for the same reason)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

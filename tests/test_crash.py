@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from activation_cache.errors import InputError
 from activation_cache.batching import plan_windows
@@ -25,15 +24,7 @@ RET_EXTRACT = str(Path(sys.executable).with_name("ret-extract"))
 N_PROMPTS = 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run thousands of microsecond ops: with 2 intra-op threads on a busy
-    2-core machine, thread hand-offs make them 5-40x slower. One thread is fast and
-    deterministic (subprocesses get OMP_NUM_THREADS=1 for the same reason)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _wait_for_commit(out: Path, proc: subprocess.Popen, timeout: float = 240.0) -> int:

@@ -32,15 +32,7 @@ PROMPTS = [
 TOL = dict(rtol=4e-3, atol=4e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run thousands of microsecond ops: with 2 intra-op threads on a busy
-    2-core machine, thread hand-offs make them 5-40x slower. One thread is fast and
-    deterministic (subprocesses get OMP_NUM_THREADS=1 for the same reason)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from ret_toolkit.macro.evaluate import (
 )
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---------------------------------------------------------------- grouping statistics

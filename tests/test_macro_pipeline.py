@@ -29,7 +29,7 @@ BIN = Path(sys.executable).parent
 METHODS = ("ret", "kmeans_raw", "kmeans_pca", "kmeans_window")
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

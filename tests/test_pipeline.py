@@ -22,9 +22,7 @@ LENGTHS = [int(x) for x in RNG.integers(3, 60, size=97)]
 MIXED = [" ".join(["word"] * int(n)) for n in RNG.integers(1, 40, size=30)]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(single_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

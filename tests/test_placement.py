@@ -25,9 +25,7 @@ HAND_MAP = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.
             "model.rotary_emb": "cpu", "lm_head": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(single_thread):
-    yield
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from ret_toolkit.tasks import write_prompts_jsonl
 BIN = Path(sys.executable).parent
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_loss_mask_covers_the_answer_for_paths_and_everything_for_grammar():

@@ -17,7 +17,7 @@ D = 32
 W, K = 8, 4
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def trainer(**kw) -> L.Trainer:

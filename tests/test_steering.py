@@ -12,7 +12,7 @@ from ret_toolkit.steering import SteeringVector, from_contrast, from_groups, nns
 from file_checks import file_digests
 from tiny_models import make_tiny_model
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ARCHS4 = ("llama", "gpt2", "qwen2", "gpt_neox")
 PROMPTS = ["The quick brown fox", "What is 2 + 3? 2 + 3 ="]  # different lengths: left padding

@@ -23,7 +23,7 @@ from ret_toolkit.steering.sweep_result import SweepPoint, SweepResult, score_poi
 from file_checks import file_digests, one_error_line
 from tiny_models import make_tiny_model, save_tiny_model
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog.", "What is 2 + 3?", "Hi"]  # "Hi": shorter than the window
 D = 32  # tiny llama width
@@ -183,7 +183,7 @@ def test_score_point_pools_tokens_and_best_point_respects_the_fluency_budget():
     assert record["best_alpha"] == 0.2 and record["share_gain"] == pytest.approx(0.2)
     assert SweepResult.from_json(record) == result
     rows = result.table().splitlines()
-    assert len(rows) == 2 + len(pts) and rows[3].split()[:2] == ["0.2", "0.300"] and rows[3].split()[-2] == "*"
+    assert len(rows) == 2 + len(pts) and rows[4].split()[:2] == ["0.2", "0.300"] and rows[4].split()[-2] == "*"
 
 
 def test_reread_matches_unpadded_single_forwards(tiny):
@@ -236,14 +236,13 @@ def test_sweep_baseline_is_the_plain_model_and_steering_moves_the_text(tiny):
 
 
 @pytest.fixture(scope="module")
-def ret_dir(tmp_path_factory):
+def ret_dir(tmp_path_factory, one_torch_thread):
     """A tiny-llama model dir, a store of it, and a ret-macro-style directory (ckpt + macrostates)."""
     from activation_cache.extraction import ExtractConfig, extract
     from activation_cache.models import load_model
     from activation_cache.reader import open_store
     from ret_toolkit.macro.assign import assign_groups, encode_store
 
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("steer_cli")
     model_dir = save_tiny_model("llama", root / "tiny-llama")
     loaded = load_model(str(model_dir))

@@ -13,7 +13,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 
 from activation_cache import __version__, schema
 from activation_cache.errors import InputError, cli_words
@@ -26,15 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models run thousands of microsecond ops: with 2 intra-op threads on a busy
-    2-core machine, thread hand-offs make them 5-40x slower. One thread is fast and
-    deterministic (subprocesses get OMP_NUM_THREADS=1 for the same reason)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------- helpers

@@ -36,7 +36,7 @@ from tiny_models import save_tiny_model
 from torchrun_trace import patch_labeller
 from torchrun_trace import stub_first as _stub_first
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 LAYER = "1"
 

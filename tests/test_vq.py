@@ -34,7 +34,7 @@ from tiny_models import save_tiny_model
 BIN = Path(sys.executable).parent
 
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- codebook ----

@@ -1,7 +1,7 @@
 """Rebuild the built-in prompt sets ``reasoning.jsonl`` and ``chat.jsonl``.
 
 All prompts are written for this project (templates and hand-written lists
-below); numbers come from a seeded ``random.Random`` so the output is
+below, the factual questions in ``facts.tsv``); numbers come from a seeded ``random.Random`` so the output is
 byte-for-byte identical on every run::
 
     python activation_cache/prompt_sets/make_reasoning.py          # rewrite
@@ -151,50 +151,8 @@ def unit_conversions(rng: random.Random) -> list[dict]:
     return s.records
 
 
-FACTS = [
-    ("What is the capital of France?", "Paris"),
-    ("What is the capital of Japan?", "Tokyo"),
-    ("What is the capital of Italy?", "Rome"),
-    ("What is the capital of Egypt?", "Cairo"),
-    ("What is the capital of Canada?", "Ottawa"),
-    ("What is the capital of Spain?", "Madrid"),
-    ("What is the capital of Germany?", "Berlin"),
-    ("What is the capital of Kenya?", "Nairobi"),
-    ("What is the capital of Australia?", "Canberra"),
-    ("What is the capital of Russia?", "Moscow"),
-    ("What is the capital of China?", "Beijing"),
-    ("What is the capital of the United Kingdom?", "London"),
-    ("What is the capital of Greece?", "Athens"),
-    ("What is the capital of Norway?", "Oslo"),
-    ("What is the capital of Peru?", "Lima"),
-    ("What is the capital of South Korea?", "Seoul"),
-    ("Which planet is closest to the Sun?", "Mercury"),
-    ("What is the largest planet in our solar system?", "Jupiter"),
-    ("How many planets are in our solar system?", "8"),
-    ("Which planet is known as the Red Planet?", "Mars"),
-    ("What gas do plants take in from the air to make food?", "carbon dioxide"),
-    ("What is the chemical formula of water?", "H2O"),
-    ("What is the chemical symbol for gold?", "Au"),
-    ("At what temperature in degrees Celsius does water boil at sea level?", "100"),
-    ("At what temperature in degrees Celsius does water freeze?", "0"),
-    ("How many legs does a spider have?", "8"),
-    ("How many legs does an insect have?", "6"),
-    ("Which organ pumps blood through the human body?", "the heart"),
-    ("What force pulls objects toward the ground?", "gravity"),
-    ("What do bees make from flower nectar?", "honey"),
-    ("What is the largest ocean on Earth?", "the Pacific Ocean"),
-    ("How many continents are there on Earth?", "7"),
-    ("What language is mainly spoken in Brazil?", "Portuguese"),
-    ("How many days are in a week?", "7"),
-    ("How many months are in a year?", "12"),
-    ("Which month comes after March?", "April"),
-    ("What color do you get when you mix blue and yellow?", "green"),
-    ("How many sides does a triangle have?", "3"),
-    ("How many wheels does a bicycle have?", "2"),
-    ("What do you call a baby cat?", "a kitten"),
-    ("What is the tallest animal in the world?", "the giraffe"),
-    ("What is the opposite of hot?", "cold"),
-]
+# question <TAB> answer, one a line
+FACTS = [tuple(line.split("\t")) for line in (HERE / "facts.tsv").read_text(encoding="utf-8").splitlines()]
 
 
 def factual() -> list[dict]:
