@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
 from ret_toolkit.info import mutual_information, permutation_test  # noqa: E402
-from ret_toolkit.vq import (  # noqa: E402  # noqa: E402
+from ret_toolkit.vq import (  # noqa: E402
     VALIDATION_SOURCES,
     RandomEmbedding,
     SymbolSource,

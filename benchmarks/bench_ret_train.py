@@ -26,7 +26,7 @@ import lightning.pytorch as pl  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from activation_cache import (  # noqa: E402  # noqa: E402
+from activation_cache import (  # noqa: E402
     ChunkShuffleSampler,
     ExtractConfig,
     TokenWindows,

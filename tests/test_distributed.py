@@ -110,8 +110,8 @@ def _wait_for_a_commit(path: Path, proc: subprocess.Popen, timeout: float = 240)
     raise AssertionError("no commit in time")
 
 
-def test_torchrun_two_ranks_kill_one_relaunch_resumes_and_equals_one_process(setup, tmp_path, single_thread):
-    # single_thread: the reference runs with one thread, as each torchrun rank does (OMP_NUM_THREADS=1)
+def test_torchrun_two_ranks_kill_one_relaunch_resumes_and_equals_one_process(setup, tmp_path, one_torch_thread):
+    # one_torch_thread: the reference runs with one thread, as each torchrun rank does (OMP_NUM_THREADS=1)
     root, model, prompts = setup
     out = tmp_path / "dist.h5"
     proc = subprocess.Popen(_cmd(model, prompts, out, 2), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -422,6 +422,26 @@ def test_reader_needs_centroids_and_block_layers():
         MacrostateReader(embed)
 
 
+def test_plain_generation_under_several_ranks_is_refused(ret_dir, capsys, monkeypatch):
+    for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2",
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29999"}.items():
+        monkeypatch.setenv(k, v)
+    rc, out, err = _steer(capsys, "--ret", ret_dir["ret"], "--group", "1", "--model", ret_dir["model"],
+                          "--prompt", "hi")
+    assert rc == 2 and out == ""
+    assert "under torchrun (2 ranks) ret-steer shards an α sweep (--sweep) only" in one_error_line(err, "ret-steer")
+
+
+def test_generate_without_a_tokenizer_is_refused(ret_dir):
+    from transformers import AutoModelForCausalLM
+
+    from ret_toolkit.steering import generate
+
+    model = AutoModelForCausalLM.from_pretrained(ret_dir["model"])
+    with pytest.raises(InputError, match="generate needs a LoadedModel"):
+        generate(model, ["hi"])
+
+
 def test_torchrun_sweep_equals_one_process(ret_dir, tmp_path, capsys):
     """2 gloo ranks split the prompts in whole batches; rank 0 writes the sweep one process writes."""
     m, ret = ret_dir["model"], ret_dir["ret"]

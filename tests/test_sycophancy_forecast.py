@@ -476,6 +476,15 @@ def test_cli_checkpoint_of_another_model(tiny, tmp_path, capsys):
     assert "trained on 'other-model'" in line
 
 
+def test_cli_layer_that_selects_several_layers_is_refused_before_tracing(tiny, tmp_path, capsys):
+    out = tmp_path / "o"
+    line = _error_line(capsys, forecast_cmd.main(["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt",
+                                                  str(tiny["ckpt"]), "--out", str(out), "--n-items", "2",
+                                                  "--layer", "0-1"]))
+    assert "--layer '0-1' selects 2 layers; the raw baseline reads one" in line
+    assert not out.exists()
+
+
 def test_console_script_bad_dataset(tmp_path):
     """The installed ``ret-forecast``: one line on stderr, exit 2, no traceback."""
     import subprocess

@@ -90,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--alphas", default="0,0.1,0.2,0.3,0.5", help="α values of the sweep (0 is always added)")
     sw.add_argument("--out", help="output directory of the sweep (created)")
     sw.add_argument("--max-ppl-ratio", type=float, default=1.5, help="fluency budget for the best α (default 1.5)")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
     add_placement_arguments(p)
     return p
 
@@ -247,7 +248,7 @@ def _sweep(a, out, loaded, reader, vec, alphas, prompt_ids, rank) -> int:
 
     result = sweep(loaded, loaded.tokenizer, reader, vec, a.group, alphas, prompt_ids, positions=a.positions,
                    max_new_tokens=a.max_new_tokens, batch_size=a.batch_size, do_sample=a.sample, seed=a.seed,
-                   rank=rank, max_ppl_ratio=a.max_ppl_ratio)
+                   rank=rank, max_ppl_ratio=a.max_ppl_ratio, progress=not a.quiet)
     if rank is not None and rank.rank != 0:  # every rank has the whole result; rank 0 writes and reports it
         return 0
     with out:  # staged; both files are moved into --out when both are written

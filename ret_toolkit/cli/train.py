@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import warnings
 from functools import partial
+from importlib import import_module
 from typing import Sequence
 
 from lightning.pytorch.cli import LightningCLI
@@ -26,48 +27,48 @@ from ret_toolkit.cli.base import run_cli
 from ret_toolkit.training import trainer_defaults
 
 
-def _link_wired(parser, wired_arguments, keys) -> None:
-    """Link the model arguments that the data module decides, through the same function the Python API uses."""
-    for key in keys:
-        parser.link_arguments("data", f"model.{key}", compute_fn=partial(_wired_value, wired_arguments, key),
-                              apply_on="instantiate")
+#: family -> (module class, data-module class, the module that owns its wiring), as "module:name"
+FAMILIES = {
+    "macro": ("ret_toolkit.macro.module:RETModule", "ret_toolkit.macro.datamodule:TrajectoryDataModule",
+              "ret_toolkit.macro.train"),
+    "vq": ("ret_toolkit.vq.module:VQModule", "ret_toolkit.vq.datamodule:BlockDataModule", "ret_toolkit.vq.train"),
+    "task": ("ret_toolkit.planning.model:TaskLM", "ret_toolkit.planning.datamodule:TaskDataModule",
+             "ret_toolkit.planning.train"),
+}
+
+
+def _load(spec: str):
+    module, _, name = spec.partition(":")
+    mod = import_module(module)
+    return getattr(mod, name) if name else mod
+
+
+class WiredCLI(LightningCLI):
+    """LightningCLI whose model arguments that the data decides are linked through the family's ``wired_arguments``.
+
+    The same function wires the model in the Python API (``ret_toolkit.macro.train`` etc.),
+    so a YAML config and a notebook build the same model.
+    """
+
+    wiring = None  # the family's train module: wired_arguments(datamodule) and WIRED_KEYS
+
+    def add_arguments_to_parser(self, parser) -> None:
+        for key in self.wiring.WIRED_KEYS:
+            parser.link_arguments("data", f"model.{key}", apply_on="instantiate",
+                                  compute_fn=partial(_wired_value, self.wiring.wired_arguments, key))
 
 
 def _wired_value(wired_arguments, key, data):
     return wired_arguments(data)[key]
 
 
-class MacroCLI(LightningCLI):
-    """LightningCLI for RETModule + TrajectoryDataModule, wired by :func:`ret_toolkit.macro.train.wired_arguments`."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        from ret_toolkit.macro.train import WIRED_KEYS, wired_arguments
-
-        _link_wired(parser, wired_arguments, WIRED_KEYS)
-
-
-class VQCLI(LightningCLI):
-    """LightningCLI for VQModule + BlockDataModule, wired by :func:`ret_toolkit.vq.train.wired_arguments`."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        from ret_toolkit.vq.train import WIRED_KEYS, wired_arguments
-
-        _link_wired(parser, wired_arguments, WIRED_KEYS)
-
-
-class TaskCLI(LightningCLI):
-    """LightningCLI for TaskLM + TaskDataModule, wired by :func:`ret_toolkit.planning.train.wired_arguments`."""
-
-    def add_arguments_to_parser(self, parser) -> None:
-        from ret_toolkit.planning.train import WIRED_KEYS, wired_arguments
-
-        _link_wired(parser, wired_arguments, WIRED_KEYS)
-
-
-def _cli(cli_class, module, datamodule, family: str, args: Sequence[str], run: bool):
+def family_cli(family: str, args: Sequence[str], run: bool = True) -> LightningCLI:
+    """Build (and by default run) the ``ret-train <family>`` CLI on ``args`` (``fit ...``)."""
     from jsonargparse import ArgumentError
     from lightning.pytorch.callbacks import ModelCheckpoint
 
+    module, datamodule, wiring = (_load(spec) for spec in FAMILIES[family])
+    cli_class = type(f"{family.capitalize()}CLI", (WiredCLI,), {"wiring": wiring})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
         try:
@@ -81,28 +82,9 @@ def _cli(cli_class, module, datamodule, family: str, args: Sequence[str], run: b
             raise InputError(f"{' '.join(str(e).split())} (see --help)") from None
 
 
-def vq_cli(args: Sequence[str], run: bool = True) -> VQCLI:
-    """Build (and by default run) the ``ret-train vq`` CLI on ``args``."""
-    from ret_toolkit.vq.datamodule import BlockDataModule
-    from ret_toolkit.vq.module import VQModule
-
-    return _cli(VQCLI, VQModule, BlockDataModule, "vq", args, run)
-
-
-def task_cli(args: Sequence[str], run: bool = True) -> TaskCLI:
-    """Build (and by default run) the ``ret-train task`` CLI on ``args``."""
-    from ret_toolkit.planning.datamodule import TaskDataModule
-    from ret_toolkit.planning.model import TaskLM
-
-    return _cli(TaskCLI, TaskLM, TaskDataModule, "task", args, run)
-
-
-def macro_cli(args: Sequence[str], run: bool = True) -> MacroCLI:
-    """Build (and by default run) the ``ret-train macro`` CLI on ``args``."""
-    from ret_toolkit.macro.datamodule import TrajectoryDataModule
-    from ret_toolkit.macro.module import RETModule
-
-    return _cli(MacroCLI, RETModule, TrajectoryDataModule, "macro", args, run)
+macro_cli = partial(family_cli, "macro")
+vq_cli = partial(family_cli, "vq")
+task_cli = partial(family_cli, "task")
 
 
 def _report_checkpoint(name: str, cli: LightningCLI) -> None:

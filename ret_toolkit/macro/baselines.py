@@ -1,4 +1,4 @@
-"""Baseline groupings with the same K as RET, for the held-out evaluation (docs/architecture.md §3.1, issue 3 item 5).
+"""Baseline groupings with the same K as RET, for the held-out evaluation (docs/architecture.md §3.1).
 
 - ``kmeans_raw``: k-means on the standardised hidden state h_t itself;
 - ``kmeans_pca``: k-means on PCA_d(h_t), the linear macrovariable of the same size d as RET's z;

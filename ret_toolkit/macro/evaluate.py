@@ -1,4 +1,4 @@
-"""Held-out evaluation of macrostate groupings (docs/architecture.md §3.1, issue 3 item 5).
+"""Held-out evaluation of macrostate groupings (docs/architecture.md §3.1).
 
 Every input is per sequence: a list with one numpy array per held-out
 sequence, the arrays of one sequence sharing their length T_s:
@@ -328,7 +328,7 @@ def evaluate_groupings(
     hidden: int = 64,
     seed: int = 0,
 ) -> dict:
-    """RET versus the three baselines on held-out sequences: the metrics.json block of issue 3.
+    """RET versus the three baselines on held-out sequences: the held-out block of metrics.json.
 
     ret_groups_per_seq: (T_s,) RET group ids; ret_z_per_seq: (T_s, d) RET z;
     h_per_seq: (T_s, D) standardised hidden states; tokens_per_seq: (T_s,) token ids.

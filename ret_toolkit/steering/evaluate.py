@@ -154,7 +154,8 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
         vector: the steering vector(s) for ``target_group``.
         alphas: coefficients; 0 is added if missing (the baseline).
         prompt_ids: :func:`render_prompts` output.
-        progress: optional callable ``progress(point)`` after each α.
+        progress: ``True`` for a progress bar over the α values, or a callable
+            ``progress(point)`` called with each :class:`SweepPoint`.
         rank: under torchrun, this process's rank
             (:func:`activation_cache.distributed.detect_rank`): each rank generates and
             re-reads its whole batches of prompts, and every rank returns the result of
@@ -173,6 +174,13 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
     if not all(math.isfinite(a) for a in values):
         raise InputError(f"alphas must be finite, got {list(alphas)}")
     mine = list(prompt_ids)[batch_shard(len(prompt_ids), batch_size, rank)]
+    bar = None
+    if progress is True:  # one bar on the lead rank; a callable is the caller's own report
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(values), unit="α", desc=f"sweep toward group {target_group}", dynamic_ncols=True,
+                   disable=rank is not None and rank.rank != 0)
+        progress = None
     local = []  # per α: (per-prompt scores of this rank's prompts, its first continuation)
     for alpha in values:
         gen = generate_continuations(model, tokenizer, mine, vector, alpha, positions=positions,
@@ -182,6 +190,11 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
                       tokenizer.decode(gen[0]) if gen else None))
         if progress is not None and rank is None:
             progress(score_point(alpha, target_group, local[-1][0], reader.k, local[-1][1] or ""))
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(alpha=f"{alpha:g}")
+    if bar is not None:
+        bar.close()
     shards = all_gather(local, rank)
     points = []
     for i, alpha in enumerate(values):
