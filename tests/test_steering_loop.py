@@ -226,6 +226,10 @@ def test_sweep_baseline_is_the_plain_model_and_steering_moves_the_text(tiny):
     assert result.points[2].perplexity != pytest.approx(base.perplexity)
     assert result.vector == vec.manifest
     json.dumps(result.to_json())  # JSON-ready
+    for progress in (False, True, None):  # what ret-steer passes for --quiet / the default
+        again = sweep(model, tok, reader, vec, 1, [2.0, 1.0], prompt_ids, max_new_tokens=5, batch_size=2,
+                      progress=progress)
+        assert again.to_json() == result.to_json()
     with pytest.raises(InputError, match="target group 5 does not exist"):
         sweep(model, tok, reader, vec, 5, [1.0], prompt_ids)
     with pytest.raises(InputError, match="finite"):

@@ -180,6 +180,7 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
 
         bar = tqdm(total=len(values), unit="α", desc=f"sweep toward group {target_group}", dynamic_ncols=True,
                    disable=rank is not None and rank.rank != 0)
+    if not callable(progress):  # True (drawn above), False or None: no callback
         progress = None
     local = []  # per α: (per-prompt scores of this rank's prompts, its first continuation)
     for alpha in values:
