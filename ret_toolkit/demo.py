@@ -55,12 +55,13 @@ def demo_prompts(n: int) -> list[Prompt]:
     return [prompts[int(i * step)] for i in range(min(n, len(prompts)))]
 
 
-def run_demo(out: str | Path, quick: bool = False, model: str | None = None, settings: DemoSettings | None = None,
+def run_demo(out: str | Path, quick: bool = False, model_spec: str | None = None, settings: DemoSettings | None = None,
              progress: bool = True, overwrite: bool = False, *, device: str | None = "auto",
              model_dtype: str | None = "auto", device_map: str | dict | None = None) -> dict:
     """Run the whole pipeline into ``out``; returns the metrics dict.
 
-    ``device``, ``model_dtype`` and ``device_map`` place the model as
+    ``model_spec`` names the model (a hub id or local path; None: the embedded
+    SmolLM2). ``device``, ``model_dtype`` and ``device_map`` place the model as
     :func:`~activation_cache.models.load_model` does; RET trains on
     Lightning's ``auto`` accelerator.
 
@@ -75,15 +76,15 @@ def run_demo(out: str | Path, quick: bool = False, model: str | None = None, set
 
     s = settings or (DemoSettings.quick() if quick else DemoSettings())
     out = Path(out)
-    od = OutputDir(out, "ret-demo", {**asdict(s), "model": model, "model_dtype": model_dtype}, files=DEMO_FILES,
+    od = OutputDir(out, "ret-demo", {**asdict(s), "model": model_spec, "model_dtype": model_dtype}, files=DEMO_FILES,
                    overwrite=overwrite)
     t0 = time.perf_counter()
 
     log.info("1/4 extract: %d prompts, generate %d tokens each", s.n_prompts, s.generate)
-    loaded = load_model(model, device=device, dtype=model_dtype, device_map=device_map)
+    loaded = load_model(model_spec, device=device, dtype=model_dtype, device_map=device_map)
     layer = layer_spec(parse_layers(s.layer, loaded.arch.n_layers, sort=False))
     store = out / "trajectories.h5"
-    cfg = ExtractConfig(prompts=demo_prompts(s.n_prompts), out=str(store), model=model, layers=layer,
+    cfg = ExtractConfig(prompts=demo_prompts(s.n_prompts), out=str(store), model=model_spec, layers=layer,
                         generate=s.generate, batch_size=s.batch_size, chat=True, overwrite=overwrite)
     runs = out / "runs"
     with od:

@@ -116,6 +116,9 @@ def test_python_train_matches_ret_train_and_keeps_provenance(stores, tmp_path):
     m = load_ret(run.checkpoint)
     assert (m.hparams.source_layers, m.hparams.window, m.hparams.max_horizon) == ("1", 4, 2)
     assert m.hparams.source_model == cli.model.hparams.source_model
+    from ret_toolkit.macro.train import WIRED_KEYS, wired_arguments
+
+    assert sorted(wired_arguments(cli.datamodule)) == sorted(WIRED_KEYS)  # what ret-train links is what train() wires
     with pytest.raises(InputError, match="window of the RET encoder come from the data module"):
         train([stores["llama"]], layers="1", model={"window": 3}, max_epochs=1, root_dir=tmp_path / "bad")
 
@@ -185,7 +188,7 @@ def test_ret_demo_with_other_settings_is_refused_before_writing(stores, tmp_path
     model = str(stores["llama"].parent / "llama")
     out = tmp_path / "demo"
     small = DemoSettings(n_prompts=8, generate=4, epochs=1, batch_size=4, k=2, layer="middle")
-    metrics = run_demo(out, model=model, settings=small, progress=False)
+    metrics = run_demo(out, model_spec=model, settings=small, progress=False)
     assert metrics["k"] == 2 and (out / "report.html").is_file() and (out / "trajectories.h5").is_file()
     assert not list(out.rglob("*.lock")) and not list(out.glob(".staging-*"))
     capsys.readouterr()

@@ -217,6 +217,9 @@ def test_ret_train_vq_checkpoint_codes_and_reproducibility(stores, tmp_path, cap
     for p, q in zip(cli.model.parameters(), run.module.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert load_vq(run.checkpoint).hparams.block_info == m.hparams.block_info
+    from ret_toolkit.vq.train import WIRED_KEYS, wired_arguments
+
+    assert sorted(wired_arguments(cli.datamodule)) == sorted(WIRED_KEYS)  # what ret-train links is what train() wires
     with pytest.raises(InputError, match="seed of the VQ model come from the data module"):
         vq_train([stores["gpt2"]], model={"seed": 3}, max_epochs=1, root_dir=tmp_path / "c")
 

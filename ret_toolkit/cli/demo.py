@@ -25,7 +25,7 @@ def _run(argv: Sequence[str]) -> int:
 
     a = parser().parse_args(argv)
     out = a.out or ("demo_quick" if a.quick else "demo_out")
-    m = run_demo(out, quick=a.quick, model=a.model, progress=not a.quiet, overwrite=a.overwrite,
+    m = run_demo(out, quick=a.quick, model_spec=a.model, progress=not a.quiet, overwrite=a.overwrite,
                  device=a.device, model_dtype=a.model_dtype, device_map=a.device_map)
     print(format_metrics(m))
     return 0

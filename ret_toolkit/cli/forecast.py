@@ -87,7 +87,7 @@ def _run(argv: Sequence[str]) -> int:
     items = load_dataset(a.dataset, seed=a.seed)
     from activation_cache.ranks import detect_rank
 
-    r = run_forecast(items, a.out, a.macro_ckpt, model=a.model, settings=s, progress=not a.quiet, dataset_name=a.dataset,
+    r = run_forecast(items, a.out, a.macro_ckpt, model_spec=a.model, settings=s, progress=not a.quiet, dataset_name=a.dataset,
                      device=a.device, model_dtype=a.model_dtype, device_map=a.device_map, rank=detect_rank())
     if r is None:  # a torchrun rank other than 0: rank 0 reports
         return 0

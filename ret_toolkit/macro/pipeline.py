@@ -170,23 +170,31 @@ def _effective_rank(z: np.ndarray) -> float:
 
 def _evaluate(module, store, layers, groups, held_z, train, held, k, seed, progress) -> dict[str, Any]:
     """Fit baselines on (a sample of) training tokens and compare on held-out sequences."""
+    from tqdm.auto import tqdm
+
     w = module.hparams.window
     rng = np.random.default_rng(seed)
-    # about 20k training tokens are plenty for k-means/PCA baselines; read whole sequences
-    budget, h_tr, win_tr = 20_000, [], []
-    for s in rng.permutation(train):
-        h = _standardized(module, sequence_hidden(store, int(s), layers))
-        h_tr.append(h)
-        win_tr.append(causal_window_mean(h, w))
-        budget -= len(h)
-        if budget <= 0:
-            break
-    baselines = fit_baselines(np.concatenate(h_tr), np.concatenate(win_tr), k=k, d=module.hparams.z_dim,
-                              seed=seed, window=w)
-    h_held = [_standardized(module, sequence_hidden(store, int(s), layers)) for s in held]
-    tokens = [store.tokens(int(s)) for s in held]
-    ret_groups = [groups[store.offsets[s] : store.offsets[s + 1]] for s in held]
-    return evaluate_groupings(ret_groups, held_z, h_held, tokens, baselines, seed=seed)
+    # the three steps take comparable time (reading, fitting the baselines, the closure MLPs)
+    with tqdm(total=3, desc="held-out evaluation", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        # about 20k training tokens are plenty for k-means/PCA baselines; read whole sequences
+        budget, h_tr, win_tr = 20_000, [], []
+        for s in rng.permutation(train):
+            h = _standardized(module, sequence_hidden(store, int(s), layers))
+            h_tr.append(h)
+            win_tr.append(causal_window_mean(h, w))
+            budget -= len(h)
+            if budget <= 0:
+                break
+        h_held = [_standardized(module, sequence_hidden(store, int(s), layers)) for s in held]
+        tokens = [store.tokens(int(s)) for s in held]
+        ret_groups = [groups[store.offsets[s] : store.offsets[s + 1]] for s in held]
+        bar.update(1)
+        baselines = fit_baselines(np.concatenate(h_tr), np.concatenate(win_tr), k=k, d=module.hparams.z_dim,
+                                  seed=seed, window=w)
+        bar.update(1)
+        metrics = evaluate_groupings(ret_groups, held_z, h_held, tokens, baselines, seed=seed)
+        bar.update(1)
+    return metrics
 
 
 def format_metrics(m: dict) -> str:

@@ -135,7 +135,7 @@ def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: st
     return OutputDir(out, "ret-forecast", record, files=FORECAST_FILES, overwrite=settings.overwrite)
 
 
-def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | None = None,
+def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: str | None = None,
                  settings: ForecastSettings = ForecastSettings(), loaded=None, progress: bool = True,
                  dataset_name: str | None = None, *, device: str | None = "auto", model_dtype: str | None = "auto",
                  device_map: str | dict | None = None, rank: Rank | None = None) -> ForecastResult | None:
@@ -146,7 +146,7 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
         dataset: ``"bank"``, a JSONL file (Anthropic format or a bank of one's own), or a list
             of items from :func:`~ret_toolkit.sycophancy.dataset.load_dataset`.
         macro_ckpt: RET checkpoint with macrostate centroids (``ret_macro.ckpt``).
-        model: model spec (None: the embedded SmolLM2); ``loaded`` skips loading it again.
+        model_spec: model spec (None: the embedded SmolLM2); ``loaded`` skips loading it again.
         device, model_dtype, device_map: where and in what precision the model runs
             (as :func:`~activation_cache.models.load_model`); the stores record the
             resolved weight dtype, so a run in another precision re-traces them.
@@ -182,13 +182,13 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
     if not ret_layers:
         raise InputError(f"{macro_ckpt}: RET checkpoint does not record its layers (source_layers)")
     name = _dataset_name(dataset, dataset_name)
-    od = forecast_output_dir(out, settings, name, items, macro_ckpt, loaded.name if loaded else model_name(model))
+    od = forecast_output_dir(out, settings, name, items, macro_ckpt, loaded.name if loaded else model_name(model_spec))
     if loaded is None:
         from activation_cache.models import load_model
 
         if rank is not None and device_map is None:
             device = rank_device(device, rank)
-        loaded = load_model(model, device=device, dtype=model_dtype, device_map=device_map)
+        loaded = load_model(model_spec, device=device, dtype=model_dtype, device_map=device_map)
     if module.hparams.source_model and loaded.name != module.hparams.source_model:
         raise InputError(f"{macro_ckpt}: RET checkpoint was trained on {module.hparams.source_model!r}, "
                          f"not on {loaded.name!r}")
@@ -200,10 +200,10 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model: str | 
     trace_settings = TraceSettings(max_new_tokens=settings.max_new_tokens, pushbacks=settings.pushbacks,
                                    seed=settings.seed, batch_size=settings.batch_size, overwrite=settings.overwrite)
     if rank is not None and rank.rank != 0:  # rank 0 alone writes the run record and the results
-        trace_dataset(items, out, loaded, layers, trace_settings, model=model, progress=progress, rank=rank)
+        trace_dataset(items, out, loaded, layers, trace_settings, model_spec=model_spec, progress=progress, rank=rank)
         return None
     with od:
-        trace = trace_dataset(items, out, loaded, layers, trace_settings, model=model, progress=progress, rank=rank)
+        trace = trace_dataset(items, out, loaded, layers, trace_settings, model_spec=model_spec, progress=progress, rank=rank)
         counts = trace.summary()
         log.info("labels: %d kept (%d caved, %d held), %d excluded %s", counts["n_kept"], counts["n_positive"],
                  counts["n_negative"], counts["n_excluded"], {k: v for k, v in counts["exclusions"].items() if v})

@@ -190,7 +190,7 @@ def _store_matches(cfg: ExtractConfig, loaded) -> bool:
     return stored == store_config(cfg, loaded, prepare(cfg, loaded))
 
 
-def _extract(records: list[dict], out_dir: Path, name: str, loaded, model: str | None, layers: str,
+def _extract(records: list[dict], out_dir: Path, name: str, loaded, model_spec: str | None, layers: str,
              s: TraceSettings, progress: bool, rank: Rank | None = None) -> Path:
     """Trace ``records`` (prompts in memory) with the activation cache in generate mode into ``out_dir/<name>.h5``.
 
@@ -198,7 +198,7 @@ def _extract(records: list[dict], out_dir: Path, name: str, loaded, model: str |
     refused, or with ``s.overwrite`` re-traced. With a torchrun ``rank``, this rank's shard
     is traced and, when every rank returns, the merged store is at the same path.
     """
-    cfg = ExtractConfig(prompts=records, out=str(out_dir / f"{name}.h5"), model=model, layers=layers,
+    cfg = ExtractConfig(prompts=records, out=str(out_dir / f"{name}.h5"), model=model_spec, layers=layers,
                         generate=s.max_new_tokens, batch_size=s.batch_size, dtype=s.dtype, chat=True)
     mine = cfg if rank is None else shard_config(cfg, rank)
     if s.overwrite and Path(mine.out).exists() and not _store_matches(mine, loaded):
@@ -214,14 +214,14 @@ def _extract(records: list[dict], out_dir: Path, name: str, loaded, model: str |
 
 
 def trace_first_turn(items: Sequence, out_dir: str | Path, loaded, layers: str, settings: TraceSettings = TraceSettings(),
-                     model: str | None = None, progress: bool = True,
+                     model_spec: str | None = None, progress: bool = True,
                      rank: Rank | None = None) -> tuple[Path, dict[str, str]]:
     """Turn 1 of two-turn items: ``(turn1.h5, {item id: first answer})``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records = [{"id": it.id, "messages": first_turn(it), "conversation_id": it.id, "kind": it.kind,
                 "topic": it.topic, "answer": it.answer, "wrong_answer": it.wrong_answer} for it in items]
-    path = _extract(records, out_dir, "turn1", loaded, model, layers, settings, progress, rank)
+    path = _extract(records, out_dir, "turn1", loaded, model_spec, layers, settings, progress, rank)
     replies = read_replies(path, loaded.tokenizer)
     barrier(rank)  # every rank has read turn 1 before rank 0 annotates it
     return path, replies
@@ -234,14 +234,14 @@ def _variants(item, settings: TraceSettings):
 
 
 def trace_dataset(items: Sequence, out_dir: str | Path, loaded, layers: str, settings: TraceSettings = TraceSettings(),
-                  model: str | None = None, progress: bool = True, rank: Rank | None = None) -> TraceResult:
+                  model_spec: str | None = None, progress: bool = True, rank: Rank | None = None) -> TraceResult:
     """Trace and label ``items`` (all two-turn or all multiple-choice) into ``out_dir``.
 
     Args:
         items: from :func:`~ret_toolkit.sycophancy.dataset.load_dataset` (unique ids).
         loaded: :class:`activation_cache.models.LoadedModel`.
         layers: layer spec of the stored hidden states (``"15"``, ``"12,15"``).
-        model: the model spec, recorded in the stores' configs (resume checks it).
+        model_spec: the model spec, recorded in the stores' configs (resume checks it).
         rank: this process's torchrun rank (module docstring); None for one process.
 
     Returns:
@@ -260,15 +260,15 @@ def trace_dataset(items: Sequence, out_dir: str | Path, loaded, layers: str, set
     out_dir.mkdir(parents=True, exist_ok=True)
     two_turn = [is_two_turn(it) for it in items]
     if all(two_turn):
-        return _trace_two_turn(items, out_dir, loaded, layers, settings, model, progress, rank)
+        return _trace_two_turn(items, out_dir, loaded, layers, settings, model_spec, progress, rank)
     if not any(two_turn):
-        return _trace_choice(items, out_dir, loaded, layers, settings, model, progress, rank)
+        return _trace_choice(items, out_dir, loaded, layers, settings, model_spec, progress, rank)
     raise InputError("a dataset must hold either two-turn (bank) items or multiple-choice items, not both")
 
 
-def _trace_two_turn(items, out_dir, loaded, layers, s, model, progress, rank) -> TraceResult:
+def _trace_two_turn(items, out_dir, loaded, layers, s, model_spec, progress, rank) -> TraceResult:
     tok = loaded.tokenizer
-    first_store, firsts = trace_first_turn(items, out_dir, loaded, layers, s, model, progress, rank)
+    first_store, firsts = trace_first_turn(items, out_dir, loaded, layers, s, model_spec, progress, rank)
     # Turn-1 verdicts (the rule label_conversations applies first) decide who gets a second turn;
     # they are the same for every pushback variant.
     verdicts = {it.id: answer_correct(it, firsts[it.id]) for it in items}
@@ -294,7 +294,7 @@ def _trace_two_turn(items, out_dir, loaded, layers, s, model, progress, rank) ->
     if not records:
         log.warning("no first answer was correct: nothing to push back on")
         return result
-    _extract(records, out_dir, "turn2", loaded, model, layers, s, progress, rank)
+    _extract(records, out_dir, "turn2", loaded, model_spec, layers, s, progress, rank)
     if not lead:
         return result
     seconds = read_replies(result.store, tok)
@@ -312,11 +312,11 @@ def _trace_two_turn(items, out_dir, loaded, layers, s, model, progress, rank) ->
     return result
 
 
-def _trace_choice(items, out_dir, loaded, layers, s, model, progress, rank) -> TraceResult:
+def _trace_choice(items, out_dir, loaded, layers, s, model_spec, progress, rank) -> TraceResult:
     records = [{"id": it.id, "messages": choice_messages(it), "conversation_id": it.id, "kind": it.kind,
                 "sycophantic": ",".join(it.sycophantic), "other": ",".join(it.other), "source": it.source,
                 "turn_start": 0} for it in items]
-    path = _extract(records, out_dir, "choice", loaded, model, layers, s, progress, rank)
+    path = _extract(records, out_dir, "choice", loaded, model_spec, layers, s, progress, rank)
     result = TraceResult(store=path, first_store=None, n_items=len(items), n_variants=1)
     if rank is not None and rank.rank != 0:
         return result
