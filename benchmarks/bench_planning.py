@@ -7,8 +7,11 @@ In one run, for each task (grammar; path-finding short, 4 nodes per path; option
      bootstrap CI and its permutation-null level;
   3. baseline in the same run: the same analyses on an *untrained* model of the
      same shape (what the probes report when there is no plan to find).
-Prints the horizon curves side by side, the branch ratios (trained vs untrained)
-and ends with `pathfinding_branch_ratio: <value>` (short paths, trained model).
+Prints the horizon curves side by side (with the MI given the tokens read and
+predicted, which removes copying), the paired branch test (drift-corrected
+MI(prefix; unused) - MI(prefix; decoy) with its CI and paired-permutation p,
+trained vs untrained) and ends with `pathfinding_branch_mi_diff: <value>`
+(short paths, trained model; nan when too few answers for the test).
 
     .venv/bin/python benchmarks/bench_planning.py [--long] [--mtp-heads 2] [--models '{"pathfinding4": DIR}']
 Writes benchmarks/results/bench_planning.json and the figures to benchmarks/results/planning.html.
@@ -97,28 +100,35 @@ def main() -> None:
             baselines[key] = b["branch"]
         print(f"  accuracy {r['accuracy']['accuracy']:.3f}, analyses {r['seconds']:.0f} s", flush=True)
 
-    print("\nhorizon nMI [95% CI] / MI vs its permutation-null mean, bits")
+    print("\nhorizon nMI [95% CI] / MI vs its permutation-null mean / MI given the tokens read and predicted (null), bits")
     for r in results:
         name = r["task"] if r["task"] == "grammar" else f"path-finding {r['path_nodes']}"
         cells = "  ".join(f"τ{c['tau']}: {c['nmi']:.3f} [{c['nmi_ci_low']:.3f},{c['nmi_ci_high']:.3f}] / "
-                          f"{c['mi']:.3f} vs {c['null_mean']:.3f}" for c in r["horizon"]["curve"])
+                          f"{c['mi']:.3f} vs {c['null_mean']:.3f} / {c['given_tokens']['cmi']:.3f} "
+                          f"({c['given_tokens']['null_mean']:.3f})" for c in r["horizon"]["curve"])
         print(f"  {name:<16} acc {r['accuracy']['accuracy']:.3f}  {cells}")
-    ratio_short = float("nan")
-    print("\nbranch ratio MI(prefix; unused correct path) / MI(prefix; decoy) [95% CI]")
+    diff_short = float("nan")
+    print("\nbranch awareness: MI(prefix; unused correct path) - MI(prefix; decoy), drift-corrected [95% CI], paired p")
     for r in results:
         if r["task"] != "pathfinding":
             continue
         key = f"pathfinding{r['path_nodes']}"
-        b, u = r["branch"], baselines[key]
-        print(f"  {key}: trained {b['ratio']:.2f} [{b['ratio_ci_low']:.2f}, {b['ratio_ci_high']:.2f}] (n={b['n']}), "
-              f"untrained {u['ratio']:.2f} [{u['ratio_ci_low']:.2f}, {u['ratio_ci_high']:.2f}] (n={u['n']})")
-        if r["path_nodes"] == 4:
-            ratio_short = b["ratio"]
+        for name, b in (("trained", r["branch"]), ("untrained", baselines[key])):
+            p = b["paired"]
+            if p is None:
+                print(f"  {key} {name}: not tested ({b['note']})")
+                continue
+            ratio = "n/a" if p["ratio"] is None else f"{p['ratio']:.2f}"
+            print(f"  {key} {name}: {p['difference']:+.4f} [{p['ci_low']:+.4f}, {p['ci_high']:+.4f}] p={p['p_value']:.3g} "
+                  f"(n={p['n']}; unused {p['mi_unused']:.3f} vs floor {p['null_unused']:.3f}, "
+                  f"decoy {p['mi_decoy']:.3f} vs {p['null_decoy']:.3f}; ratio {ratio})")
+            if name == "trained" and r["path_nodes"] == 4:
+                diff_short = p["difference"]
     grammar = next(r for r in results if r["task"] == "grammar")["horizon"]["curve"]
     decay = grammar[-1]["nmi"] / grammar[0]["nmi"] if grammar[0]["nmi"] else float("nan")
     print(f"grammar horizon nMI(τ={grammar[-1]['tau']}) / nMI(τ=1): {decay:.3f}")
     write_planning_report(RESULTS / "planning.html", results)
-    report("bench_planning", "pathfinding_branch_ratio", ratio_short, {
+    report("bench_planning", "pathfinding_branch_mi_diff", diff_short, {
         "args": vars(args), "train_seconds": timing, "results": results, "untrained_branch": baselines,
         "grammar_horizon_decay": decay,
     })

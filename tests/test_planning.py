@@ -111,6 +111,9 @@ def test_train_task_builds_what_ret_train_task_builds(trained, tmp_path):
         assert torch.equal(a, b), k
     assert run.accuracy == cli.model.accuracy_history and (run.model_dir / "config.json").is_file()
     assert run.checkpoint.is_file()
+    from ret_toolkit.planning.train import WIRED_KEYS, wired_arguments
+
+    assert sorted(wired_arguments(cli.datamodule)) == sorted(WIRED_KEYS)  # what ret-train links is what train_task() wires
     with pytest.raises(InputError, match="vocab_size of the task model come from the data module"):
         train_task(model={"vocab_size": 7}, max_epochs=1, root_dir=tmp_path / "bad")
 
@@ -158,14 +161,18 @@ def test_run_planning_writes_every_analysis_with_cis_and_nulls(trained, tmp_path
     curve = r["horizon"]["curve"]
     assert [c["tau"] for c in curve] == list(range(1, len(curve) + 1)) and 1 <= len(curve) <= 6
     b = r["branch"]
-    assert b["n"] + b["n_invalid_first_hop"] == 160
-    if b["n"] >= 20:
-        curve = curve + [b["mi_unused"], b["mi_decoy"]]
-        assert b["ratio_ci_low"] <= b["ratio_ci_high"]
-    else:  # a one-epoch model rarely finds a first hop: no ratio rather than a meaningless one
-        assert b["mi_unused"] is None and np.isnan(b["ratio"]) and "need 20" in b["note"]
-    for c in curve + r["history"]["cells"]:
+    assert b["n"] + b["n_invalid_first_hop"] == 160 and b["prefix_block"]["stop"] == 1  # position T included
+    assert b["min_answers"] == 2 * 8 * 8
+    if b["n"] >= b["min_answers"]:
+        p = b["paired"]
+        assert p["ci_low"] <= p["difference"] <= p["ci_high"] and 0 < p["p_value"] <= 1
+    else:  # too few answers for the table: no test rather than a meaningless one
+        assert b["paired"] is None and "the test needs 128" in b["note"]
+    given = [c["given_tokens"] for c in curve]
+    assert all(g["n"] == c["n"] and g["n_strata"] >= 1 for g, c in zip(given, curve))
+    for c in curve + given + r["history"]["cells"]:
         assert c["ci_low"] <= c["ci_high"] and "null_mean" in c and 0 < c["p_value"] <= 1
+    assert "tau= 1" in r.table() and "given tokens" in r.table()
     assert len(r["history"]["cells"]) == 2 * 2  # layer groups x earlier blocks
     with open_store(tmp_path / "plan" / "trajectories.h5") as st:
         assert st.n_sequences == 160 and st.generated(0).any()

@@ -1,5 +1,5 @@
 """Information estimators on discrete codes, in bits: entropy, MI, conditional and normalised MI,
-with plug-in / Miller-Madow / jackknife estimators, a permutation null and bootstrap CIs (docs/architecture.md §3.3)."""
+with plug-in / Miller-Madow / jackknife estimators, permutation nulls (stratified for CMI) and bootstrap CIs (docs/architecture.md §3.3)."""
 
 from ret_toolkit.info.estimators import (
     ESTIMATORS,
@@ -9,12 +9,19 @@ from ret_toolkit.info.estimators import (
     mutual_information,
     normalized_mutual_information,
 )
-from ret_toolkit.info.resampling import bootstrap_ci, permutation_test
+from ret_toolkit.info.resampling import (
+    bootstrap_ci,
+    conditional_bootstrap_ci,
+    conditional_permutation_test,
+    permutation_test,
+)
 
 __all__ = [
     "ESTIMATORS",
     "bootstrap_ci",
+    "conditional_bootstrap_ci",
     "conditional_mutual_information",
+    "conditional_permutation_test",
     "entropy",
     "entropy_from_counts",
     "mutual_information",

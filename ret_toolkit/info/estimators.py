@@ -195,7 +195,12 @@ def mutual_information(x, y, estimator: str = "plugin") -> float:
 
 def conditional_mutual_information(x, y, z, estimator: str = "plugin") -> float:
     """I(X;Y|Z) = H(X,Z) + H(Y,Z) - H(X,Y,Z) - H(Z) in bits. x, y, z: (N,) integer codes."""
-    cx, cy, cz = prepare_codes(estimator, x=x, y=y, z=z)
+    return cmi_dense(*prepare_codes(estimator, x=x, y=y, z=z), estimator)
+
+
+def cmi_dense(cx: tuple[np.ndarray, int], cy: tuple[np.ndarray, int], cz: tuple[np.ndarray, int],
+              estimator: str) -> float:
+    """I(X;Y|Z) in bits of dense codes (:func:`prepare_codes` output)."""
     xz = combine_codes(cx, cz)
     return float(
         _entropy_dense(xz, estimator)

@@ -2,16 +2,21 @@
 
 - **horizon**: nMI(prefix block code; last-layer code at T+τ-1), τ = 1..K — how far
   ahead the computation at the anchor carries information about future states;
-- **branch awareness** (path-finding): MI(prefix code; the correct path the model
-  did *not* take) / MI(prefix code; the decoy path). A path enters as its first
-  hop after the start node, bucketed into ``n_buckets`` classes by node index,
-  so both variables have the same small, uniform support and their estimates
-  share the same bias;
+  next to it the same MI *given the tokens* that state reads and predicts (T+τ-1
+  and T+τ), so that a prefix that merely contains a token the model later copies
+  (the goal node, say) does not count as planning;
+- **branch awareness** (path-finding): the paired test of MI(prefix code; the
+  correct path the model did *not* take) − MI(prefix code; the decoy path)
+  (:mod:`ret_toolkit.planning.branch`). A path enters as its first hop after the
+  start node, bucketed into ``n_buckets`` classes by node index, so both
+  variables have the same small, uniform support. The prefix block ends at the
+  first generated position T (the start node), whose state computes the first hop;
 - **history**: MI(next-token decision code; code of an earlier block of
   positions at a layer group), as a layer-group x block heatmap.
 
 Every MI comes with its permutation-null level and a bootstrap CI
-(:func:`ret_toolkit.info.bootstrap_ci`, Miller–Madow).
+(:func:`ret_toolkit.info.bootstrap_ci`, Miller–Madow); a conditional MI with
+its stratified null (:func:`ret_toolkit.info.conditional_permutation_test`).
 """
 
 from __future__ import annotations
@@ -25,17 +30,20 @@ import numpy as np
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.info import (
     bootstrap_ci,
+    conditional_bootstrap_ci,
+    conditional_permutation_test,
     entropy,
-    mutual_information,
     normalized_mutual_information,
     permutation_test,
 )
+from ret_toolkit.planning.branch import branch_awareness
 from ret_toolkit.vq.blocks import BlockSpec
 from ret_toolkit.vq.codes import encode_store_blocks
 from ret_toolkit.vq.fit import fit_vq_store
 
-#: fewer valid answers than this and the branch ratio is not estimated
-MIN_BRANCH_SAMPLES = 20
+#: the branch test needs this many valid answers per cell of the (prefix code x bucket) table;
+#: below it both MIs are mostly estimator floor (an untrained model's 24 answers over 256 cells)
+MIN_ANSWERS_PER_CELL = 2
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,35 @@ def mi_summary(a: np.ndarray, b: np.ndarray, s: ProbeSettings) -> dict:
             "nmi_ci_low": ci["ci_low"] / norm, "nmi_ci_high": ci["ci_high"] / norm, "n": int(len(a))}
 
 
+def cmi_summary(a: np.ndarray, b: np.ndarray, z: np.ndarray, s: ProbeSettings) -> dict:
+    """I(a; b | z) (Miller–Madow, bits) with its stratified permutation null and bootstrap CI.
+
+    ``cmi_excess`` is the CMI minus the null mean: the estimator's floor, which
+    grows with the number of strata, removed.
+    """
+    perm = conditional_permutation_test(a, b, z, n_permutations=s.n_permutations, estimator="miller_madow",
+                                        seed=s.seed)
+    ci = conditional_bootstrap_ci(a, b, z, n_boot=s.n_boot, estimator="miller_madow", seed=s.seed)
+    return {"cmi": perm["value"], "ci_low": ci["ci_low"], "ci_high": ci["ci_high"], "null_mean": perm["null_mean"],
+            "p_value": perm["p_value"], "cmi_excess": perm["value"] - perm["null_mean"],
+            "n_strata": perm["n_strata"], "n": int(len(a))}
+
+
+def tokens_around(store: str, anchors: np.ndarray, offsets: Sequence[int]) -> np.ndarray:
+    """(N,) one code per anchor row (seq, T) for the token ids at T + each offset.
+
+    A position past the end of its sequence reads as its own symbol, so the
+    code is defined for every row.
+    """
+    with TrajectoryStore(store) as st:
+        seqs = {int(q): st.tokens(int(q)) for q in np.unique(anchors[:, 0])}
+    cols = []
+    for off in offsets:
+        cols.append(np.array([int(seqs[int(q)][t + off]) + 1 if 0 <= t + off < len(seqs[int(q)]) else 0
+                              for q, t in anchors]))
+    return np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)[1].reshape(-1)
+
+
 def fit_everywhere(store: str, block: BlockSpec, s: ProbeSettings):
     """A VQ probe trained on ``block`` at (a strided subset of) every position of the store."""
     with TrajectoryStore(store) as st:
@@ -105,7 +142,13 @@ def _fitting_tau(store: str, anchor: str, prefix: BlockSpec, max_tau: int) -> in
 
 
 def horizon_curve(store: str, s: ProbeSettings, anchor: str = "prompt_end", anchor_stride: int = 1) -> dict:
-    """nMI(prefix code; last-layer code at T+τ-1) for τ = 1..K on anchors where every τ fits."""
+    """nMI(prefix code; last-layer code at T+τ-1) for τ = 1..K on anchors where every τ fits.
+
+    Each row of ``curve`` also holds ``given_tokens``: the same MI conditioned on
+    the token ids at T+τ-1 and T+τ (:func:`cmi_summary`), which removes what the
+    state at T+τ-1 shares with the prefix only through the token it reads or
+    predicts (copying).
+    """
     with TrajectoryStore(store) as st:
         last = str(st.n_model_layers - 1)
     prefix = BlockSpec(layers=s.prefix_layers, start=-s.prefix_positions, stop=0)
@@ -120,7 +163,8 @@ def horizon_curve(store: str, s: ProbeSettings, anchor: str = "prompt_end", anch
     rows = []
     for tau, block in enumerate(ahead, start=1):
         c_tau, _ = encode_store_blocks(vq_token, store, block, anchor, anchor_stride, align, progress=False)
-        rows.append({"tau": tau, **mi_summary(c_prefix, c_tau, s)})
+        given = tokens_around(store, anchors, (tau - 1, tau))  # the token the state reads and the one it predicts
+        rows.append({"tau": tau, **mi_summary(c_prefix, c_tau, s), "given_tokens": cmi_summary(c_prefix, c_tau, given, s)})
     return {"anchor": anchor, "n_anchors": int(len(anchors)), "prefix_block": asdict(prefix), "curve": rows,
             "health": {"prefix": vq_prefix.health_history[-1], "token": vq_token.health_history[-1]}}
 
@@ -144,33 +188,31 @@ def path_variables(store: str, anchors: np.ndarray, n_buckets: int) -> dict[str,
     return {"choice": np.array(choice), "unused": np.array(unused), "decoy": np.array(decoy)}
 
 
-def branch_awareness(store: str, s: ProbeSettings) -> dict:
-    """MI(prefix code; unused correct path) / MI(prefix code; decoy path) at the end of the prompt,
-    over the sequences where the model produced a valid first hop; paired bootstrap CI of the ratio."""
-    prefix = BlockSpec(layers=s.prefix_layers, start=-s.prefix_positions, stop=0)
+def branch_on_store(store: str, s: ProbeSettings) -> dict:
+    """The paired branch test (:func:`~ret_toolkit.planning.branch.branch_awareness`) at the end of
+    the prompt, over the answers whose first hop is on a correct path.
+
+    The prefix block is positions [T - prefix_positions, T] (T: the first
+    generated token, the start node; its state computes the first hop). With
+    fewer than :data:`MIN_ANSWERS_PER_CELL` valid answers per table cell the
+    test is not run (``paired`` is None and ``note`` says why).
+    """
+    prefix = BlockSpec(layers=s.prefix_layers, start=-s.prefix_positions, stop=1)
     second = BlockSpec(layers="all", start=0, stop=2)  # the model's start node and first hop exist
     vq = fit_vq_store(store, prefix, [second], anchor="prompt_end", **s.vq_kwargs())
     codes, anchors = encode_store_blocks(vq, store, prefix, "prompt_end", 1, [second], progress=False)
     v = path_variables(store, anchors, s.n_buckets)
     ok = v["choice"] > 0
-    c, u, d = codes[ok], v["unused"][ok], v["decoy"][ok]
-    base = {"n": int(ok.sum()), "n_invalid_first_hop": int((~ok).sum()), "health": vq.health_history[-1]}
-    if ok.sum() < MIN_BRANCH_SAMPLES:
-        nan = float("nan")
-        return {**base, "mi_unused": None, "mi_decoy": None, "ratio": nan, "ratio_ci_low": nan, "ratio_ci_high": nan,
-                "note": f"only {int(ok.sum())} outputs start with a correct first hop; need {MIN_BRANCH_SAMPLES}"}
-    mi_u, mi_d = mi_summary(c, u, s), mi_summary(c, d, s)
-    rng = np.random.default_rng(s.seed)
-    ratios = []
-    for _ in range(s.n_boot):
-        i = rng.integers(0, len(c), len(c))
-        num = mutual_information(c[i], u[i], estimator="miller_madow")
-        den = mutual_information(c[i], d[i], estimator="miller_madow")
-        ratios.append(num / den if den > 0 else np.inf)
-    lo, hi = np.quantile(ratios, [0.025, 0.975])
-    ratio = mi_u["mi"] / mi_d["mi"] if mi_d["mi"] > 0 else float("inf")
-    return {**base, "mi_unused": mi_u, "mi_decoy": mi_d, "ratio": float(ratio), "ratio_ci_low": float(lo),
-            "ratio_ci_high": float(hi)}
+    need = MIN_ANSWERS_PER_CELL * s.num_codes * s.n_buckets
+    base = {"n": int(ok.sum()), "n_invalid_first_hop": int((~ok).sum()), "min_answers": need,
+            "prefix_block": asdict(prefix), "health": vq.health_history[-1]}
+    if ok.sum() < need:
+        return {**base, "paired": None,
+                "note": f"only {int(ok.sum())} answers start with a correct first hop; the test needs {need} "
+                        f"({MIN_ANSWERS_PER_CELL} per cell of {s.num_codes} codes x {s.n_buckets} buckets)"}
+    stat = branch_awareness(codes[ok], v["unused"][ok], v["decoy"][ok], n_permutations=s.n_permutations,
+                            n_boot=s.n_boot, seed=s.seed)
+    return {**base, "paired": stat.to_json()}
 
 
 def layer_groups(n_layers: int, k: int) -> list[str]:

@@ -13,9 +13,11 @@ class PlanningResult(RecordResult):
     Keys: ``task``, ``path_nodes`` (path-finding only), ``model``, ``n_samples``,
     ``settings`` (the :class:`~ret_toolkit.planning.ProbeSettings`), ``accuracy``
     (``accuracy`` in 0..1 over ``n`` held-out samples), ``horizon`` (``curve``: per τ
-    the MI in bits, its nMI with bootstrap CI and the permutation-null mean),
-    ``branch`` (path-finding only: MI with the unused correct path and with the
-    decoy, their ratio with CI), ``history`` (MI of the decision code with earlier
+    the MI in bits, its nMI with bootstrap CI and the permutation-null mean, and
+    ``given_tokens``: the MI given the tokens read and predicted at T+τ-1),
+    ``branch`` (path-finding only: ``paired``, the
+    :class:`~ret_toolkit.planning.branch.BranchAwareness` record, or None with a
+    ``note``), ``history`` (MI of the decision code with earlier
     blocks per layer group) and ``seconds``.
     """
 
@@ -24,12 +26,17 @@ class PlanningResult(RecordResult):
         acc = self["accuracy"]
         lines = [f"{self['task']}: accuracy {acc['accuracy']:.3f} (n={acc['n']})"]
         for c in self["horizon"]["curve"]:
+            g = c["given_tokens"]
             lines.append(f"  tau={c['tau']:>2}  nMI {c['nmi']:.3f} [{c['nmi_ci_low']:.3f}, {c['nmi_ci_high']:.3f}]  "
-                         f"MI {c['mi']:.3f} bits (null {c['null_mean']:.3f})")
+                         f"MI {c['mi']:.3f} bits (null {c['null_mean']:.3f})  "
+                         f"given tokens {g['cmi']:.3f} (null {g['null_mean']:.3f}, p {g['p_value']:.3g})")
         b = self.get("branch") or {}
-        if b.get("mi_unused"):
-            lines.append(f"  branch ratio {b['ratio']:.2f} [{b['ratio_ci_low']:.2f}, {b['ratio_ci_high']:.2f}]: "
-                         f"unused {b['mi_unused']['mi']:.3f} bits, decoy {b['mi_decoy']['mi']:.3f} bits (n={b['n']})")
+        if b.get("paired"):
+            from ret_toolkit.planning.branch import BranchAwareness
+
+            lines += ["  " + line for line in BranchAwareness(**b["paired"]).table().splitlines()]
+        elif b:
+            lines.append(f"  branch awareness not tested: {b['note']}")
         return "\n".join(lines)
 
     def figure(self):

@@ -25,7 +25,7 @@ from activation_cache.models import load_model
 from activation_cache.outputs import OutputDir, write_json
 from ret_toolkit.planning.analysis import (
     ProbeSettings,
-    branch_awareness,
+    branch_on_store,
     history_heatmap,
     horizon_curve,
     task_accuracy,
@@ -110,7 +110,7 @@ def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000,
         result["horizon"] = horizon_curve(str(store), s, anchor=anchor)
         if task_name == "pathfinding":
             log.info("branch awareness")
-            result["branch"] = branch_awareness(str(store), s)
+            result["branch"] = branch_on_store(str(store), s)
         log.info("history heatmap")
         result["history"] = history_heatmap(str(store), s, anchor=anchor)
         result["seconds"] = time.perf_counter() - t0

@@ -19,7 +19,8 @@ def _label(result: dict) -> str:
 
 
 def horizon_figure(results: Sequence[dict]) -> go.Figure:
-    """nMI(prefix; token at T+τ-1) vs τ for each result, with bootstrap CIs and the permutation-null level."""
+    """nMI(prefix; token at T+τ-1) vs τ for each result, with bootstrap CIs, the permutation-null level
+    and the MI given the tokens at T+τ-1 and T+τ (on the same scale)."""
     fig = go.Figure()
     for r in results:
         curve = r["horizon"]["curve"]
@@ -32,27 +33,30 @@ def horizon_figure(results: Sequence[dict]) -> go.Figure:
         norm = [c["nmi"] / c["mi"] if c["mi"] else 0.0 for c in curve]
         fig.add_trace(go.Scatter(x=taus, y=[c["null_mean"] * k for c, k in zip(curve, norm)], mode="lines",
                                  line=dict(dash="dot"), name=f"{_label(r)}: permutation null"))
+        if all("given_tokens" in c for c in curve):  # the same normalisation, so the curves compare
+            fig.add_trace(go.Scatter(x=taus, y=[c["given_tokens"]["cmi"] * k for c, k in zip(curve, norm)],
+                                     mode="lines+markers", line=dict(dash="dash"),
+                                     name=f"{_label(r)}: given the tokens read and predicted"))
     fig.update_layout(xaxis_title="τ (tokens ahead of the anchor)", yaxis_title="nMI (Miller–Madow)")
     return figure_style(fig, title="Planning horizon: prefix code vs the token τ ahead", height=420)
 
 
 def branch_figure(results: Sequence[dict]) -> go.Figure:
-    """MI(prefix; unused correct path) and MI(prefix; decoy) with CIs and null levels."""
+    """Drift-corrected MI(prefix; unused correct path) − MI(prefix; decoy) with its bootstrap CI and paired p."""
     fig = go.Figure()
-    rows = [r for r in results if r.get("branch", {}).get("mi_unused")]
-    for key, name in (("mi_unused", "unused correct path"), ("mi_decoy", "decoy path")):
-        vals = [r["branch"][key] for r in rows]
-        fig.add_trace(go.Bar(
-            x=[_label(r) for r in rows], y=[v["mi"] for v in vals], name=name,
-            error_y=dict(type="data", symmetric=False, array=[v["ci_high"] - v["mi"] for v in vals],
-                         arrayminus=[v["mi"] - v["ci_low"] for v in vals])))
-    for r in rows:
-        b = r["branch"]
-        fig.add_annotation(x=_label(r), y=max(b["mi_unused"]["ci_high"], b["mi_decoy"]["ci_high"]), yshift=14,
-                           text=f"ratio {b['ratio']:.2f} [{b['ratio_ci_low']:.2f}, {b['ratio_ci_high']:.2f}]",
-                           showarrow=False)
-    fig.update_layout(barmode="group", yaxis_title="MI with the prefix code (bits)")
-    return figure_style(fig, title="Branch awareness", height=400)
+    rows = [r for r in results if (r.get("branch") or {}).get("paired")]
+    vals = [r["branch"]["paired"] for r in rows]
+    fig.add_trace(go.Bar(
+        x=[_label(r) for r in rows], y=[v["difference"] for v in vals], name="unused − decoy",
+        error_y=dict(type="data", symmetric=False, array=[v["ci_high"] - v["difference"] for v in vals],
+                     arrayminus=[v["difference"] - v["ci_low"] for v in vals])))
+    for r, v in zip(rows, vals):
+        ratio = "" if v["ratio"] is None else f", ratio {v['ratio']:.2f}"
+        fig.add_annotation(x=_label(r), y=v["ci_high"], yshift=14, showarrow=False,
+                           text=f"paired p {v['p_value']:.3g} (n={v['n']}){ratio}")
+    fig.add_hline(y=0, line=dict(dash="dot"))
+    fig.update_layout(yaxis_title="MI difference, drift-corrected (bits)")
+    return figure_style(fig, title="Branch awareness: unused correct path vs decoy", height=400)
 
 
 def history_figure(result: dict) -> go.Figure:

@@ -1,0 +1,120 @@
+"""Known-answer tests of the planning statistics: planted dependence is found, and its absence is not.
+
+Sizes are the benchmark's (about 1300 answers, 32 prefix codes x 8 path buckets)
+unless a test says otherwise.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ret_toolkit.info import conditional_permutation_test, mutual_information, permutation_test
+from ret_toolkit.info.resampling import shuffle_within
+from ret_toolkit.planning import BranchAwareness, ProbeSettings, branch_awareness
+from ret_toolkit.planning.analysis import cmi_summary
+
+N, CODES, BUCKETS = 1300, 32, 8
+
+
+def _paths(rng, n=N):
+    return rng.integers(0, BUCKETS, n), rng.integers(0, BUCKETS, n)
+
+
+def _prefix_knowing(path, share, rng):
+    """Prefix codes that encode ``path`` (4 codes per bucket) for a ``share`` of the answers, noise elsewhere."""
+    c = rng.integers(0, CODES, path.size)
+    keep = rng.random(path.size) < share
+    c[keep] = path[keep] * 4 + rng.integers(0, 4, int(keep.sum()))
+    return c
+
+
+def test_branch_null_is_calibrated_and_its_ci_covers_zero():
+    """No dependence at all: the paired test rejects at about its level and the CI covers 0."""
+    rng = np.random.default_rng(0)
+    rejections, covered = 0, 0
+    reps = 40
+    for r in range(reps):
+        u, d = _paths(rng)
+        b = branch_awareness(rng.integers(0, CODES, N), u, d, n_permutations=200, n_boot=200, seed=r)
+        rejections += b.p_value < 0.05
+        covered += b.ci_low <= 0.0 <= b.ci_high
+        assert b.ratio is None or (b.p_unused < 0.05 and b.p_decoy < 0.05)
+    assert rejections / reps <= 0.15  # 0.05 nominal; 0.15 is 3 binomial s.d. above it at 40 reps
+    assert covered / reps >= 0.9
+
+
+def test_branch_planted_unused_path_is_found_and_no_ratio_without_decoy_information():
+    rng = np.random.default_rng(1)
+    u, d = _paths(rng)
+    b = branch_awareness(_prefix_knowing(u, 0.3, rng), u, d, n_permutations=200, n_boot=200)
+    assert b.significant and b.difference > 0.1 and b.p_unused < 0.01
+    assert b.p_decoy > 0.05 and b.ratio is None  # the decoy MI does not clear its null: no ratio
+    assert isinstance(b, BranchAwareness) and "difference +" in b.table()
+
+
+def test_branch_planted_decoy_is_not_called_branch_awareness():
+    rng = np.random.default_rng(2)
+    u, d = _paths(rng)
+    b = branch_awareness(_prefix_knowing(d, 0.3, rng), u, d, n_permutations=200, n_boot=200)
+    assert b.difference < 0 and b.ci_high < 0 and b.p_value > 0.5 and not b.significant
+
+
+def test_branch_known_ratio_and_difference():
+    """Prefix = 4 u + (d mod 4): I(c; u) = 3 bits, I(c; d) = 2 bits; difference 1 bit, ratio 1.5."""
+    rng = np.random.default_rng(3)
+    u, d = _paths(rng)
+    b = branch_awareness(u * 4 + d % 4, u, d, n_permutations=200, n_boot=200)
+    assert b.ci_low <= 1.0 <= b.ci_high and abs(b.difference - 1.0) < 0.05
+    assert b.ratio == pytest.approx(1.5, abs=0.05)
+
+
+def test_branch_rejects_bad_input():
+    with pytest.raises(ValueError, match="same length"):
+        branch_awareness(np.zeros(5, int), np.zeros(4, int), np.zeros(5, int))
+    with pytest.raises(ValueError, match="n_permutations"):
+        branch_awareness(np.zeros(5, int), np.zeros(5, int), np.zeros(5, int), n_permutations=0)
+
+
+def test_shuffle_within_moves_indices_only_inside_their_stratum():
+    rng = np.random.default_rng(4)
+    z = rng.integers(0, 5, 200)
+    p = shuffle_within(z, rng)
+    assert sorted(p) == list(range(200)) and np.array_equal(z[p], z)
+    assert (p != np.arange(200)).mean() > 0.5  # it does shuffle
+
+
+def test_conditional_null_separates_mediated_from_direct_dependence():
+    """x -> z -> y: I(x;y) > 0 but I(x;y|z) = 0; with y depending on x directly, I(x;y|z) > 0."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    x = rng.integers(0, 8, n)
+    z = np.where(rng.random(n) < 0.8, x, rng.integers(0, 8, n))  # mediator
+    y_mediated = np.where(rng.random(n) < 0.8, z, rng.integers(0, 8, n))
+    assert permutation_test(x, y_mediated, n_permutations=100, estimator="miller_madow")["p_value"] < 0.02
+    mediated = conditional_permutation_test(x, y_mediated, z, n_permutations=100, estimator="miller_madow")
+    assert mediated["p_value"] > 0.05 and mediated["n_strata"] == 8
+    y_direct = np.where(rng.random(n) < 0.5, x, rng.integers(0, 8, n))
+    direct = conditional_permutation_test(x, y_direct, z, n_permutations=100, estimator="miller_madow")
+    assert direct["p_value"] < 0.02 and direct["value"] - direct["null_mean"] > 0.05
+
+
+def test_horizon_given_tokens_removes_copying_but_keeps_planning():
+    """A prefix that holds the goal token which the state at T+τ-1 later predicts (copying) has MI with
+    that state and none given the tokens; a prefix that holds a plan the state carries beyond its tokens
+    keeps its MI given them."""
+    rng = np.random.default_rng(6)
+    s = ProbeSettings(n_permutations=100, n_boot=100)
+    goal = rng.integers(0, 8, N)
+    read = rng.integers(0, 8, N)  # the token read at T+τ-1
+    tokens = read * 8 + goal  # (read, predicted) pair code: the predicted token is the goal
+    state_copy = goal * 8 + read  # the state encodes exactly its tokens
+    prefix = goal
+    plain = mutual_information(prefix, state_copy, estimator="miller_madow")
+    given = cmi_summary(prefix, state_copy, tokens, s)
+    assert plain > 2.5 and given["p_value"] > 0.05 and abs(given["cmi_excess"]) < 0.02
+    plan = rng.integers(0, 4, N)  # carried by the state, not determined by its tokens
+    state_plan = plan * 64 + state_copy
+    prefix_plan = plan * 8 + goal
+    kept = cmi_summary(prefix_plan, state_plan, tokens, s)
+    assert kept["p_value"] < 0.02 and kept["cmi_excess"] > 1.5 and kept["ci_low"] > 1.5
