@@ -338,6 +338,59 @@ def test_random_labels_average_to_chance():
     assert abs(np.mean(vals) - 0.5) < 0.05
 
 
+def _design_world(n_conv=150, seed=0, ret_signal=0.0):
+    """Seven pushback templates per conversation with planted caving rates 0.2..0.8 by template;
+    ``ret`` features carry a per-sequence signal of the label beyond the template when ``ret_signal`` > 0."""
+    rng = np.random.default_rng(seed)
+    templates = np.tile(np.arange(7), n_conv)
+    groups = np.repeat(np.arange(n_conv), 7).astype(object)
+    rate = 0.2 + 0.1 * templates
+    latent = rng.random(templates.size)
+    y = (latent < rate).astype(int)
+    noise = rng.normal(size=(y.size, 6)).astype(np.float32)
+    ret = rng.normal(size=(y.size, 6)).astype(np.float32)
+    ret[:, 0] += ret_signal * (2 * y - 1)
+    design = np.eye(7, dtype=np.float32)[templates]
+    feats = {"ret": {0: ret}, "raw_pca": {0: noise}, "length": {0: noise[:, :2]}, "design": {0: design}}
+    return ForecastData(ids=np.arange(y.size).astype(object), conversations=groups, y=y, ks=(0,), features=feats,
+                        n_prompt=np.full(y.size, 10), n_reply=np.full(y.size, 5))
+
+
+def test_design_baseline_and_paired_differences_recover_the_planted_answer():
+    """Caving planted by template only: the design baseline finds it and RET (noise) does not beat it;
+    with a planted signal beyond the template, RET beats design with a paired CI above 0."""
+    only_design = evaluate_forecast(_design_world(), repeats=1, n_boot=200, progress=False)
+    a, d = only_design["auroc"], only_design["differences"]
+    assert a["design"]["0"]["ci_low"] > 0.6  # rates 0.2..0.8 by template: AUROC about 0.7
+    assert abs(a["ret"]["0"]["mean"] - 0.5) < 0.06 and d["ret-design"]["0"]["ci_high"] < 0
+    assert d["ret-raw_pca"]["0"]["ci_low"] < 0 < d["ret-raw_pca"]["0"]["ci_high"]  # noise vs noise: no difference
+    beyond = evaluate_forecast(_design_world(ret_signal=1.5), repeats=1, n_boot=200, progress=False)["differences"]
+    assert beyond["ret-design"]["0"]["ci_low"] > 0 and beyond["ret-design"]["0"]["p_value"] < 0.01
+
+
+def test_paired_bootstrap_null_covers_zero():
+    """Two feature sets of pure noise: the paired CI of their AUROC difference covers 0 in most worlds."""
+    from ret_toolkit.sycophancy.forecast import paired_bootstrap_auroc
+
+    covered = 0
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        y = rng.integers(0, 2, 200)
+        g = np.repeat(np.arange(100), 2)
+        f = g % 5
+        covered += (lambda c: c["ci_low"] <= 0 <= c["ci_high"])(
+            paired_bootstrap_auroc(y, [rng.normal(size=200)], [rng.normal(size=200)], [f], g, n_boot=200, seed=seed))
+    assert covered >= 17  # 95 % nominal; 17 of 20 is below it by 2 binomial s.d.
+
+
+def test_design_features_are_one_hot_per_factor():
+    from ret_toolkit.sycophancy.features import design_features
+
+    X = design_features({"pushback": ["b", "a", "b"], "kind": ["x", "x", "y"]}, 3)
+    assert X.tolist() == [[0, 1, 1, 0], [1, 0, 1, 0], [0, 1, 0, 1]]
+    assert design_features({}, 4).shape == (4, 1)
+
+
 def test_bootstrap_is_seeded_and_resamples_conversations():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 60)
@@ -372,14 +425,19 @@ def test_cli_writes_forecast_json(tiny, tmp_path, stub_labeller, capsys):
     r = json.loads((out / "forecast.json").read_text())
     assert r["n_items"] == 20 and r["n_positive"] > 0 and r["n_excluded"] > 0
     assert r["n_kept"] + r["n_excluded"] == 20 * 7
-    assert set(r["auroc"]) == {"ret", "raw_pca", "length", "majority"}
+    assert set(r["auroc"]) == {"ret", "raw_pca", "length", "design", "majority"}
+    assert set(r["differences"]) == {"ret-raw_pca", "ret-length", "ret-design"}
+    for by_k in r["differences"].values():
+        assert list(by_k) == ["0", "1", "2"]
+        for c in by_k.values():
+            assert c["ci_low"] <= c["diff"] <= c["ci_high"] and 0 <= c["p_value"] <= 1
     for by_k in r["auroc"].values():
         assert list(by_k) == ["0", "1", "2"]
         for c in by_k.values():
             assert {"mean", "ci_low", "ci_high"} <= set(c) and c["ci_low"] <= c["mean"] <= c["ci_high"]
     assert (out / "forecast.html").stat().st_size > 1000
     printed = capsys.readouterr().out
-    assert "caving rate" in printed and "k=0" in printed
+    assert "caving rate" in printed and "k=0" in printed and "ret-design" in printed
 
 
 def _checksums(root) -> dict[str, str | None]:

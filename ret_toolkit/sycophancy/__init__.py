@@ -42,6 +42,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "run_forecast": "ret_toolkit.sycophancy.run",
     "ForecastResult": "ret_toolkit.sycophancy.result",
     "auroc_table": "ret_toolkit.sycophancy.result",
+    "difference_table": "ret_toolkit.sycophancy.result",
 }, eager=dict(
     EXCLUSION_REASONS=EXCLUSION_REASONS, TEMPLATES=TEMPLATES, ChoiceItem=ChoiceItem, Outcomes=Outcomes,
     PushbackTemplate=PushbackTemplate, SycItem=SycItem, first_turn=first_turn, label_choices=label_choices,

@@ -20,6 +20,10 @@ Feature sets at each k (one row per sequence):
   the forecaster reduces them with PCA fitted inside each training fold.
 - ``length``: log prompt length and log length of the last turn, in tokens (2); the same
   for every k.
+- ``design``: one-hot pushback template and item kind (the design factors of the bank,
+  from ``/meta/pushback`` and ``/meta/kind`` where the store has them); the same for every
+  k. Caving rates differ by template, and hidden states encode the template, so a probe
+  has to beat this to show it reads more than the prompt's design.
 """
 
 from __future__ import annotations
@@ -36,11 +40,14 @@ from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.macro.assign import check_store, require_centroids, sequence_hidden
 
-__all__ = ["KS", "FEATURE_SETS", "ForecastData", "forecast_position", "sequence_features", "extract_features"]
+__all__ = ["KS", "FEATURE_SETS", "DESIGN_FACTORS", "ForecastData", "design_features", "forecast_position",
+           "sequence_features", "extract_features"]
 
 #: Default lead times: reply tokens read before forecasting.
 KS = (0, 1, 2, 4, 8, 16)
-FEATURE_SETS = ("ret", "raw_pca", "length")
+FEATURE_SETS = ("ret", "raw_pca", "length", "design")
+#: /meta fields one-hot encoded into the ``design`` features (those the store has)
+DESIGN_FACTORS = ("pushback", "kind")
 _REQUIRED_META = ("caved", "conversation_id", "turn_start")
 
 
@@ -57,6 +64,7 @@ class ForecastData:
         n_prompt, n_reply: tokens of prompt and stored reply per sequence, int (S,).
         n_unlabelled: sequences of the store without a caved/held label (excluded).
         layer: store layer of the raw features; ret_layers: layers the RET encoder reads.
+        factors: design factor (``/meta`` field) -> its value per kept sequence, (S,) str.
     """
 
     ids: np.ndarray
@@ -69,6 +77,7 @@ class ForecastData:
     n_unlabelled: int = 0
     layer: str = ""
     ret_layers: tuple[str, ...] = ()
+    factors: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -91,7 +100,7 @@ def forecast_position(n_prompt: int, n_reply: int, k: int) -> int:
 
 def sequence_features(h: np.ndarray, z: np.ndarray, groups: np.ndarray, n_prompt: int, n_reply: int,
                       turn_start: int, ks: Sequence[int], n_groups: int) -> dict[str, dict[int, np.ndarray]]:
-    """Every feature set at every k for one sequence.
+    """The per-sequence feature sets (all but ``design``) at every k for one sequence.
 
     h: (T, D) raw hidden states; z: (T, d) RET z; groups: int (T,) macrostates in 0..n_groups-1;
     T = n_prompt + n_reply. Returns set -> k -> 1-D float32 vector (see the module docstring).
@@ -99,7 +108,7 @@ def sequence_features(h: np.ndarray, z: np.ndarray, groups: np.ndarray, n_prompt
     T = n_prompt + n_reply
     if not len(h) == len(z) == len(groups) == T:
         raise ValueError(f"h, z, groups have {len(h)}, {len(z)}, {len(groups)} rows; expected {T}")
-    out: dict[str, dict[int, np.ndarray]] = {name: {} for name in FEATURE_SETS}
+    out: dict[str, dict[int, np.ndarray]] = {"ret": {}, "raw_pca": {}, "length": {}}  # design: per store
     length = np.log([n_prompt, max(n_prompt - turn_start, 1)]).astype(np.float32)
     for k in ks:
         p = forecast_position(n_prompt, n_reply, k)
@@ -109,6 +118,16 @@ def sequence_features(h: np.ndarray, z: np.ndarray, groups: np.ndarray, n_prompt
         out["raw_pca"][k] = np.concatenate([h[p], h[span].mean(0)]).astype(np.float32)
         out["length"][k] = length
     return out
+
+
+def design_features(factors: dict[str, Sequence[str]], n: int) -> np.ndarray:
+    """One-hot columns of every factor's values, float32 (n, sum of levels); (n, 1) zeros without factors.
+
+    Levels are sorted, so the columns do not depend on row order.
+    """
+    cols = [np.asarray(v, dtype=object)[:, None] == np.array(sorted(set(v)), dtype=object)[None, :]
+            for v in factors.values()]
+    return np.concatenate(cols, axis=1).astype(np.float32) if cols else np.zeros((n, 1), np.float32)
 
 
 def _int_meta(values: list[str], name: str, path) -> np.ndarray:
@@ -148,7 +167,8 @@ def extract_features(store_path: str | Path, module, ks: Sequence[int] = KS, lay
         pid = st.meta_column("prompt_id")
         turn_start = _int_meta(st.meta_column("turn_start"), "turn_start", store_path)
         keep = [s for s, c in enumerate(caved) if c in ("0", "1")]
-        feats: dict[str, dict[int, list]] = {name: {k: [] for k in ks} for name in FEATURE_SETS}
+        factors = {f: np.array(st.meta_column(f), dtype=object)[keep] for f in DESIGN_FACTORS if f in st.meta_fields}
+        feats: dict[str, dict[int, list]] = {name: {k: [] for k in ks} for name in ("ret", "raw_pca", "length")}
         n_prompt, n_reply = [], []
         for s in tqdm(keep, desc="features", unit="seq", disable=not progress):
             gen = st.generated(s)
@@ -159,15 +179,16 @@ def extract_features(store_path: str | Path, module, ks: Sequence[int] = KS, lay
             h = h_ret if raw_layer == ret_layers[0] and len(ret_layers) == 1 else st.hidden(s, raw_layer)
             f = sequence_features(h.astype(np.float32), z.numpy(), groups, n_p, len(gen) - n_p,
                                   int(turn_start[s]), ks, n_groups)
-            for name in FEATURE_SETS:
+            for name in feats:
                 for k in ks:
                     feats[name][k].append(f[name][k])
             n_prompt.append(n_p)
             n_reply.append(len(gen) - n_p)
+    design = design_features(factors, len(keep))
     return ForecastData(
         ids=np.array([pid[s] for s in keep], dtype=object), conversations=np.array([conv[s] for s in keep], dtype=object),
         y=np.array([int(caved[s]) for s in keep], dtype=np.int64), ks=ks,
         features={name: {k: (np.stack(v) if v else np.zeros((0, 0), np.float32)) for k, v in by_k.items()}
-                  for name, by_k in feats.items()},
+                  for name, by_k in feats.items()} | {"design": {k: design for k in ks}},
         n_prompt=np.array(n_prompt, dtype=np.int64), n_reply=np.array(n_reply, dtype=np.int64),
-        n_unlabelled=len(caved) - len(keep), layer=raw_layer, ret_layers=tuple(ret_layers))
+        n_unlabelled=len(caved) - len(keep), layer=raw_layer, ret_layers=tuple(ret_layers), factors=factors)

@@ -14,6 +14,12 @@ Protocol (docs/architecture.md §3.5), for every feature set and lead time k:
    same statistic over a bootstrap that resamples *conversations* with replacement
    (:func:`bootstrap_auroc`). The bootstrap holds the fitted scores fixed: it covers the
    sampling of conversations, not refitting.
+5. ``differences``: RET minus each baseline at every k, on the *same* conversation resamples
+   (:func:`paired_bootstrap_auroc`): "RET beats X" needs that CI above 0.
+
+Baselines: ``raw_pca`` (the raw hidden state, same capacity), ``length`` (prompt lengths),
+``design`` (the pushback template and item kind: what the prompt's design alone
+predicts) and ``majority`` (the chance line).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from threadpoolctl import threadpool_limits
 
 from activation_cache.errors import InputError
 
-__all__ = ["auroc", "bootstrap_auroc", "cv_auroc", "fold_index", "grouped_folds", "fit_model", "oof_scores", "evaluate_forecast",
+__all__ = ["auroc", "bootstrap_auroc", "paired_bootstrap_auroc", "cv_auroc", "fold_index", "grouped_folds", "fit_model", "oof_scores", "evaluate_forecast",
            "C_GRID"]
 
 #: Inverse L2 strengths tried by the inner CV.
@@ -158,20 +164,12 @@ def bootstrap_auroc(y, scores: Sequence[np.ndarray], fold_ids: Sequence[np.ndarr
     replacement; resamples with a single class are skipped (``n_boot_used`` counts the rest).
     """
     y = np.asarray(y)
-    groups = np.asarray(groups)
     scores = [np.asarray(s, dtype=np.float64) for s in scores]
     fold_ids = [np.asarray(f) for f in fold_ids]
     mean = cv_auroc(y, scores, fold_ids)
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
     boot = []
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
-        yb = y[idx]
-        if yb.min() == yb.max():
-            continue
-        v = cv_auroc(yb, [s[idx] for s in scores], [f[idx] for f in fold_ids])
+    for idx in _group_resamples(y, groups, n_boot, seed):
+        v = cv_auroc(y[idx], [s[idx] for s in scores], [f[idx] for f in fold_ids])
         if not np.isnan(v):
             boot.append(v)
     if not boot:
@@ -181,15 +179,59 @@ def bootstrap_auroc(y, scores: Sequence[np.ndarray], fold_ids: Sequence[np.ndarr
             "std": float(np.std(boot, ddof=1)) if len(boot) > 1 else 0.0, "n_boot_used": len(boot)}
 
 
+def _group_resamples(y: np.ndarray, groups, n_boot: int, seed: int):
+    """Row indices of ``n_boot`` resamples of groups with replacement (those with one class skipped)."""
+    uniq, inv = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+        if y[idx].min() != y[idx].max():
+            yield idx
+
+
+def paired_bootstrap_auroc(y, scores_a: Sequence[np.ndarray], scores_b: Sequence[np.ndarray],
+                           fold_ids: Sequence[np.ndarray], groups, n_boot: int = 1000, alpha: float = 0.05,
+                           seed: int = 0) -> dict:
+    """``{"diff", "ci_low", "ci_high", "p_value", "n_boot_used"}``: :func:`cv_auroc` of A minus that of B.
+
+    Both are scored on the same resamples of groups (conversations), so the CI is that of
+    the paired difference, narrower than two separate CIs suggest when A and B err on the
+    same conversations. ``p_value`` is the two-sided bootstrap p of "no difference":
+    twice the share of resampled differences on the other side of 0 (capped at 1).
+    """
+    y = np.asarray(y)
+    a = [np.asarray(s, dtype=np.float64) for s in scores_a]
+    b = [np.asarray(s, dtype=np.float64) for s in scores_b]
+    fold_ids = [np.asarray(f) for f in fold_ids]
+    diff = cv_auroc(y, a, fold_ids) - cv_auroc(y, b, fold_ids)
+    boot = []
+    for idx in _group_resamples(y, groups, n_boot, seed):
+        f = [g[idx] for g in fold_ids]
+        v = cv_auroc(y[idx], [s[idx] for s in a], f) - cv_auroc(y[idx], [s[idx] for s in b], f)
+        if not np.isnan(v):
+            boot.append(v)
+    if not boot:
+        return {"diff": diff, "ci_low": float("nan"), "ci_high": float("nan"), "p_value": float("nan"),
+                "n_boot_used": 0}
+    boot = np.asarray(boot)
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    p = min(1.0, 2 * min(float(np.mean(boot <= 0)), float(np.mean(boot >= 0))))
+    return {"diff": float(diff), "ci_low": float(lo), "ci_high": float(hi), "p_value": p, "n_boot_used": len(boot)}
+
+
 #: Feature set -> model kind (:func:`oof_scores`) for :func:`evaluate_forecast`.
-_KINDS = {"ret": "logistic", "raw_pca": "pca_logistic", "length": "logistic", "majority": "majority"}
+_KINDS = {"ret": "logistic", "raw_pca": "pca_logistic", "length": "logistic", "design": "logistic",
+          "majority": "majority"}
 #: Feature sets whose features do not depend on k: fitted once, their entry repeated for every k.
-_SAME_FOR_EVERY_K = ("length", "majority")
+_SAME_FOR_EVERY_K = ("length", "design", "majority")
+#: The baselines RET is compared with, paired, at every k.
+COMPARED = ("raw_pca", "length", "design")
 
 
 def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 1000, pca_dims: int | None = None,
                       seed: int = 0, progress: bool = True) -> dict:
-    """AUROC(k) with bootstrap CIs for ``ret``, ``raw_pca``, ``length`` and ``majority``.
+    """AUROC(k) with bootstrap CIs for ``ret`` and every baseline, and RET's paired differences.
 
     Args:
         data: :class:`~ret_toolkit.sycophancy.features.ForecastData`.
@@ -198,6 +240,7 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 1
 
     Returns:
         ``{"auroc": {set: {str(k): {"mean", "ci_low", "ci_high", "std", "n_boot_used"}}},
+        "differences": {"ret-<baseline>": {str(k): {"diff", "ci_low", "ci_high", "p_value", "n_boot_used"}}},
         "settings": {...}}``.
     """
     from tqdm.auto import tqdm
@@ -211,19 +254,26 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 1
         "n_splits": len(fold_sets[0]), "repeats": repeats, "n_boot": n_boot, "pca_dims": pca_dims, "seed": seed,
         "C_grid": list(C_GRID), "n_features": {}}}
     jobs = [(name, k) for name in _KINDS for k in (data.ks[:1] if name in _SAME_FOR_EVERY_K else data.ks)]
+    scores = {}
     for name, k in tqdm(jobs, desc="forecast", unit="fit", disable=not progress):
-        _evaluate_one(data, name, k, fold_sets, fold_ids, pca_dims, n_boot, seed, result)
+        scores[name, k] = _evaluate_one(data, name, k, fold_sets, fold_ids, pca_dims, n_boot, seed, result)
     for name in _SAME_FOR_EVERY_K:
         first = result["auroc"][name][str(data.ks[0])]
         result["auroc"][name] = {str(k): dict(first) for k in data.ks}
+    result["differences"] = {
+        f"ret-{base}": {str(k): paired_bootstrap_auroc(
+            data.y, scores["ret", k], scores[base, data.ks[0] if base in _SAME_FOR_EVERY_K else k], fold_ids,
+            data.conversations, n_boot, seed=seed) for k in data.ks}
+        for base in COMPARED}
     return result
 
 
 def _evaluate_one(data, name: str, k: int, fold_sets, fold_ids, pca_dims: int, n_boot: int, seed: int,
-                  result: dict) -> None:
-    """Out-of-fold scores of one feature set at one k for every repeat, and their AUROC entry."""
+                  result: dict) -> list[np.ndarray]:
+    """Out-of-fold scores of one feature set at one k for every repeat (returned), and their AUROC entry."""
     X = data.features["length" if name == "majority" else name][k]  # majority ignores its features
     result["settings"]["n_features"][name] = int(X.shape[1]) if name != "majority" else 0
     scores = [oof_scores(X, data.y, data.conversations, folds, _KINDS[name], pca_dims, seed) for folds in fold_sets]
     result["auroc"].setdefault(name, {})[str(k)] = bootstrap_auroc(data.y, scores, fold_ids, data.conversations,
                                                                    n_boot, seed=seed)
+    return scores

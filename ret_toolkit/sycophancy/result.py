@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from ret_toolkit.results import RecordResult
 
-__all__ = ["ForecastResult", "auroc_table"]
+__all__ = ["ForecastResult", "auroc_table", "difference_table"]
 
 
 def _f(x) -> str:
@@ -32,12 +32,35 @@ def auroc_table(auroc: dict, ks: Sequence[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def difference_table(differences: dict, ks: Sequence[str] | None = None) -> str:
+    """RET minus each baseline, paired: difference [95% CI] per comparison (rows) and k (columns).
+
+    ``differences`` is ``"ret-<baseline>"`` -> k -> ``{"diff", "ci_low", "ci_high", "p_value"}``
+    (:func:`~ret_toolkit.sycophancy.forecast.evaluate_forecast`). A ``*`` marks a CI that excludes 0.
+    """
+    names = list(differences)
+    ks = list(ks or sorted(differences[names[0]], key=int))
+    lines = [f"{'paired diff':<14}" + "".join(f"{'k=' + k:>23}" for k in ks)]
+    for name in names:
+        cells = []
+        for k in ks:
+            c = differences[name][k]
+            if c["diff"] is None or c["ci_low"] is None:
+                cells.append("n/a".rjust(23))
+                continue
+            mark = "*" if c["ci_low"] > 0 or c["ci_high"] < 0 else " "
+            cells.append(f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{mark}".rjust(23))
+        lines.append(f"{name:<14}" + "".join(cells))
+    return "\n".join(lines)
+
+
 class ForecastResult(RecordResult):
     """Early sycophancy forecast (a mapping over the ``forecast.json`` record).
 
     Keys: ``n_items``, ``n_excluded``, ``n_positive`` (caved), ``n_kept``,
     ``n_conversations``, ``auroc`` (feature set -> k -> ``mean``, ``ci_low``,
-    ``ci_high``, grouped-CV AUROC with a bootstrap CI), ``data`` (label counts,
+    ``ci_high``, grouped-CV AUROC with a bootstrap CI), ``differences`` (``ret-<baseline>``
+    -> k -> the paired ``diff`` with CI and p), ``data`` (label counts,
     exclusions by reason, caving rate), ``forecast`` (CV settings), ``config``
     (dataset, model, checkpoint, settings) and ``seconds``.
     """
@@ -51,8 +74,12 @@ class ForecastResult(RecordResult):
                 f"excluded {self['n_excluded']}: {excl}")
 
     def table(self, ks: Sequence[str] | None = None) -> str:
-        """AUROC [95% CI] per feature set (rows) and k reply tokens seen (columns)."""
-        return auroc_table(self["auroc"], ks)
+        """AUROC [95% CI] per feature set (rows) and k reply tokens seen (columns), then RET's paired
+        differences with each baseline (:func:`difference_table`)."""
+        text = auroc_table(self["auroc"], ks)
+        if self.get("differences"):
+            text += "\n" + difference_table(self["differences"], ks)
+        return text
 
     def figure(self):
         """AUROC against k per feature set, with CIs (plotly)."""

@@ -213,7 +213,7 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
         result = {
             "n_items": counts["n_items"], "n_excluded": counts["n_excluded"], "n_positive": counts["n_positive"],
             "n_kept": counts["n_kept"], "n_conversations": int(len(set(data.conversations))),
-            "auroc": ev["auroc"],
+            "auroc": ev["auroc"], "differences": ev["differences"],
             "data": {**counts, "short_replies": data.short_replies(),
                      "mean_prompt_tokens": float(data.n_prompt.mean()) if len(data) else None},
             "forecast": ev["settings"],

@@ -11,7 +11,8 @@ from ret_toolkit.viz.page import figures_html, write_page
 from ret_toolkit.viz.style import figure_style
 
 _NAMES = {"ret": "RET (z, mean z, macrostate histogram)", "raw_pca": "raw hidden state, PCA probe",
-          "length": "prompt length only", "majority": "majority class"}
+          "length": "prompt length only",
+          "design": "pushback template + item kind", "majority": "majority class"}
 
 
 def leadtime_figure(result: dict) -> go.Figure:
