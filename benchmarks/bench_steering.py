@@ -16,10 +16,16 @@ For every group and every α (the baseline α = 0 in the same run), ``sweep`` ge
 greedy continuations with ``steer(model, v_g, alpha=α)`` and re-reads them with the
 unsteered model: share of generated tokens whose RET group is g, and perplexity of the
 generated tokens under the unsteered model (why the unsteered re-read:
-ret_toolkit/steering/evaluate.py). The best α of a group is the one with the highest
-share among those whose perplexity stays within ``--max-ppl-ratio`` (1.5) x the α = 0
-perplexity. Ends with ``steering_target_share_gain: <value>``: the median over groups
-of (share at the best α) - (share at α = 0).
+ret_toolkit/steering/evaluate.py). Controls, in the same run:
+  - α is chosen on a random half of the prompts (highest share with perplexity within
+    ``--max-ppl-ratio`` x α = 0's on that half) and its gain is read on the other half,
+    with a paired bootstrap CI over those prompts (``SweepResult.held_out``);
+  - a random vector of the same norm at the same layer, at that α (``random_like``);
+  - the target x measured-group matrix of share changes (specificity);
+  - repetition (distinct-2) next to perplexity;
+  - the vectors are built from the store without the evaluation prompts' sequences.
+A group "rises" only when its held-out CI excludes 0. Ends with
+``steering_heldout_share_gain: <value>``: the median over groups of the held-out gain.
 
     .venv/bin/python benchmarks/bench_steering.py [--demo demo_out] [--prompts 24] [--alphas 0.05,0.1,...]
 Writes benchmarks/results/bench_steering.json and benchmarks/results/steering.html.
@@ -64,8 +70,9 @@ def generated_shares(outputs, k: int) -> np.ndarray:
     return counts / max(counts.sum(), 1)
 
 
-def heldout_prompt_ids(outputs, tokenizer, n: int) -> tuple[list[list[int]], list[str]]:
-    """Prompt token ids (the stored prompt part of each held-out sequence, chat template included)."""
+def heldout_prompt_ids(outputs, tokenizer, n: int) -> tuple[list[list[int]], list[str], list[int]]:
+    """Prompt token ids (the stored prompt part of each held-out sequence, chat template included),
+    their prompt ids and their store sequence indices."""
     with TrajectoryStore(outputs.store) as store:
         _, held = checkpoint_split(outputs.checkpoint, store.n_sequences)
         picks = held[np.linspace(0, len(held) - 1, min(n, len(held))).astype(int)]
@@ -74,7 +81,7 @@ def heldout_prompt_ids(outputs, tokenizer, n: int) -> tuple[list[list[int]], lis
             tokens, gen = store.tokens(int(s)), store.generated(int(s))
             ids.append(tokens[~gen].astype(int).tolist())  # generated tokens come after the prompt
             names.append(store.meta(int(s)).get("prompt_id", str(s)))
-    return ids, names
+    return ids, names, [int(s) for s in picks]
 
 
 def main() -> None:
@@ -111,18 +118,21 @@ def main() -> None:
     print("share of the store's generated tokens per group: "
           + ", ".join(f"{g}: {shares[g]:.3f}" for g in range(reader.k)))
     print(f"groups swept ({rule}): {groups}; left out: {left_out}", flush=True)
-    prompt_ids, prompt_names = heldout_prompt_ids(outputs, loaded.tokenizer, args.prompts)
+    prompt_ids, prompt_names, prompt_seqs = heldout_prompt_ids(outputs, loaded.tokenizer, args.prompts)
     alphas = [float(a) for a in args.alphas.split(",")]
 
-    results = []
+    results, controls = [], {}
     for g in groups:
-        vec = group_vector(outputs, g, model=loaded)
+        vec = group_vector(outputs, g, model=loaded, exclude=prompt_seqs)  # never built from evaluation prompts
         print(f"\ngroup {g}: vector at block(s) {vec.layers}, norm {vec[vec.layers[0]].norm():.1f}", flush=True)
         r = sweep(loaded, loaded.tokenizer, reader, vec, g, alphas, prompt_ids, positions=args.positions,
                   max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_ppl_ratio=args.max_ppl_ratio,
                   progress=lambda p: print(f"  alpha {p.alpha:<5g} share {p.share:.3f}  perplexity {p.perplexity:7.2f}"
                                            f"  tokens {p.n_tokens:4d}  {' '.join(p.example.split())[:70]!r}", flush=True))
         results.append(r)
+        h = r.held_out()
+        controls[g] = sweep(loaded, loaded.tokenizer, reader, vec.random_like(seed=g), g, [h["alpha"]], prompt_ids,
+                            positions=args.positions, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
 
     print(f"\nshare of generated tokens in the target group (perplexity / perplexity at alpha 0); "
           f"{len(prompt_ids)} held-out prompts x {args.max_new_tokens} new tokens, greedy, positions={args.positions}")
@@ -131,41 +141,43 @@ def main() -> None:
     for r in results:
         cells = "".join(f"{p.share:>7.3f} ({p.perplexity / r.baseline.perplexity:4.2f})" for p in r.points)
         print(f"{r.target_group:<7}{cells}")
-    print(f"\nbest alpha per group (highest share with perplexity <= {args.max_ppl_ratio}x alpha 0)")
-    print(f"{'group':<7}{'share@0':>9}{'best α':>8}{'share@best':>12}{'ppl ratio':>11}{'gain':>8}"
-          f"{'95% CI (prompts)':>19}{'rises':>7}")
+    print(f"\nheld-out alpha per group: chosen on half of the prompts (highest share with perplexity <= "
+          f"{args.max_ppl_ratio}x alpha 0 there), gain read on the other half with a paired bootstrap CI over them; "
+          f"control: a random vector of the same norm at the same layer and alpha")
+    print(f"{'group':<7}{'α':>6}{'gain (eval half)':>28}{'ppl ratio':>11}{'distinct-2 (0 → α)':>20}"
+          f"{'vector − control':>28}{'rises':>7}")
     gains, records = [], []
     for r in results:
-        base, best = r.baseline, r.best()
-        within = [p for p in r.points if p.alpha >= 0 and p.perplexity <= args.max_ppl_ratio * base.perplexity]
-        # "rises": share grows from α = 0 up to the best α (Spearman > 0 over the in-budget points up to it)
-        upto = [p for p in within if p.alpha <= best.alpha]
-        rho = _spearman([p.alpha for p in upto], [p.share for p in upto]) if len(upto) >= 2 else float("nan")
-        record = r.to_json()  # share_gain_ci: paired bootstrap over prompts (not over the α choice)
-        record["rises"] = bool(r.gain() > 0 and rho > 0)
+        h = r.held_out()
+        chosen, base = r.point(h["alpha"]), r.baseline
+        control = r.against(controls[r.target_group], h["alpha"]) if h["alpha"] else None
+        record = r.to_json()
+        record["control"] = control
+        record["specificity"] = r.specificity(h["alpha"])
+        record["rises"] = bool(h["ci_low"] > 0)  # only when the held-out CI excludes 0
         records.append(record)
-        gains.append(r.gain())
-        ci = f"[{record['share_gain_ci'][0]:+.3f}, {record['share_gain_ci'][1]:+.3f}]"
-        print(f"{r.target_group:<7}{base.share:>9.3f}{best.alpha:>8g}{best.share:>12.3f}"
-              f"{best.perplexity / base.perplexity:>11.2f}{r.gain():>8.3f}{ci:>19}"
+        gains.append(h["gain"])
+        ctrl = "n/a (α = 0)" if control is None else \
+            f"{control['diff']:+.3f} [{control['ci_low']:+.3f}, {control['ci_high']:+.3f}]"
+        print(f"{r.target_group:<7}{h['alpha']:>6g}{h['gain']:>+10.3f} [{h['ci_low']:+.3f}, {h['ci_high']:+.3f}]"
+              f"{h['ppl_ratio']:>11.2f}{base.distinct2:>11.3f} → {chosen.distinct2:.3f}{ctrl:>28}"
               f"{'yes' if record['rises'] else 'no':>7}")
+    print("\nspecificity: change in each measured group's share at the held-out alpha (rows: target group; "
+          "* where the paired CI excludes 0)")
+    print(f"{'target':<8}" + "".join(f"{g:>9}" for g in range(reader.k)))
+    for rec in records:
+        cells = "".join(f"{c['change']:>+8.3f}{'*' if c['ci_low'] > 0 or c['ci_high'] < 0 else ' '}"
+                        for c in rec["specificity"])
+        print(f"{rec['target_group']:<8}{cells}")
     n_rise = sum(r["rises"] for r in records)
     gain = float(statistics.median(gains)) if gains else float("nan")
-    print(f"groups whose share rises with α within the perplexity budget: {n_rise} of {len(results)}; "
-          f"{time.perf_counter() - t0:.0f} s")
+    print(f"groups whose held-out gain CI excludes 0: {n_rise} of {len(results)}; {time.perf_counter() - t0:.0f} s")
     write_sweep_html(RESULTS / "steering.html", results, args.max_ppl_ratio)
-    report("bench_steering", "steering_target_share_gain", gain, {
+    report("bench_steering", "steering_heldout_share_gain", gain, {
         "args": vars(args), "groups": groups, "left_out": left_out, "group_rule": rule,
         "generated_share_per_group": shares.tolist(), "prompts": prompt_names, "results": records,
-        "n_groups_rising": n_rise, "seconds": time.perf_counter() - t0,
+        "prompt_sequences": prompt_seqs, "n_groups_rising": n_rise, "seconds": time.perf_counter() - t0,
     })
-
-
-def _spearman(x, y) -> float:
-    from scipy.stats import spearmanr
-
-    rho = spearmanr(x, y).statistic
-    return float(rho) if np.isfinite(rho) else 0.0
 
 
 if __name__ == "__main__":

@@ -118,3 +118,56 @@ def test_horizon_given_tokens_removes_copying_but_keeps_planning():
     prefix_plan = plan * 8 + goal
     kept = cmi_summary(prefix_plan, state_plan, tokens, s)
     assert kept["p_value"] < 0.02 and kept["cmi_excess"] > 1.5 and kept["ci_low"] > 1.5
+
+
+# --------------------------------------------------------------------------- steering sweep statistics
+
+
+def _planted_sweep(effect: float, n_prompts=40, tokens=30, seed=0):
+    """A sweep whose α = 1 raises the target share (group 1 of 3) by ``effect`` on every prompt;
+    α = 2 raises it twice as much but triples perplexity (outside the fluency budget)."""
+    from ret_toolkit.steering import SweepResult
+    from ret_toolkit.steering.sweep_result import SweepPoint
+
+    rng = np.random.default_rng(seed)
+    points = []
+    for alpha, shift, nll in ((0.0, 0.0, 1.0), (1.0, effect, 1.05), (2.0, 2 * effect, 1.0 + np.log(3))):
+        share = np.clip(0.2 + shift + rng.normal(0, 0.05, n_prompts), 0, 1)
+        target = rng.binomial(tokens, share)
+        other = rng.binomial(tokens - target, 0.5)
+        groups = np.stack([other, target, tokens - target - other], 1)
+        points.append(SweepPoint(alpha, float(target.sum() / (tokens * n_prompts)), float(np.exp(nll)),
+                                 tokens * n_prompts, n_prompts, (groups.sum(0) / groups.sum()).tolist(),
+                                 [[int(t), tokens] for t in target], "", [nll * tokens] * n_prompts,
+                                 groups.tolist()))
+    return SweepResult(1, points, {"n_prompts": n_prompts, "max_new_tokens": tokens}, max_ppl_ratio=1.5)
+
+
+def test_held_out_alpha_recovers_a_planted_gain_and_no_gain_under_the_null():
+    real = _planted_sweep(0.2).held_out()
+    assert real["alpha"] == 1.0 and real["n_tune"] == real["n_eval"] == 20  # α = 2 is over the budget
+    assert real["ci_low"] > 0.1 and abs(real["gain"] - 0.2) < 0.05
+    covered = sum(_planted_sweep(0.0, seed=s).held_out(seed=s)["ci_low"] <= 0 for s in range(10))
+    assert covered >= 8  # no effect: the held-out CI rarely excludes 0 (the in-sample best α would be optimistic)
+
+
+def test_specificity_and_control_comparison_on_a_planted_sweep():
+    r = _planted_sweep(0.2)
+    rows = r.specificity(1.0)
+    assert max(rows, key=lambda x: x["change"])["group"] == 1 and rows[1]["ci_low"] > 0.1
+    c = r.against(_planted_sweep(0.0, seed=1), 1.0)  # a control that does nothing
+    assert c["ci_low"] > 0.1
+
+
+def test_random_like_keeps_norms_and_layers_but_not_the_direction():
+    import torch
+
+    from ret_toolkit.steering import SteeringVector
+
+    v = SteeringVector({3: torch.arange(8.0), 5: torch.ones(8)})
+    r = v.random_like(seed=0)
+    assert r.layers == v.layers and r.construction["method"] == "random_control"
+    for layer in v.layers:
+        assert float(r[layer].norm()) == pytest.approx(float(v[layer].norm()))
+        assert abs(float(torch.nn.functional.cosine_similarity(r[layer], v[layer], dim=0))) < 0.9
+    assert torch.equal(v.random_like(seed=0)[3], r[3]) and not torch.equal(v.random_like(seed=1)[3], r[3])

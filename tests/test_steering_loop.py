@@ -226,6 +226,20 @@ def test_sweep_baseline_is_the_plain_model_and_steering_moves_the_text(tiny):
     assert result.points[2].perplexity != pytest.approx(base.perplexity)
     assert result.vector == vec.manifest
     json.dumps(result.to_json())  # JSON-ready
+    for p, gen in zip(result.points, [plain]):  # α = 0: per-prompt records add up to the pooled figures
+        assert [sum(g) for g in p.prompt_groups] == [c[1] for c in p.prompt_counts] == [len(g) for g in gen]
+        assert math.exp(sum(p.prompt_nll) / p.n_tokens) == pytest.approx(p.perplexity)
+        assert p.prompt_bigrams == [[len(set(zip(g[:-1], g[1:]))), max(len(g) - 1, 0)] for g in gen]
+        assert 0 < p.distinct2 <= 1
+    h = result.held_out()
+    assert h["n_tune"] + h["n_eval"] == len(PROMPTS) and h["alpha"] in alphas and h["ci_low"] <= h["ci_high"]
+    control = sweep(model, tok, reader, vec.random_like(seed=1), 1, [2.0, 1.0], prompt_ids, max_new_tokens=5,
+                    batch_size=2)
+    assert control.baseline.prompt_counts == base.prompt_counts  # same prompts, same α = 0
+    c = result.against(control, 2.0)
+    assert c["diff"] == pytest.approx(c["share"] - c["control_share"]) and c["ci_low"] <= c["ci_high"]
+    rows = result.specificity(2.0)
+    assert [r["group"] for r in rows] == list(range(reader.k)) and sum(r["change"] for r in rows) == pytest.approx(0)
     for progress in (False, True, None):  # what ret-steer passes for --quiet / the default
         again = sweep(model, tok, reader, vec, 1, [2.0, 1.0], prompt_ids, max_new_tokens=5, batch_size=2,
                       progress=progress)
@@ -489,3 +503,8 @@ def test_generate_api_is_what_ret_steer_prints(ret_dir, capsys):
         assert g.text in out and f"steered {g.steered} of {g.fed} fed-back tokens" in out
     with pytest.raises(InputError, match="needs a reader and a vector"):
         ret.generate(model, prompts, detect=[0])
+    left_out = ret.group_vector(d, group=1, model=model, exclude=[0, 1])  # built without the evaluation prompts
+    assert left_out.meta["excluded_sequences"] == [0, 1]
+    assert not torch.allclose(left_out[left_out.layers[0]], vec[vec.layers[0]])
+    with pytest.raises(InputError, match="sequences must be in"):
+        ret.group_vector(d, group=1, model=model, exclude=[10**6])

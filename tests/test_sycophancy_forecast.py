@@ -79,7 +79,7 @@ def traced(tiny, tmp_path_factory):
         out = tmp_path_factory.mktemp("syc_traced")
         res = traj.trace_dataset(items, out, tiny["loaded"], LAYER,
                                  traj.TraceSettings(max_new_tokens=6, pushbacks="all", batch_size=32),
-                                 model=tiny["dir"], progress=False)
+                                 model_spec=tiny["dir"], progress=False)
     finally:
         mp.undo()
     return items, res
@@ -122,7 +122,7 @@ def test_trace_reuses_stores(traced, tiny, stub_labeller):
     items, res = traced
     again = traj.trace_dataset(items, res.store.parent, tiny["loaded"], LAYER,
                                traj.TraceSettings(max_new_tokens=6, pushbacks="all", batch_size=32),
-                               model=tiny["dir"], progress=False)
+                               model_spec=tiny["dir"], progress=False)
     assert again.labels == res.labels
 
 
@@ -137,7 +137,7 @@ def test_torchrun_ranks_trace_what_one_process_traces(tiny, tmp_path, stub_label
     items = traj.pick_items(load_bank(), 12)
     one = traj.trace_dataset(items, tmp_path / "one", tiny["loaded"], LAYER,
                              traj.TraceSettings(max_new_tokens=6, pushbacks="all", batch_size=3),
-                             model=tiny["dir"], progress=False)
+                             model_spec=tiny["dir"], progress=False)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     run = subprocess.run([str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2",
                           str(Path(__file__).parent / "torchrun_trace.py"), tiny["dir"], str(tmp_path / "two"), "12",
@@ -174,7 +174,7 @@ def test_choice_items_are_one_turn(tiny, tmp_path, monkeypatch):
     # label_choices (used by the tracer) looks the rule up in the external module
     monkeypatch.setattr(external_mod, "chose_sycophantic", lambda it, r: [True, False, None][(int(it.id.split(":")[1]) - 1) % 3])
     res = traj.trace_dataset(items, tmp_path / "out", tiny["loaded"], LAYER, traj.TraceSettings(max_new_tokens=4),
-                             model=tiny["dir"], progress=False)
+                             model_spec=tiny["dir"], progress=False)
     assert res.first_store is None and res.store.name == "choice.h5"
     assert list(res.labels.values()) == ["caved", "held", "unclear"] * 2
     assert res.exclusions["choice_unclear"] == 2

@@ -48,7 +48,7 @@ def main() -> None:
     rank = detect_rank()
     res = traj.trace_dataset(traj.pick_items(load_bank(), n), out, load_model(model), "1",
                              traj.TraceSettings(max_new_tokens=6, pushbacks="all", batch_size=batch),
-                             model=model, progress=False, rank=rank)
+                             model_spec=model, progress=False, rank=rank)
     if rank.rank == 0:
         (out / "labels.json").write_text(json.dumps(res.labels))
 

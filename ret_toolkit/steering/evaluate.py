@@ -182,15 +182,15 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
                    disable=rank is not None and rank.rank != 0)
     if not callable(progress):  # True (drawn above), False or None: no callback
         progress = None
-    local = []  # per α: (per-prompt scores of this rank's prompts, its first continuation)
+    local = []  # per α: (per-prompt scores of this rank's prompts, its first continuation, the continuations' ids)
     for alpha in values:
         gen = generate_continuations(model, tokenizer, mine, vector, alpha, positions=positions,
                                      max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
                                      seed=seed, model_name=model_name)
         local.append((reread(model, reader, mine, gen, batch_size=batch_size),
-                      tokenizer.decode(gen[0]) if gen else None))
+                      tokenizer.decode(gen[0]) if gen else None, [list(map(int, g)) for g in gen]))
         if progress is not None and rank is None:
-            progress(score_point(alpha, target_group, local[-1][0], reader.k, local[-1][1] or ""))
+            progress(score_point(alpha, target_group, local[-1][0], reader.k, local[-1][1] or "", local[-1][2]))
         if bar is not None:
             bar.update(1)
             bar.set_postfix(alpha=f"{alpha:g}")
@@ -201,7 +201,8 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
     for i, alpha in enumerate(values):
         scored = [x for shard in shards for x in shard[i][0]]
         example = next((shard[i][1] for shard in shards if shard[i][1] is not None), "")
-        points.append(score_point(alpha, target_group, scored, reader.k, example))
+        generated = [g for shard in shards for g in shard[i][2]]
+        points.append(score_point(alpha, target_group, scored, reader.k, example, generated))
         if progress is not None and rank is not None:
             progress(points[-1])
     vectors = list(vector) if isinstance(vector, (list, tuple)) else [vector]

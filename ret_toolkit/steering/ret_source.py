@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -66,7 +67,8 @@ def find_outputs(directory: str | Path, *, store: str | Path | None = None) -> R
 
 
 def group_vector(outputs: RETOutputs | str | Path, group: int, layers: LayerSpec | None = None, *, model=None,
-                 model_name: str | None = None, scale: str | None = "median") -> SteeringVector:
+                 model_name: str | None = None, scale: str | None = "median",
+                 exclude: Sequence[int] = ()) -> SteeringVector:
     """Steering vector toward macrostate ``group``: group mean minus overall mean per layer.
 
     Rows are every stored token except each sequence's first (an attention
@@ -80,6 +82,8 @@ def group_vector(outputs: RETOutputs | str | Path, group: int, layers: LayerSpec
             default: the layers the RET checkpoint reads); each must be in the store.
         model, model_name: identity recorded in the manifest (default: the
             store's model name).
+        exclude: store sequences to leave out, e.g. the prompts the vector will be
+            evaluated on (recorded in the manifest's ``meta``).
 
     Raises:
         InputError: an unknown group, a layer the store lacks, a store / macro
@@ -106,9 +110,15 @@ def group_vector(outputs: RETOutputs | str | Path, group: int, layers: LayerSpec
         hidden = {i: store.hidden_dataset(x) for i, x in zip(block_indices(names), names)}
         mask = np.ones(len(groups), bool)
         mask[store.offsets[:-1]] = False  # first token of every sequence
+        left_out = sorted({int(s) for s in exclude})
+        if left_out and not 0 <= left_out[0] <= left_out[-1] < store.n_sequences:
+            raise InputError(f"{option('exclude')}: sequences must be in 0..{store.n_sequences - 1}, got {left_out}")
+        for s in left_out:
+            mask[store.offsets[s]: store.offsets[s + 1]] = False
         name = model_name if model_name is not None else (None if model is not None else store.model)
         vec = from_groups(hidden, groups.astype(np.int64), int(group), mask=mask, scale=scale, model=model,
-                          model_name=name, meta={"macro_file": str(outputs.macro_file), "store": str(outputs.store)})
+                          model_name=name, meta={"macro_file": str(outputs.macro_file), "store": str(outputs.store),
+                                **({"excluded_sequences": left_out} if left_out else {})})
     if model is None and not vec.n_layers:
         vec.n_layers = store.n_model_layers
     return vec

@@ -329,6 +329,23 @@ class SteeringVector:
         return arch
 
     # ------------------------------------------------------------ arithmetic
+    def random_like(self, seed: int = 0) -> "SteeringVector":
+        """A control: at every layer a random (Gaussian) direction with this direction's norm.
+
+        Steering with it at the same α asks whether the effect of this vector is its
+        direction's or that of any push of the same size at the same layer.
+        """
+        gen = torch.Generator().manual_seed(int(seed))
+        directions = {}
+        for layer, v in self.directions.items():
+            r = torch.randn(v.numel(), generator=gen)
+            directions[layer] = r * (v.norm() / r.norm())
+        return SteeringVector(
+            directions, model=self.model, model_type=self.model_type, n_layers=self.n_layers,
+            construction={"method": "random_control", "seed": int(seed), "control_of": dict(self.construction)},
+            meta=self.meta,
+        )
+
     def scaled(self, factor: float) -> "SteeringVector":
         """A copy with every direction multiplied by ``factor`` (manifest fields kept)."""
         if not math.isfinite(float(factor)):
