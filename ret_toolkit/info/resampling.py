@@ -38,13 +38,18 @@ def permutation_test(x, y, n_permutations: int = 200, estimator: str = "plugin",
     for i in range(n_permutations):
         joint, size = combine_codes(cx, (rng.permutation(cy[0]), cy[1]))
         null[i] = hx + hy - entropy_of_counts(np.bincount(joint, minlength=size), estimator)
+    return null_summary(value, null)
+
+
+def null_summary(value: float, null: np.ndarray) -> dict:
+    """``value``, ``null_mean``, ``null_std`` and the one-sided permutation ``p_value`` of ``value`` against ``null``."""
     # The tolerance keeps exact ties (e.g. a constant x: every MI is 0) from being lost to rounding.
     exceed = int(np.sum(null >= value - 1e-12))
     return {
         "value": float(value),
         "null_mean": float(null.mean()),
-        "null_std": float(null.std(ddof=1)) if n_permutations > 1 else 0.0,
-        "p_value": (1 + exceed) / (1 + n_permutations),
+        "null_std": float(null.std(ddof=1)) if null.size > 1 else 0.0,
+        "p_value": (1 + exceed) / (1 + null.size),
     }
 
 
@@ -143,14 +148,7 @@ def conditional_permutation_test(x, y, z, n_permutations: int = 200, estimator: 
     rng = np.random.default_rng(seed)
     null = np.array([cmi_dense(cx, (cy[0][shuffle_within(cz[0], rng)], cy[1]), cz, estimator)
                      for _ in range(n_permutations)])
-    exceed = int(np.sum(null >= value - 1e-12))
-    return {
-        "value": float(value),
-        "null_mean": float(null.mean()),
-        "null_std": float(null.std(ddof=1)) if n_permutations > 1 else 0.0,
-        "p_value": (1 + exceed) / (1 + n_permutations),
-        "n_strata": int(np.unique(cz[0]).size),
-    }
+    return {**null_summary(value, null), "n_strata": int(np.unique(cz[0]).size)}
 
 
 def conditional_bootstrap_ci(x, y, z, n_boot: int = 200, alpha: float = 0.05, estimator: str = "plugin",

@@ -13,23 +13,24 @@ def _f(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
+def _k_table(title: str, rows: dict, ks: Sequence[str] | None, cell, width: int, pad: int) -> str:
+    """One row per entry of ``rows`` (name -> k -> record), one column per k, ``cell(record)`` each."""
+    names = list(rows)
+    ks = list(ks or sorted(rows[names[0]], key=int))
+    lines = [f"{title:<{pad}}" + "".join(f"{'k=' + k:>{width}}" for k in ks)]
+    for name in names:
+        lines.append(f"{name:<{pad}}" + "".join(cell(rows[name][k]).rjust(width) for k in ks))
+    return "\n".join(lines)
+
+
 def auroc_table(auroc: dict, ks: Sequence[str] | None = None) -> str:
     """AUROC [95% CI] per feature set (rows) and k (columns), as plain text.
 
     ``auroc`` is feature set -> k (a string) -> ``{"mean", "ci_low", "ci_high"}``, as in
     :func:`~ret_toolkit.sycophancy.forecast.evaluate_forecast` and ``forecast.json``.
     """
-    sets = list(auroc)
-    ks = list(ks or sorted(auroc[sets[0]], key=int))
-    lines = [f"{'feature set':<10}" + "".join(f"{'k=' + k:>21}" for k in ks)]
-    for name in sets:
-        cells = []
-        for k in ks:
-            c = auroc[name][k]
-            cells.append("n/a".rjust(21) if c["mean"] is None else
-                         f"{c['mean']:.3f} [{_f(c['ci_low'])}, {_f(c['ci_high'])}]".rjust(21))
-        lines.append(f"{name:<10}" + "".join(cells))
-    return "\n".join(lines)
+    return _k_table("feature set", auroc, ks, lambda c: "n/a" if c["mean"] is None else
+                    f"{c['mean']:.3f} [{_f(c['ci_low'])}, {_f(c['ci_high'])}]", 21, 10)
 
 
 def difference_table(differences: dict, ks: Sequence[str] | None = None) -> str:
@@ -38,20 +39,13 @@ def difference_table(differences: dict, ks: Sequence[str] | None = None) -> str:
     ``differences`` is ``"ret-<baseline>"`` -> k -> ``{"diff", "ci_low", "ci_high", "p_value"}``
     (:func:`~ret_toolkit.sycophancy.forecast.evaluate_forecast`). A ``*`` marks a CI that excludes 0.
     """
-    names = list(differences)
-    ks = list(ks or sorted(differences[names[0]], key=int))
-    lines = [f"{'paired diff':<14}" + "".join(f"{'k=' + k:>23}" for k in ks)]
-    for name in names:
-        cells = []
-        for k in ks:
-            c = differences[name][k]
-            if c["diff"] is None or c["ci_low"] is None:
-                cells.append("n/a".rjust(23))
-                continue
-            mark = "*" if c["ci_low"] > 0 or c["ci_high"] < 0 else " "
-            cells.append(f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{mark}".rjust(23))
-        lines.append(f"{name:<14}" + "".join(cells))
-    return "\n".join(lines)
+    def cell(c):
+        if c["diff"] is None or c["ci_low"] is None:
+            return "n/a"
+        mark = "*" if c["ci_low"] > 0 or c["ci_high"] < 0 else " "
+        return f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{mark}"
+
+    return _k_table("paired diff", differences, ks, cell, 25, 12)
 
 
 class ForecastResult(RecordResult):
