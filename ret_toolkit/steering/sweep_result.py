@@ -34,7 +34,7 @@ class SweepPoint:
             perplexity on a subset of prompts.
         prompt_groups: per prompt the count of generated tokens in every group (K,).
         distinct2: distinct bigrams / bigrams over all continuations (1 = no repeats;
-            fluency as repetition, next to perplexity); prompt_bigrams: per prompt
+            fluency as repetition, next to perplexity; None when not measured); prompt_bigrams: per prompt
             ``[distinct bigrams, bigrams]``.
     """
 
@@ -48,7 +48,7 @@ class SweepPoint:
     example: str = ""
     prompt_nll: list[float] = field(default_factory=list)
     prompt_groups: list[list[int]] = field(default_factory=list)
-    distinct2: float = float("nan")
+    distinct2: float | None = None
     prompt_bigrams: list[list[int]] = field(default_factory=list)
 
 
@@ -73,7 +73,7 @@ def score_point(alpha: float, target_group: int, scored: Sequence[tuple[np.ndarr
     if generated is not None:
         bigrams = [bigram_counts(list(g)) for g in generated]
         total = sum(b[1] for b in bigrams)
-        extra.update(prompt_bigrams=bigrams, distinct2=sum(b[0] for b in bigrams) / total if total else float("nan"))
+        extra.update(prompt_bigrams=bigrams, distinct2=sum(b[0] for b in bigrams) / total if total else None)
     if n == 0:
         return SweepPoint(float(alpha), float("nan"), float("nan"), 0, len(scored), [0.0] * k, per_prompt, example,
                           **extra)
