@@ -129,7 +129,7 @@ def main() -> None:
     print(f"grammar horizon nMI(τ={grammar[-1]['tau']}) / nMI(τ=1): {decay:.3f}")
     write_planning_report(RESULTS / "planning.html", results)
     report("bench_planning", "pathfinding_branch_mi_diff", diff_short, {
-        "args": vars(args), "train_seconds": timing, "results": results, "untrained_branch": baselines,
+        "args": vars(args), "train_seconds": timing, "results": [r.to_json() for r in results], "untrained_branch": baselines,
         "grammar_horizon_decay": decay,
     })
 
