@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from activation_cache.errors import InputError
+from activation_cache.quiet import no_transformers_bars
 from ret_toolkit.planning.decode import task_accuracy_of
 from ret_toolkit.tasks import GrammarTask, PathTask, TaskSample, task_tokenizer
 
@@ -107,6 +108,7 @@ def export_task_model(module, tokenizer, out_dir: str | Path) -> Path:
     """Save the GPT-2 and its tokenizer as a ``transformers`` directory (``ret-extract --model DIR``)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    module.model.save_pretrained(out)
+    with no_transformers_bars():  # the shard-writing bar of a one-shard model says nothing
+        module.model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out

@@ -8,14 +8,15 @@ the planning analyses).
 
 from __future__ import annotations
 
-import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from activation_cache.quiet import quiet_training
 from ret_toolkit.vq.blocks import BlockSpec, TensorBlocks, collate_cells
 from ret_toolkit.vq.datamodule import BlockDataModule
 from ret_toolkit.vq.module import VQModule
@@ -28,17 +29,12 @@ def _fit(module: VQModule, max_epochs: int, trainer_kwargs: dict[str, Any] | Non
     ``trainer_kwargs`` override any of it (``accelerator``, ``devices``, ``precision``...).
     """
     # These probes are steps inside larger analyses: Lightning's per-fit info lines ("GPU available",
-    # logger tips) would repeat for every probe. Only for this fit: the user's own trainers keep them.
-    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
+    # logger tips) and internal deprecations would repeat for every probe.
+    with quiet_training():
         trainer = pl.Trainer(**{"max_epochs": max_epochs, "accelerator": "auto", "devices": 1, "logger": False,
                                 "enable_checkpointing": False, "enable_progress_bar": False,
                                 "enable_model_summary": False, "num_sanity_val_steps": 0, **(trainer_kwargs or {})})
         trainer.fit(module, *loaders, **fit_kwargs)
-    finally:
-        log.setLevel(level)
 
 
 def tensor_standardization(ds: TensorBlocks) -> tuple[torch.Tensor, torch.Tensor]:
