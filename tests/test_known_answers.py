@@ -171,3 +171,54 @@ def test_random_like_keeps_norms_and_layers_but_not_the_direction():
         assert float(r[layer].norm()) == pytest.approx(float(v[layer].norm()))
         assert abs(float(torch.nn.functional.cosine_similarity(r[layer], v[layer], dim=0))) < 0.9
     assert torch.equal(v.random_like(seed=0)[3], r[3]) and not torch.equal(v.random_like(seed=1)[3], r[3])
+
+
+# ---------------------------------------------------------------- RET evaluation on a planted slow process
+
+
+def _ret_world(p_switch: float, seed: int = 0, noise: float = 3.0, epochs: int = 15, **config) -> dict:
+    """Train RET on a planted world; return each method's agreement with the true state and the metrics block."""
+    import torch
+    from sklearn.metrics import adjusted_rand_score
+
+    from planted import slow_latent_sequences, train_small_ret
+    from ret_toolkit.macro.assign import fit_centroids, l2_normalize
+    from ret_toolkit.macro.baselines import BASELINES, fit_baselines
+    from ret_toolkit.macro.evaluate import evaluate_groupings
+
+    h, s = slow_latent_sequences(n_seq=64, T=160, p_switch=p_switch, noise=noise, seed=seed)
+    m = train_small_ret(h[:48], epochs=epochs, seed=seed, **config)
+    with torch.no_grad():
+        std = [m.standardize(x).numpy() for x in h]
+        z = [m.encode_sequence(x).numpy() for x in h]
+    centroids = fit_centroids(np.concatenate(z[:48]), k=4, seed=0)
+    groups = [np.argmin(((l2_normalize(x)[:, None] - centroids) ** 2).sum(-1), axis=1) for x in z]
+    b = fit_baselines(std[:48], k=4, d=m.hparams.z_dim, window=8, micro_dim=16)
+    held = range(48, 64)
+    truth = s[48:].reshape(-1).numpy()
+    methods = {"ret": np.concatenate([groups[i] for i in held])}
+    methods.update({name: np.concatenate([b.assign(name, std[i]) for i in held]) for name in BASELINES})
+    ari = {name: adjusted_rand_score(truth, g) for name, g in methods.items()}
+    metrics = evaluate_groupings([groups[i] for i in held], [z[i] for i in held], [std[i] for i in held],
+                                 [s[i].numpy() for i in held], b, hidden=16, closure_horizons=(1,))
+    return {"ari": ari, "metrics": metrics}
+
+
+def test_ret_evaluation_ranks_methods_on_a_planted_slow_process():
+    # Slow phases (a switch every 20 tokens on average) under token noise 3x the phase signal:
+    # the windowed methods recover the phase, per-token k-means does not. (Measured: ARI RET
+    # 0.68, window mean 0.71, EMA 0.55, raw 0.44, PCA 0.44; with the horizon-blind predictor 0.72.)
+    w = _ret_world(p_switch=0.05)
+    ari, tc = w["ari"], w["metrics"]["temporal_consistency"]
+    assert ari["ret"] > 0.55 and ari["ret"] > ari["kmeans_raw"] + 0.2 and ari["ret"] > ari["kmeans_pca"] + 0.2, ari
+    assert min(ari["kmeans_window"], ari["ema"]) > ari["kmeans_raw"] + 0.05, ari
+    assert tc["ret"]["p_same_next"] > tc["kmeans_raw"]["p_same_next"] + 0.2, tc
+
+
+def test_ret_evaluation_null_without_slow_phases():
+    # The state is redrawn at every token: there is no slow phase to find. A smoother cannot
+    # recover the state and must not look as if it did; the per-token k-means does best.
+    w = _ret_world(p_switch=1.0)
+    ari = w["ari"]
+    assert ari["kmeans_raw"] > max(ari["ret"], ari["kmeans_window"], ari["ema"]) + 0.1, ari
+    assert max(ari["ret"], ari["kmeans_window"], ari["ema"]) < 0.2, ari

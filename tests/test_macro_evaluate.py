@@ -8,9 +8,16 @@ import math
 import numpy as np
 import pytest
 
-from ret_toolkit.macro.baselines import Baselines, causal_window_mean, fit_baselines
+from ret_toolkit.macro.baselines import (
+    Baselines,
+    causal_ema,
+    causal_window_mean,
+    causal_window_stack,
+    fit_baselines,
+)
 from ret_toolkit.macro.evaluate import (
     closure_gap,
+    masked_segments,
     evaluate_groupings,
     group_occupancy_max,
     next_group_accuracy,
@@ -153,8 +160,7 @@ def hidden_sequences(n_seq: int = 8, length: int = 120, dim: int = 24, seed: int
 
 
 def fit_on(seqs, w=4, seed=0, k=5, d=3) -> Baselines:
-    windows = np.concatenate([causal_window_mean(h, w) for h in seqs])
-    return fit_baselines(np.concatenate(seqs), windows, k=k, d=d, seed=seed, window=w, micro_dim=8)
+    return fit_baselines(seqs, k=k, d=d, seed=seed, window=w, micro_dim=8)
 
 
 def test_baselines_deterministic_with_shapes():
@@ -172,6 +178,44 @@ def test_baselines_deterministic_with_shapes():
     np.testing.assert_allclose(b1.z("kmeans_pca", h), b1.micro(h)[:, :3])  # nested PCA components
     with pytest.raises(ValueError, match="unknown baseline"):
         b1.assign("kmeans_umap", h)
+
+
+def test_causal_ema_and_window_stack():
+    h = np.arange(8, dtype=float).reshape(4, 2)
+    a = 1 - 0.5 ** (1 / 2)
+    expected = [h[0]]
+    for t in range(1, 4):
+        expected.append(expected[-1] + a * (h[t] - expected[-1]))
+    np.testing.assert_allclose(causal_ema(h, 2.0), expected)
+    np.testing.assert_allclose(causal_ema(h[:2], 1e-9), h[:2])  # tiny half-life: the token itself
+    with pytest.raises(ValueError, match="half_life"):
+        causal_ema(h, 0)
+    st = causal_window_stack(h, 3)
+    assert st.shape == (4, 6)
+    np.testing.assert_allclose(st[0], [0, 0, 0, 0, 0, 1])       # zeros before the start, oldest first
+    np.testing.assert_allclose(st[3], [2, 3, 4, 5, 6, 7])
+
+
+def test_masked_segments_cut_runs_within_sequences():
+    a = [np.arange(5), np.arange(10, 13)]
+    mask = [np.array([1, 1, 0, 1, 1], bool), np.array([1, 1, 1], bool)]
+    (runs,) = masked_segments(mask, a)
+    assert [r.tolist() for r in runs] == [[0, 1], [3, 4], [10, 11, 12]]  # the gap splits; sequences never join
+
+
+def test_ema_baseline_is_slow_and_window_micro_sees_the_past():
+    seqs = hidden_sequences(seed=2, noise=4.0)
+    b = fit_on(seqs, w=6)
+    raw = temporal_consistency([b.assign("kmeans_raw", h) for h in seqs])
+    ema = temporal_consistency([b.assign("ema", h) for h in seqs])
+    assert ema["p_same_next"] > raw["p_same_next"]
+    h = seqs[0]
+    assert b.micro_window(h).shape == (len(h), 8) and b.z("ema", h).shape == (len(h), 3)
+    # the window micro of t depends on h_{t-5}: changing it moves micro_window(t) but not micro(t)
+    h2 = h.copy()
+    h2[10] += 5.0
+    assert not np.allclose(b.micro_window(h)[15], b.micro_window(h2)[15])
+    np.testing.assert_allclose(b.micro(h)[15], b.micro(h2)[15])
 
 
 def test_window_baseline_is_smoother():
@@ -193,18 +237,32 @@ def test_evaluate_groupings_contract():
     ret_z = [b.z("kmeans_window", h) + 0.01 * rng.standard_normal((len(h), 3)) for h in held]
     ret_groups = [b.assign("kmeans_window", h) for h in held]
     tokens = [rng.integers(0, 30, len(h)) for h in held]
-    metrics = evaluate_groupings(ret_groups, ret_z, held, tokens, b, hidden=16)
+    # the last third of every sequence is "generated"
+    masks = [np.arange(len(h)) >= 2 * len(h) // 3 for h in held]
+    metrics = evaluate_groupings(ret_groups, ret_z, held, tokens, b, hidden=16, token_mask_per_seq=masks,
+                                 closure_horizons=(1, 3))
 
-    names = {"ret", "kmeans_raw", "kmeans_pca", "kmeans_window"}
-    assert set(metrics) == {"temporal_consistency", "closure_gap", "closure", "token_mi_bits", "group_occupancy_max"}
+    names = {"ret", "kmeans_raw", "kmeans_pca", "kmeans_window", "ema"}
+    assert set(metrics) == {"temporal_consistency", "closure_gap", "closure", "closure_window", "token_mi_bits",
+                            "group_occupancy_max", "generated"}
     assert set(metrics["temporal_consistency"]) == names
     for v in metrics["temporal_consistency"].values():
         assert set(v) == {"p_same_next", "mean_run_length"}
-    assert set(metrics["closure_gap"]) == {"ret", "kmeans_pca", "kmeans_window"}
+    assert set(metrics["closure_gap"]) == {"ret", "kmeans_pca", "kmeans_window", "ema"}
     assert set(metrics["closure"]) == names
     assert set(metrics["closure"]["ret"]) == {
         "err_macro", "err_full", "gap", "next_group_acc_from_group", "next_group_acc_from_group_and_micro"
     }
+    assert set(metrics["closure_window"]) == {"1", "3"}
+    for by_name in metrics["closure_window"].values():
+        assert set(by_name) == {"ret", "kmeans_pca", "kmeans_window", "ema"}
+    # one macro model per horizon: the window test shares its err_macro with the token test
+    assert metrics["closure_window"]["1"]["ret"]["err_macro"] == metrics["closure"]["ret"]["err_macro"]
+    gen = metrics["generated"]
+    assert gen["n_tokens"] == sum(int(m.sum()) for m in masks) and gen["n_sequences"] == len(held)
+    assert set(gen["temporal_consistency"]) == names
+    # the generated block counts only the masked tokens: recompute one entry by hand
+    assert gen["temporal_consistency"]["ret"] == temporal_consistency([g[m] for g, m in zip(ret_groups, masks)])
     assert set(metrics["token_mi_bits"]) == names
     assert set(metrics["group_occupancy_max"]) == names
 

@@ -13,6 +13,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from ret_toolkit.macro import RETModule, effective_rank
 from ret_toolkit.macro.module import cosine_momentum
 
+from planted import slow_latent_sequences
+
 D = 32
 W, K = 8, 4
 
@@ -31,25 +33,6 @@ def trainer(**kw) -> L.Trainer:
         num_sanity_val_steps=0,
     )
     return L.Trainer(**{**base, **kw})
-
-
-def slow_latent_sequences(n_seq=64, T=200, n_states=4, p_switch=0.05, noise=3.0, seed=0):
-    """h_t = A[s_t] + low-rank fast noise + white noise, s_t a slowly switching discrete state.
-
-    Returns hidden states (n_seq, T, D) and states (n_seq, T). With noise=3 a
-    single token says little about s_t; a window says a lot.
-    """
-    g = torch.Generator().manual_seed(seed)
-    A = torch.randn(n_states, D, generator=g)
-    fast = torch.randn(D, 8, generator=g)
-    switch = torch.rand(n_seq, T, generator=g) < p_switch
-    proposals = torch.randint(n_states, (n_seq, T), generator=g)
-    s = torch.empty(n_seq, T, dtype=torch.long)
-    s[:, 0] = proposals[:, 0]
-    for t in range(1, T):
-        s[:, t] = torch.where(switch[:, t], proposals[:, t], s[:, t - 1])
-    h = A[s] + noise * torch.randn(n_seq, T, D, generator=g) + 0.5 * torch.randn(n_seq, T, 8, generator=g) @ fast.T
-    return h, s
 
 
 def windows(h: torch.Tensor, length: int = W + K, stride: int = 4) -> torch.Tensor:

@@ -7,7 +7,7 @@ memory are fine::
     /z        float32 (N, d)   z_t of every token (row-aligned with the store)
     /group    int32   (N,)     macrostate (nearest k-means centroid)
     /offsets  int64   (S+1,)   copied from the store
-    /centroids float32 (K, d)
+    /centroids float32 (K, d)   k-means centroids of the L2-normalised z
     attrs: format, store, checkpoint, model, layers, k, z_dim
 """
 
@@ -113,13 +113,24 @@ def rows_of(offsets: np.ndarray, sequences: Sequence[int]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
 
+def l2_normalize(z: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length, (N, d) -> (N, d) float32 (zero rows stay zero)."""
+    z = np.asarray(z, dtype=np.float32)
+    norm = np.linalg.norm(z, axis=1, keepdims=True)
+    return z / np.where(norm > 0, norm, 1.0)
+
+
 def fit_centroids(z: np.ndarray, k: int, seed: int = 0, max_rows: int = 50_000) -> np.ndarray:
-    """k-means (scikit-learn) centroids of z, (K, d) float32; fits on at most ``max_rows`` rows."""
+    """k-means (scikit-learn) centroids of the L2-normalised z, (K, d) float32; fits on at most ``max_rows`` rows.
+
+    Normalised because RET's loss is a cosine: the length of z carries no
+    meaning the encoder was trained for (:meth:`RETModule.assign` normalises too).
+    """
     if len(z) < k:
         raise InputError(f"only {len(z)} training tokens for k={k} macrostates")
     if len(z) > max_rows:
         z = z[np.random.default_rng(seed).choice(len(z), max_rows, replace=False)]
-    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(z)
+    km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(l2_normalize(z))
     return km.cluster_centers_.astype(np.float32)
 
 
@@ -143,7 +154,7 @@ def assign_groups(macro_path: str | Path, module: RETModule, batch: int = 65536)
 def save_with_centroids(module: RETModule, ckpt_in: str | Path, ckpt_out: str | Path, centroids: np.ndarray) -> Path:
     """Copy a checkpoint, adding the macrostate centroids (loaded back by ``on_load_checkpoint``)."""
     state = torch.load(ckpt_in, map_location="cpu", weights_only=True)
-    state["macrostates"] = {"centroids": torch.as_tensor(centroids)}
+    state["macrostates"] = {"centroids": torch.as_tensor(centroids), "metric": "cosine"}
     torch.save(state, ckpt_out)
-    module.centroids = torch.as_tensor(centroids)
+    module.centroids, module.centroid_metric = torch.as_tensor(centroids), "cosine"
     return Path(ckpt_out)

@@ -27,7 +27,9 @@ from ret_toolkit.info import mutual_information
 from ret_toolkit.macro.baselines import BASELINES, Baselines
 
 NAMES = ("ret", *BASELINES)
-CLOSURE_NAMES = ("ret", "kmeans_pca", "kmeans_window")
+CLOSURE_NAMES = ("ret", "kmeans_pca", "kmeans_window", "ema")
+#: horizons (tokens) of the closure test against the whole window
+CLOSURE_HORIZONS = (1, 4, 8)
 
 
 # ---------------------------------------------------------------- grouping statistics
@@ -248,15 +250,28 @@ def closure_gap(
 
 
 def _closure_gap(z_per_seq, micro_per_seq, horizon: int, hidden: int, seed: int) -> dict:
-    z_seqs, m_seqs = _as_2d(z_per_seq, "z"), _as_2d(micro_per_seq, "micro")
-    _check_aligned(z=z_seqs, micro=m_seqs)
+    errors = _closure_errors(z_per_seq, {"full": micro_per_seq}, horizon, hidden, seed)
+    return _gap(errors["macro"], errors["full"])
+
+
+def _gap(err_macro: float, err_full: float) -> dict:
+    gap = (err_macro - err_full) / err_macro if err_macro > 0 else float("nan")
+    return {"err_macro": err_macro, "err_full": err_full, "gap": float(gap)}
+
+
+def _closure_errors(z_per_seq, micros: dict[str, Sequence], horizon: int, hidden: int, seed: int) -> dict[str, float]:
+    """NMSE of z_{t+horizon} from z_t alone (``"macro"``) and from [z_t, micro_t] for each named micro variable.
+
+    One macro model serves every micro variable (same split, same seed), so
+    their gaps differ only by what the micro variable adds.
+    """
+    z_seqs = _as_2d(z_per_seq, "z")
+    m_seqs = {name: _as_2d(m, name) for name, m in micros.items()}
+    _check_aligned(z=z_seqs, **m_seqs)
     fit_idx, score_idx = _split_sequences(len(z_seqs), seed)
     z_fit, y_fit = _lagged(z_seqs, fit_idx, horizon)
     z_score, y_score = _lagged(z_seqs, score_idx, horizon)
-    m_fit, _ = _lagged(m_seqs, fit_idx, horizon)
-    m_score, _ = _lagged(m_seqs, score_idx, horizon)
-
-    std_z, std_m = _standardizer(z_fit), _standardizer(m_fit)
+    std_z = _standardizer(z_fit)
     # Targets: centred and scaled by one scalar, so every dimension keeps its weight in the NMSE.
     y_mu, y_sd = y_fit.mean(axis=0), float(y_fit.std()) or 1.0
     target = ((y_fit - y_mu) / y_sd).astype(np.float32)
@@ -267,16 +282,17 @@ def _closure_gap(z_per_seq, micro_per_seq, horizon: int, hidden: int, seed: int)
     val = _validation_rows(z_seqs, fit_idx, horizon, seed)
     xm_fit, xm_score = std_z(z_fit), std_z(z_score)
     macro = _train_mlp(xm_fit, target, val, hidden, seed)
-    xf_fit = np.hstack([xm_fit, std_m(m_fit)])
-    xf_score = np.hstack([xm_score, std_m(m_score)])
+    errors = {"macro": _nmse(predict(macro, xm_score), y_score)}
     w1, b1, w2, b2 = macro
-    warm = (np.vstack([w1, np.zeros((m_fit.shape[1], hidden))]), b1, w2, b2)
-    full = _train_mlp(xf_fit, target, val, hidden, seed, init=warm)
-
-    err_macro = _nmse(predict(macro, xm_score), y_score)
-    err_full = _nmse(predict(full, xf_score), y_score)
-    gap = (err_macro - err_full) / err_macro if err_macro > 0 else float("nan")
-    return {"err_macro": err_macro, "err_full": err_full, "gap": float(gap)}
+    for name, seqs in m_seqs.items():
+        m_fit, _ = _lagged(seqs, fit_idx, horizon)
+        m_score, _ = _lagged(seqs, score_idx, horizon)
+        std_m = _standardizer(m_fit)
+        xf_fit, xf_score = np.hstack([xm_fit, std_m(m_fit)]), np.hstack([xm_score, std_m(m_score)])
+        warm = (np.vstack([w1, np.zeros((m_fit.shape[1], hidden))]), b1, w2, b2)
+        full = _train_mlp(xf_fit, target, val, hidden, seed, init=warm)
+        errors[name] = _nmse(predict(full, xf_score), y_score)
+    return errors
 
 
 def _accuracy(x_fit, y_fit, x_score, y_score) -> float:
@@ -327,50 +343,103 @@ def evaluate_groupings(
     horizon: int = 1,
     hidden: int = 64,
     seed: int = 0,
+    token_mask_per_seq: Sequence | None = None,
+    closure_horizons: Sequence[int] = CLOSURE_HORIZONS,
 ) -> dict:
-    """RET versus the three baselines on held-out sequences: the held-out block of metrics.json.
+    """RET versus the four baselines on held-out sequences: the held-out block of metrics.json.
 
     ret_groups_per_seq: (T_s,) RET group ids; ret_z_per_seq: (T_s, d) RET z;
-    h_per_seq: (T_s, D) standardised hidden states; tokens_per_seq: (T_s,) token ids.
-    Baseline groups and z come from ``baselines`` (same k); the micro variable
-    for every closure test is ``baselines.micro(h)`` (PCA_64 fitted on train).
+    h_per_seq: (T_s, D) standardised hidden states; tokens_per_seq: (T_s,) token ids;
+    token_mask_per_seq: optional (T_s,) bools, the tokens of the ``"generated"``
+    block (the store's ``generated`` flags: the answer, without the prompt's
+    chat-template boilerplate that every sequence shares).
+    Baseline groups and z come from ``baselines`` (same k). Every representation
+    is computed on whole sequences; the masked block only restricts which
+    tokens (and consecutive pairs of them) are counted.
 
     Returns (all values plain floats)::
 
-        {"temporal_consistency": {name: {"p_same_next", "mean_run_length"}},   # ret + 3 baselines
-         "closure_gap": {"ret", "kmeans_pca", "kmeans_window"},               # the gap of each
-         "closure": {name: {"err_macro", "err_full", "gap",                  # the three above
+        {"temporal_consistency": {name: {"p_same_next", "mean_run_length"}},   # ret + 4 baselines
+         "closure_gap": {"ret", "kmeans_pca", "kmeans_window", "ema"},        # against micro = PCA_64(h_t)
+         "closure": {name: {"err_macro", "err_full", "gap",                  # the four above
                             "next_group_acc_from_group", "next_group_acc_from_group_and_micro"},
                      "kmeans_raw": {next-group keys only: its z would be micro itself}},
+         "closure_window": {str(tau): {name: {"err_macro", "err_full", "gap"}}},  # micro = PCA_64 of the
+                                                                              # whole window, tau tokens ahead
          "token_mi_bits": {name: bits},                                        # Miller-Madow
-         "group_occupancy_max": {name: share}}
+         "group_occupancy_max": {name: share},
+         "generated": {"n_tokens", "n_sequences", "temporal_consistency",     # with a token mask only:
+                       "token_mi_bits", "group_occupancy_max"}}               # the same on masked tokens
     """
     with _one_thread():
-        return _evaluate(ret_groups_per_seq, ret_z_per_seq, h_per_seq, tokens_per_seq, baselines, horizon, hidden, seed)
+        return _evaluate(ret_groups_per_seq, ret_z_per_seq, h_per_seq, tokens_per_seq, baselines, horizon, hidden,
+                         seed, token_mask_per_seq, tuple(closure_horizons))
 
 
-def _evaluate(ret_groups_per_seq, ret_z_per_seq, h_per_seq, tokens_per_seq, baselines, horizon, hidden, seed):
+def masked_segments(mask_per_seq: Sequence, *per_seq: Sequence) -> list[list[np.ndarray]]:
+    """Cut per-sequence arrays into the maximal runs where the mask is True (each run becomes a sequence).
+
+    Returns one list per ``per_seq`` argument, aligned run by run; runs never
+    join across sequences, so consecutive pairs inside a run were consecutive
+    tokens of one sequence.
+    """
+    out: list[list[np.ndarray]] = [[] for _ in per_seq]
+    for s, mask in enumerate(mask_per_seq):
+        mask = np.asarray(mask, dtype=bool).reshape(-1)
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+        for lo, hi in zip(edges[::2], edges[1::2]):
+            for lst, arrays in zip(out, per_seq):
+                lst.append(np.asarray(arrays[s])[lo:hi])
+    return out
+
+
+def _grouping_stats(groups: dict[str, list], tokens: Sequence, k: int) -> dict:
+    return {
+        "temporal_consistency": {name: temporal_consistency(groups[name]) for name in NAMES},
+        "token_mi_bits": {name: token_mi_bits(groups[name], tokens) for name in NAMES},
+        "group_occupancy_max": {name: group_occupancy_max(groups[name], k) for name in NAMES},
+    }
+
+
+def _evaluate(ret_groups_per_seq, ret_z_per_seq, h_per_seq, tokens_per_seq, baselines, horizon, hidden, seed,
+              mask_per_seq, closure_horizons):
     k = baselines.k
     h_seqs = _as_2d(h_per_seq, "h")
     _check_aligned(groups=list(ret_groups_per_seq), z=list(ret_z_per_seq), h=h_seqs, tokens=list(tokens_per_seq))
     micro = [baselines.micro(h) for h in h_seqs]
+    micro_window = [baselines.micro_window(h) for h in h_seqs]
     groups = {"ret": [np.asarray(g, dtype=np.int64) for g in ret_groups_per_seq]}
     groups.update({name: [baselines.assign(name, h) for h in h_seqs] for name in BASELINES})
     zs = {"ret": list(ret_z_per_seq)}
     zs.update({name: [baselines.z(name, h) for h in h_seqs] for name in CLOSURE_NAMES[1:]})
 
-    closure = {}
+    closure, closure_window = {}, {str(t): {} for t in closure_horizons}
     for name in NAMES:
         nga = next_group_accuracy(groups[name], micro, horizon=horizon, seed=seed)
-        entry = closure_gap(zs[name], micro, horizon=horizon, hidden=hidden, seed=seed) if name in zs else {}
+        entry = {}
+        if name in zs:
+            for tau in sorted(set(closure_horizons) | {horizon}):
+                errs = _closure_errors(zs[name], {"token": micro, "window": micro_window}, tau, hidden, seed)
+                if tau == horizon:
+                    entry = _gap(errs["macro"], errs["token"])
+                if tau in closure_horizons:
+                    closure_window[str(tau)][name] = _gap(errs["macro"], errs["window"])
         entry["next_group_acc_from_group"] = nga["from_group"]
         entry["next_group_acc_from_group_and_micro"] = nga["from_group_and_micro"]
         closure[name] = entry
 
-    return {
-        "temporal_consistency": {name: temporal_consistency(groups[name]) for name in NAMES},
+    out = {
+        **_grouping_stats(groups, tokens_per_seq, k),
         "closure_gap": {name: closure[name]["gap"] for name in CLOSURE_NAMES},
         "closure": closure,
-        "token_mi_bits": {name: token_mi_bits(groups[name], tokens_per_seq) for name in NAMES},
-        "group_occupancy_max": {name: group_occupancy_max(groups[name], k) for name in NAMES},
+        "closure_window": closure_window,
     }
+    if mask_per_seq is not None:
+        _check_aligned(groups=groups["ret"], mask=[np.asarray(m).reshape(-1) for m in mask_per_seq])
+        names = list(groups)
+        cut = masked_segments(mask_per_seq, tokens_per_seq, *(groups[n] for n in names))
+        if cut[0]:
+            sub = dict(zip(names, cut[1:]))
+            out["generated"] = {"n_tokens": float(sum(len(t) for t in cut[0])), "n_sequences": float(len(cut[0])),
+                                **_grouping_stats(sub, cut[0], k)}
+    return out

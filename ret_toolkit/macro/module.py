@@ -56,12 +56,11 @@ class RETModule(pl.LightningModule):
         hidden: width of the encoder.
         max_horizon: K; the predictor is trained on all k = 1..K every step.
         predictor_hidden: width of the predictor.
-        predictor_horizon: True: the predictor is told the horizon k. False
-            (default): it sees z only and makes one prediction for all k = 1..K,
-            which rewards z that stays the same over K tokens (slow features).
-            On the demo store this plus K = 8 and no VICReg terms gave the most
-            temporally consistent groups (P(same next) 0.85 vs 0.66 with the
-            horizon-conditioned predictor, K = 4, var 1 / cov 0.04).
+        predictor_horizon: True (default, the method's g(z_t, k)): the predictor
+            is told the horizon k. False: the horizon-blind ablation, one
+            prediction for all k = 1..K, which rewards z that stays the same over
+            K tokens directly (``benchmarks/bench_ret_ablation.py`` compares the two
+            on a tuning split, with seeds).
         ema_start, ema_end: target-encoder momentum, cosine-annealed over all training steps.
         lr, weight_decay: AdamW (no decay on biases / norms).
         lr_schedule: "cosine" (to lr/100 over all steps) or "constant".
@@ -86,7 +85,7 @@ class RETModule(pl.LightningModule):
         hidden: int = 256,
         max_horizon: int = 8,
         predictor_hidden: int = 256,
-        predictor_horizon: bool = False,
+        predictor_horizon: bool = True,
         ema_start: float = 0.99,
         ema_end: float = 1.0,
         lr: float = 1e-3,
@@ -122,6 +121,10 @@ class RETModule(pl.LightningModule):
         self.collapse_message: str | None = None
         #: k-means centroids of z, (K, d), once macrostates are fitted (travel in the checkpoint)
         self.centroids: Tensor | None = None
+        #: how ``assign`` compares z with the centroids: "cosine" (L2-normalised z, what
+        #: ``ret-macro`` fits) or "euclidean" (centroids set by hand, and checkpoints whose
+        #: macrostates record no metric)
+        self.centroid_metric: str = "euclidean"
 
     # ---- data statistics & macrostate centroids travel with the checkpoint ----
 
@@ -136,18 +139,27 @@ class RETModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.centroids is not None:
-            checkpoint["macrostates"] = {"centroids": self.centroids.detach().cpu()}
+            checkpoint["macrostates"] = {"centroids": self.centroids.detach().cpu(), "metric": self.centroid_metric}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         macro = checkpoint.get("macrostates")
         self.centroids = None if macro is None else macro["centroids"]
+        # checkpoints written before the cosine k-means have no "metric": their centroids are Euclidean
+        self.centroid_metric = "euclidean" if macro is None else str(macro.get("metric", "euclidean"))
 
     @torch.no_grad()
     def assign(self, z: Tensor) -> Tensor:
-        """Macrostate (nearest centroid) of each z: (N, d) -> int64 (N,)."""
+        """Macrostate (nearest centroid) of each z: (N, d) -> int64 (N,).
+
+        With ``centroid_metric == "cosine"`` (what :func:`~ret_toolkit.macro.fit_centroids`
+        fits) z is L2-normalised first, as the training loss compares directions.
+        """
         if self.centroids is None:
             raise InputError("this RET checkpoint has no macrostates yet; run `ret-macro` (k-means) first")
-        return torch.cdist(z.float(), self.centroids.to(z.device).float()).argmin(dim=1)
+        z = z.float()
+        if self.centroid_metric == "cosine":
+            z = torch.nn.functional.normalize(z, dim=-1)
+        return torch.cdist(z, self.centroids.to(z.device).float()).argmin(dim=1)
 
     # ---- standardisation & encoding (eval-time API) ----
 

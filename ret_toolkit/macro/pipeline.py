@@ -33,7 +33,7 @@ from ret_toolkit.macro.assign import (
     save_with_centroids,
     sequence_hidden,
 )
-from ret_toolkit.macro.baselines import causal_window_mean, fit_baselines
+from ret_toolkit.macro.baselines import BASELINES, fit_baselines
 from ret_toolkit.macro.evaluate import evaluate_groupings
 from ret_toolkit.macro.module import RETModule
 from ret_toolkit.macro.summaries import summarize_groups, trajectory_records
@@ -65,7 +65,7 @@ class MacroResult:
         tc = self.metrics["temporal_consistency"]
         return (f"k={self.metrics['k']}, held-out P(same next) RET {tc['ret']['p_same_next']:.3f} "
                 f"vs raw {tc['kmeans_raw']['p_same_next']:.3f}, pca {tc['kmeans_pca']['p_same_next']:.3f}, "
-                f"window {tc['kmeans_window']['p_same_next']:.3f}")
+                f"window {tc['kmeans_window']['p_same_next']:.3f}, ema {tc['ema']['p_same_next']:.3f}")
 
     def table(self) -> str:
         """The held-out comparison table (:func:`format_metrics`)."""
@@ -177,33 +177,49 @@ def _evaluate(module, store, layers, groups, held_z, train, held, k, seed, progr
     # the three steps take comparable time (reading, fitting the baselines, the closure MLPs)
     with tqdm(total=3, desc="held-out evaluation", unit="step", disable=not progress, dynamic_ncols=True) as bar:
         # about 20k training tokens are plenty for k-means/PCA baselines; read whole sequences
-        budget, h_tr, win_tr = 20_000, [], []
+        budget, h_tr = 20_000, []
         for s in rng.permutation(train):
-            h = _standardized(module, sequence_hidden(store, int(s), layers))
-            h_tr.append(h)
-            win_tr.append(causal_window_mean(h, w))
-            budget -= len(h)
+            h_tr.append(_standardized(module, sequence_hidden(store, int(s), layers)))
+            budget -= len(h_tr[-1])
             if budget <= 0:
                 break
         h_held = [_standardized(module, sequence_hidden(store, int(s), layers)) for s in held]
         tokens = [store.tokens(int(s)) for s in held]
+        generated = [store.generated(int(s)) for s in held]
         ret_groups = [groups[store.offsets[s] : store.offsets[s + 1]] for s in held]
         bar.update(1)
-        baselines = fit_baselines(np.concatenate(h_tr), np.concatenate(win_tr), k=k, d=module.hparams.z_dim,
-                                  seed=seed, window=w)
+        baselines = fit_baselines(h_tr, k=k, d=module.hparams.z_dim, seed=seed, window=w)
         bar.update(1)
-        metrics = evaluate_groupings(ret_groups, held_z, h_held, tokens, baselines, seed=seed)
+        metrics = evaluate_groupings(ret_groups, held_z, h_held, tokens, baselines, seed=seed,
+                                     token_mask_per_seq=generated if any(g.any() for g in generated) else None)
         bar.update(1)
     return metrics
 
 
 def format_metrics(m: dict) -> str:
-    """The held-out comparison table of a ``metrics.json`` (RET vs the k-means baselines), as ``ret-demo`` prints it."""
+    """The held-out comparison table of a ``metrics.json`` (RET vs the baselines), as ``ret-demo`` prints it.
+
+    Closure gaps: against the token now (PCA_64(h_t)) and against the whole
+    window (PCA_64 of h_{t-w+1..t}) at each horizon of ``closure_window``; with
+    a ``generated`` block, its grouping statistics follow on the generated tokens.
+    """
+    names = [n for n in ("ret", *BASELINES) if n in m["temporal_consistency"]]  # older runs had no ema
+    windows = sorted(m.get("closure_window", {}), key=int)
     tc, mi = m["temporal_consistency"], m["token_mi_bits"]
     lines = [f"held-out: {m['n_heldout_sequences']} sequences, k={m['k']}, effective rank {m['effective_rank']:.2f}",
-             f"{'method':<14}{'P(same next)':>13}{'run length':>12}{'token MI':>10}{'max occ.':>10}{'closure gap':>13}"]
-    for name in ("ret", "kmeans_raw", "kmeans_pca", "kmeans_window"):
+             f"{'method':<14}{'P(same next)':>13}{'run length':>12}{'token MI':>10}{'max occ.':>10}{'closure gap':>13}"
+             + "".join(f"{'window +' + t:>11}" for t in windows)]
+    for name in names:
         gap = m["closure_gap"].get(name)
+        window_gaps = [m["closure_window"][t].get(name, {}).get("gap") for t in windows]
+        cells = "".join(f"{'—' if g is None else f'{g:.3f}':>11}" for g in window_gaps)
         lines.append(f"{name:<14}{tc[name]['p_same_next']:>13.3f}{tc[name]['mean_run_length']:>12.2f}{mi[name]:>10.3f}"
-                     f"{m['group_occupancy_max'][name]:>10.3f}{'—' if gap is None else f'{gap:.3f}':>13}")
+                     f"{m['group_occupancy_max'][name]:>10.3f}{'—' if gap is None else f'{gap:.3f}':>13}{cells}")
+    gen = m.get("generated")
+    if gen:
+        lines.append(f"generated tokens only: {gen['n_tokens']:.0f} tokens in {gen['n_sequences']:.0f} runs")
+        gtc, gmi = gen["temporal_consistency"], gen["token_mi_bits"]
+        for name in names:
+            lines.append(f"{name:<14}{gtc[name]['p_same_next']:>13.3f}{gtc[name]['mean_run_length']:>12.2f}"
+                         f"{gmi[name]:>10.3f}{gen['group_occupancy_max'][name]:>10.3f}")
     return "\n".join(lines)
