@@ -22,12 +22,13 @@ __all__ = [
 ]
 
 MISSING = "—"
-METHOD_ORDER = ("ret", "kmeans_raw", "kmeans_pca", "kmeans_window")
+METHOD_ORDER = ("ret", "kmeans_raw", "kmeans_pca", "kmeans_window", "ema")
 METHOD_NAMES = {
     "ret": "RET (ours)",
     "kmeans_raw": "k-means raw h",
     "kmeans_pca": "k-means PCA(h)",
     "kmeans_window": "k-means window mean",
+    "ema": "k-means EMA(h) (slow control)",
 }
 # (column title, path into metrics, direction for highlighting: +1 higher is better, -1 lower, 0 none)
 METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...], int], ...] = (
