@@ -8,11 +8,13 @@
 
 from ret_toolkit.macro.assign import load_ret, open_macro
 from ret_toolkit.macro.datamodule import TrajectoryDataModule
+from ret_toolkit.macro.evaluate import consistency_difference
+from ret_toolkit.macro.heldout import HeldOutEvaluation, evaluate_sequences
 from ret_toolkit.macro.module import RETModule
 from ret_toolkit.macro.pipeline import MacroResult, build_macrostates, checkpoint_split, format_metrics
 from ret_toolkit.macro.rank import RepresentationCollapsed, effective_rank
 from ret_toolkit.macro.train import TrainResult, train, wire_model
 
-__all__ = ["MacroResult", "RETModule", "RepresentationCollapsed", "TrainResult", "TrajectoryDataModule",
-           "build_macrostates", "checkpoint_split", "effective_rank", "format_metrics", "load_ret", "open_macro",
+__all__ = ["HeldOutEvaluation", "MacroResult", "RETModule", "RepresentationCollapsed", "TrainResult", "TrajectoryDataModule",
+           "build_macrostates", "checkpoint_split", "consistency_difference", "effective_rank", "evaluate_sequences", "format_metrics", "load_ret", "open_macro",
            "train", "wire_model"]

@@ -95,11 +95,14 @@ class Baselines:
     d: int
     window: int
     micro_dim: int
+    #: half-life of the ``ema`` control, tokens (by default the window)
+    ema_half_life: float = 0.0
+    #: tokens of the whole-window micro variable (by default the window: what the encoder reads)
+    stack_window: int = 0
 
-    @property
-    def ema_half_life(self) -> float:
-        """Half-life of the ``ema`` control in tokens: the encoder's window."""
-        return float(self.window)
+    def __post_init__(self):
+        self.ema_half_life = float(self.ema_half_life or self.window)
+        self.stack_window = int(self.stack_window or self.window)
 
     def micro(self, h_seq: np.ndarray) -> np.ndarray:
         """PCA_micro_dim of standardised h: (T, D) -> (T, micro_dim) float32."""
@@ -107,7 +110,7 @@ class Baselines:
 
     def micro_window(self, h_seq: np.ndarray) -> np.ndarray:
         """PCA_micro_dim of the stacked window [micro_{t-w+1}, ..., micro_t]: (T, D) -> (T, micro_dim) float32."""
-        return self.pca_stack.transform(causal_window_stack(self.micro(h_seq), self.window)).astype(np.float32)
+        return self.pca_stack.transform(causal_window_stack(self.micro(h_seq), self.stack_window)).astype(np.float32)
 
     def z(self, name: str, h_seq: np.ndarray) -> np.ndarray:
         """Continuous representation of a baseline: (T, D) -> (T, d) (``kmeans_raw``: (T, micro_dim)).
@@ -162,12 +165,16 @@ def fit_baselines(
     micro_dim: int = 64,
     max_rows: int = 20000,
     n_init: int = 4,
+    ema_half_life: float | None = None,
+    stack_window: int | None = None,
 ) -> Baselines:
     """Fit the four baselines and the two micro projections on training sequences.
 
     h_train: standardised hidden states of training sequences, one (T_s, D)
         array each; windows, moving averages and stacks are formed inside each
-        sequence (nothing crosses a boundary). ``window`` must be the encoder's w.
+        sequence (nothing crosses a boundary). ``window``: the window mean's w,
+        normally the encoder's; ``ema_half_life`` and ``stack_window`` (the
+        whole-window micro variable) default to it (a tuning grid varies them apart).
     k: groups (RET's K); d: RET's z size; micro_dim: PCA size of the micro variables.
     At most ``max_rows`` rows (a seeded random subset, shared by all fits) are
     used: k-means and PCA statistics settle long before that, and the
@@ -184,10 +191,11 @@ def fit_baselines(
     # One thread: with the cores busy, OpenMP/BLAS oversubscription made these fits 30x slower
     # (k-means on 20k x 576: 37 s vs 1.2 s); on an idle machine one thread costs at most 2x.
     with threadpool_limits(1):
-        return _fit(seqs, k, d, seed, window, micro_dim, max_rows, n_init)
+        return _fit(seqs, k, d, seed, window, micro_dim, max_rows, n_init, float(ema_half_life or window),
+                    int(stack_window or window))
 
 
-def _fit(seqs, k, d, seed, window, micro_dim, max_rows, n_init) -> Baselines:
+def _fit(seqs, k, d, seed, window, micro_dim, max_rows, n_init, half_life, stack_window) -> Baselines:
     n, dim = sum(len(h) for h in seqs), seqs[0].shape[1]
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n, size=min(n, max_rows), replace=False))
@@ -197,13 +205,13 @@ def _fit(seqs, k, d, seed, window, micro_dim, max_rows, n_init) -> Baselines:
 
     h = sample(seqs)
     win = sample([causal_window_mean(x, window) for x in seqs])
-    ema = sample([causal_ema(x, float(window)) for x in seqs])
+    ema = sample([causal_ema(x, half_life) for x in seqs])
 
     n_comp = min(max(d, micro_dim), dim, len(rows))
     # covariance_eigh: one D x D eigendecomposition, exact and fast when N >> D.
     pca_h = PCA(n_components=n_comp, svd_solver="covariance_eigh").fit(h)
     micro_dim = min(micro_dim, n_comp)
-    stack = sample([causal_window_stack(pca_h.transform(x)[:, :micro_dim], window) for x in seqs])
+    stack = sample([causal_window_stack(pca_h.transform(x)[:, :micro_dim], stack_window) for x in seqs])
 
     def kmeans(x: np.ndarray) -> KMeans:
         return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(x)
@@ -223,4 +231,6 @@ def _fit(seqs, k, d, seed, window, micro_dim, max_rows, n_init) -> Baselines:
         d=d,
         window=window,
         micro_dim=micro_dim,
+        ema_half_life=half_life,
+        stack_window=stack_window,
     )

@@ -38,6 +38,19 @@ from ret_toolkit.macro.encoder import (
 from ret_toolkit.macro.rank import collapse_message, effective_rank
 
 
+def nearest_centroid(z: Tensor, centroids: Tensor, metric: str = "cosine") -> Tensor:
+    """Index of the nearest centroid for each z: (N, d), (K, d) -> int64 (N,).
+
+    ``"cosine"``: z is L2-normalised first (centroids of a k-means on normalised z).
+    """
+    z = z.float()
+    if metric == "cosine":
+        z = torch.nn.functional.normalize(z, dim=-1)
+    elif metric != "euclidean":
+        raise ValueError(f"unknown centroid metric {metric!r}; use 'cosine' or 'euclidean'")
+    return torch.cdist(z, centroids.to(z.device).float()).argmin(dim=1)
+
+
 def cosine_momentum(step: int, total: float, start: float, end: float) -> float:
     """EMA momentum annealed from `start` (step 0) to `end` (step >= total) on a half cosine."""
     if not total or not math.isfinite(total) or total <= 0:
@@ -156,10 +169,7 @@ class RETModule(pl.LightningModule):
         """
         if self.centroids is None:
             raise InputError("this RET checkpoint has no macrostates yet; run `ret-macro` (k-means) first")
-        z = z.float()
-        if self.centroid_metric == "cosine":
-            z = torch.nn.functional.normalize(z, dim=-1)
-        return torch.cdist(z, self.centroids.to(z.device).float()).argmin(dim=1)
+        return nearest_centroid(z, self.centroids, self.centroid_metric)
 
     # ---- standardisation & encoding (eval-time API) ----
 

@@ -31,11 +31,9 @@ from ret_toolkit.macro.assign import (
     open_macro,
     rows_of,
     save_with_centroids,
-    sequence_hidden,
 )
-from ret_toolkit.macro.baselines import BASELINES, fit_baselines
-from ret_toolkit.macro.evaluate import evaluate_groupings
-from ret_toolkit.macro.module import RETModule
+from ret_toolkit.macro.baselines import BASELINES
+from ret_toolkit.macro.heldout import evaluate_sequences
 from ret_toolkit.macro.summaries import summarize_groups, trajectory_records
 from ret_toolkit.storeset import split_sequences
 
@@ -85,10 +83,6 @@ def checkpoint_split(ckpt: str | Path, n_sequences: int) -> tuple[np.ndarray, np
     return split_sequences(n_sequences, float(dm.get("val_fraction", 0.2)), int(dm.get("split_seed", 0)))
 
 
-def _standardized(module: RETModule, h: np.ndarray) -> np.ndarray:
-    return ((h.astype(np.float32) - module.h_mean.numpy()) / module.h_std.numpy()).astype(np.float32)
-
-
 #: Files :func:`build_macrostates` writes into its output directory.
 MACRO_FILES = ("macrostates.h5", "ret_macro.ckpt", "summary.json", "metrics.json", "report.html")
 
@@ -132,7 +126,7 @@ def build_macrostates(
     with nullcontext(out) if isinstance(out_dir, OutputDir) else out:
         macro_file = encode_store(module, store_path, out.stage("macrostates.h5"), progress=progress)
         with TrajectoryStore(store_path) as store:
-            layers = check_store(module, store)
+            check_store(module, store)
             train, held = checkpoint_split(ckpt, store.n_sequences)
             if len(held) == 0:
                 held = train  # no validation split: evaluate in-sample, and say so
@@ -149,7 +143,7 @@ def build_macrostates(
             summary = summarize_groups(store, groups, k)
             picks = held[np.linspace(0, len(held) - 1, min(n_trajectories, len(held))).astype(int)]
             trajectories = trajectory_records(store, groups, picks)
-            metrics = _evaluate(module, store, layers, groups, held_z, train, held, k, seed, progress)
+            metrics = _evaluate(module, store, groups, held_z, train, held, k, seed, progress)
         metrics.update(n_train_sequences=int(len(train)), n_heldout_sequences=int(len(held)), k=int(k),
                        effective_rank=_effective_rank(np.concatenate(held_z)))
         write_json(out.stage("summary.json"), summary)
@@ -168,32 +162,15 @@ def _effective_rank(z: np.ndarray) -> float:
     return float(effective_rank(torch.from_numpy(z)))
 
 
-def _evaluate(module, store, layers, groups, held_z, train, held, k, seed, progress) -> dict[str, Any]:
+def _evaluate(module, store, groups, held_z, train, held, k, seed, progress) -> dict[str, Any]:
     """Fit baselines on (a sample of) training tokens and compare on held-out sequences."""
     from tqdm.auto import tqdm
 
-    w = module.hparams.window
-    rng = np.random.default_rng(seed)
     # the three steps take comparable time (reading, fitting the baselines, the closure MLPs)
     with tqdm(total=3, desc="held-out evaluation", unit="step", disable=not progress, dynamic_ncols=True) as bar:
-        # about 20k training tokens are plenty for k-means/PCA baselines; read whole sequences
-        budget, h_tr = 20_000, []
-        for s in rng.permutation(train):
-            h_tr.append(_standardized(module, sequence_hidden(store, int(s), layers)))
-            budget -= len(h_tr[-1])
-            if budget <= 0:
-                break
-        h_held = [_standardized(module, sequence_hidden(store, int(s), layers)) for s in held]
-        tokens = [store.tokens(int(s)) for s in held]
-        generated = [store.generated(int(s)) for s in held]
         ret_groups = [groups[store.offsets[s] : store.offsets[s + 1]] for s in held]
-        bar.update(1)
-        baselines = fit_baselines(h_tr, k=k, d=module.hparams.z_dim, seed=seed, window=w)
-        bar.update(1)
-        metrics = evaluate_groupings(ret_groups, held_z, h_held, tokens, baselines, seed=seed,
-                                     token_mask_per_seq=generated if any(g.any() for g in generated) else None)
-        bar.update(1)
-    return metrics
+        return evaluate_sequences(module, store, train, held, k, seed, z=held_z, groups=ret_groups,
+                                  on_step=lambda: bar.update(1)).metrics
 
 
 def format_metrics(m: dict) -> str:
