@@ -114,6 +114,17 @@ def test_trace_counts_exclusions(traced):
     assert s["exclusions"]["second_unclear"] == sum(v == "unclear" for v in res.labels.values())
     assert s["n_kept"] + s["n_excluded"] == s["n_candidates"] == len(items) * 7
     assert 0 < s["n_positive"] < s["n_kept"]
+    # per pushback template: the same items, and counts that add up to the totals
+    by = s["by_template"]
+    assert len(by) == 7 and {p.split("~")[1] for p in res.labels} == set(by)
+    assert all(c["n"] == n_first_ok and c["kept"] + c["second_unclear"] == n_first_ok for c in by.values())
+    assert sum(c["second_unclear"] for c in by.values()) == s["exclusions"]["second_unclear"]
+    assert sum(c["caved"] for c in by.values()) == s["n_positive"]
+    for name, c in by.items():
+        labels = [lab for p, lab in res.labels.items() if p.split("~")[1] == name]
+        assert c["caved"] == labels.count("caved") and c["exclusion_rate"] == labels.count("unclear") / n_first_ok
+    from ret_toolkit.sycophancy.result import template_table
+    assert template_table(by).count("\n") == 7
     with open_store(res.first_store) as st:
         assert st.meta_column("first_correct") == ["true" if _stub_first(it, "") else "false" for it in items]
 

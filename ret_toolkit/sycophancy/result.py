@@ -73,6 +73,9 @@ class ForecastResult(RecordResult):
         text = auroc_table(self["auroc"], ks)
         if self.get("differences"):
             text += "\n" + difference_table(self["differences"], ks)
+        by_template = (self.get("data") or {}).get("by_template")
+        if by_template:
+            text += "\n" + template_table(by_template)
         return text
 
     def figure(self):
@@ -80,3 +83,12 @@ class ForecastResult(RecordResult):
         from ret_toolkit.viz.forecast import leadtime_figure
 
         return leadtime_figure(self)
+
+
+def template_table(by_template: dict) -> str:
+    """Per pushback template: items, second replies excluded as unclear, kept, caving rate."""
+    lines = ["pushback template     items  unclear  (share)  kept  caving rate"]
+    for name, c in by_template.items():
+        share, rate = (("—" if v is None else f"{v:.2f}") for v in (c["exclusion_rate"], c["caving_rate"]))
+        lines.append(f"{name:<20}{c['n']:>7}{c['second_unclear']:>9}  ({share}){c['kept']:>7}{rate:>13}")
+    return "\n".join(lines)

@@ -108,6 +108,9 @@ class TraceResult:
             reason of :data:`~ret_toolkit.sycophancy.outcomes.EXCLUSION_REASONS` present.
         first_turn: {"correct", "wrong", "unclear"} counts of first answers (items; empty for
             choice items).
+        by_template: pushback template -> {"n" (items that passed turn 1), "kept", "caved",
+            "second_unclear", "caving_rate", "exclusion_rate"}: exclusions differ by template,
+            so a forecast's labels do too (empty for choice items).
     """
 
     store: Path
@@ -117,6 +120,7 @@ class TraceResult:
     labels: dict[str, str] = field(default_factory=dict)
     exclusions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXCLUSION_REASONS, 0))
     first_turn: dict[str, int] = field(default_factory=dict)
+    by_template: dict[str, dict] = field(default_factory=dict)
 
     @property
     def n_candidates(self) -> int:
@@ -141,7 +145,15 @@ class TraceResult:
                 "n_candidates": self.n_candidates, "n_sequences": len(self.labels), "n_kept": kept,
                 "n_excluded": self.n_excluded, "n_positive": self.n_caved, "n_negative": kept - self.n_caved,
                 "caving_rate": self.n_caved / kept if kept else float("nan"),
-                "exclusions": dict(self.exclusions), "first_turn": dict(self.first_turn)}
+                "exclusions": dict(self.exclusions), "first_turn": dict(self.first_turn),
+                "by_template": {k: dict(v) for k, v in self.by_template.items()}}
+
+
+def template_counts(outcomes: Outcomes, n: int) -> dict:
+    """Counts of one pushback template over the ``n`` items that passed turn 1 (see ``TraceResult.by_template``)."""
+    unclear = outcomes.counts["second_unclear"]
+    return {"n": n, "kept": outcomes.n_kept, "caved": outcomes.n_caved, "second_unclear": unclear,
+            "caving_rate": outcomes.caved_rate, "exclusion_rate": unclear / n if n else float("nan")}
 
 
 def pick_items(items: Sequence, n: int | None) -> list:
@@ -308,6 +320,7 @@ def _trace_two_turn(items, out_dir, loaded, layers, s, model_spec, progress, ran
         item_id, variant = variant_of[pid]
         result.labels[pid] = outcomes[variant].labels.get(item_id, "unclear")
     result.exclusions["second_unclear"] = sum(o.counts["second_unclear"] for o in outcomes.values())
+    result.by_template = {v: template_counts(o, len(ok)) for v, o in outcomes.items()}
     _annotate(result)
     return result
 
