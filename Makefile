@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo demo-quick test test-slow bench clean
+.PHONY: venv demo demo-quick test test-slow bench readme-figures clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,10 @@ demo-quick: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# README key figures and the full demo table, from benchmarks/results/*.json
+readme-figures: $(STAMP)
+	$(PY) benchmarks/readme_figures.py
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)

@@ -219,7 +219,7 @@ def main() -> None:
     for name, d in diffs.items():
         cells = "  ".join(f"{part}: {v['difference']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]"
                           for part, v in d.items())
-        print(f"  {name:<24}{cells}")
+        print(f"  {name:<26} {cells}")
     key = diffs["kmeans_window"]["generated"]["difference"]
     report("bench_ret_ablation", "ret_minus_window_p_same_next_generated", key, {
         "args": vars(args), "variants": {v: VARIANTS[v] for v in variants}, "seeds": list(seeds), "baseline_grid": list(BASELINE_GRID),

@@ -143,3 +143,19 @@ def test_readme_full_demo_table_matches_archived_metrics():
     metrics = json.loads((ROOT / "benchmarks" / "results" / "demo_metrics.json").read_text())
     assert metrics["demo"]["quick"] is False
     assert format_metrics(metrics) in README.read_text(encoding="utf-8")
+
+
+def test_readme_figures_are_the_archived_results():
+    """Every benchmark key figure and the full demo table are those of benchmarks/results (make readme-figures)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_figures", ROOT / "benchmarks" / "readme_figures.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = README.read_text(encoding="utf-8")
+    rendered, changes = mod.render(text)
+    assert not changes, f"README figures differ from benchmarks/results (run make readme-figures): {changes}"
+    assert rendered == text
+    # the check can fail: a planted drift in one figure is found
+    drifted = text.replace("`mi_speedup_vs_sklearn: 60.6`", "`mi_speedup_vs_sklearn: 61.6`")
+    assert mod.render(drifted)[1] == ["bench_mi: `mi_speedup_vs_sklearn: 61.6` -> `mi_speedup_vs_sklearn: 60.6`"]

@@ -1,0 +1,128 @@
+"""Write the README's benchmark key figures and the full demo table from benchmarks/results/*.json.
+
+Every row of the README's benchmark table starts its result cell with the
+benchmark's key figure, ``name: value``, as the benchmark printed it; the demo
+section shows the archived ``demo_metrics.json`` as ``ret-demo`` prints it.
+This script rewrites both from the JSON files, so a figure in the README is
+always the figure of the archived run:
+
+    .venv/bin/python benchmarks/readme_figures.py           # rewrite README.md (make readme-figures)
+    .venv/bin/python benchmarks/readme_figures.py --check   # exit 1 and list the differences
+
+The README test runs the check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+#: a benchmark row: | `.venv/bin/python benchmarks/<name>.py ...` | what | `key: value` ... |
+ROW = re.compile(r"^\| `\.venv/bin/python benchmarks/(?P<name>\w+)\.py[^`]*` \|(?P<what>[^|]*)\| `(?P<key>\w+): (?P<value>[^`]*)`")
+META_KEYS = {"benchmark", "details", "machine", "when"}
+DEMO_TABLE = re.compile(r"```text\nheld-out: \d+ sequences.*?```", re.S)
+#: generated tables live between <!-- NAME --> and <!-- /NAME -->
+REGION = re.compile(r"<!-- (?P<name>\w+) -->\n(?P<body>.*?)<!-- /(?P=name) -->", re.S)
+
+
+def key_figure(name: str) -> tuple[str, str]:
+    """(key, value as the benchmark prints it) of ``benchmarks/results/<name>.json``."""
+    path = RESULTS / f"{name}.json"
+    data = json.loads(path.read_text())
+    keys = [k for k in data if k not in META_KEYS]
+    if len(keys) != 1:
+        raise ValueError(f"{path}: expected one key figure besides {sorted(META_KEYS)}, found {keys}")
+    return keys[0], f"{data[keys[0]]:.4g}"
+
+
+def demo_table() -> str:
+    from ret_toolkit.macro import format_metrics
+
+    return "```text\n" + format_metrics(json.loads((RESULTS / "demo_metrics.json").read_text())) + "\n```"
+
+
+def _ci(d: dict) -> str:
+    return f"{d['difference']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
+
+
+def _spread(d: dict) -> str:
+    return f"{d['mean']:.3f} [{d['min']:.3f}, {d['max']:.3f}]"
+
+
+def ablation_tables() -> str:
+    """The test-half tables of bench_ret_ablation.json: methods vs the chosen RET, variants vs the default."""
+    det = json.loads((RESULTS / "bench_ret_ablation.json").read_text())["details"]
+    table, diffs, chosen = det["test_table"], det["differences"], det["chosen"]
+    names = {chosen: f"RET ({chosen}, chosen on the tuning half)",
+             "kmeans_window": f"kmeans_window (w = {det['chosen_window']})",
+             "ema": f"ema (half-life {det['chosen_ema_half_life']})"}
+    lines = ["| method | P(same next), all tokens | generated tokens | chosen RET minus method, all | generated |",
+             "|---|---|---|---|---|"]
+    for m in [chosen, "kmeans_raw", "kmeans_pca", "kmeans_window", "ema"]:
+        d = diffs.get(m, {})
+        cells = [_ci(d[c]) if c in d else "—" for c in ("all", "generated")]
+        lines.append(f"| {names.get(m, m)} | {_spread(table[m]['p_same_next'])} | "
+                     f"{_spread(table[m]['p_same_next_generated'])} | {cells[0]} | {cells[1]} |")
+    lines += ["", "| variant (vs default) | P(same next), generated tokens | minus default |", "|---|---|---|"]
+    for v in det["variants"]:
+        d = diffs.get(f"{v}_vs_default")
+        lines.append(f"| {v} | {_spread(table[v]['p_same_next_generated'])} | {_ci(d['generated']) if d else '—'} |")
+    return "\n".join(lines)
+
+
+GENERATED = {"bench_ret_ablation": ablation_tables}
+
+
+def render(readme: str) -> tuple[str, list[str]]:
+    """The README with every key figure and the full demo table from the results; and what changed."""
+    changes, out = [], []
+    for line in readme.split("\n"):
+        m = ROW.match(line)
+        if m:
+            key, value = key_figure(m["name"])
+            old = f"`{m['key']}: {m['value']}`"
+            new = f"`{key}: {value}`"
+            if old != new:
+                changes.append(f"{m['name']}: {old} -> {new}")
+                line = line.replace(old, new, 1)
+        out.append(line)
+    text = "\n".join(out)
+    # the one output block that is a bare table: the archived full run (the quick demo's follows its command's lines)
+    tables = list(DEMO_TABLE.finditer(text))
+    if len(tables) != 1:
+        raise ValueError(f"README.md: expected one full-demo table block, found {len(tables)}")
+    new = demo_table()
+    if tables[0].group(0) != new:
+        changes.append("full demo table")
+        text = text[: tables[0].start()] + new + text[tables[0].end():]
+    for m in list(REGION.finditer(text))[::-1]:
+        new = GENERATED[m["name"]]() + "\n"
+        start, end = m.span("body")
+        if text[start:end] != new:
+            changes.append(f"{m['name']} table")
+            text = text[:start] + new + text[end:]
+    return text, changes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="change nothing; exit 1 if the README differs")
+    args = ap.parse_args()
+    readme = ROOT / "README.md"
+    text, changes = render(readme.read_text(encoding="utf-8"))
+    for c in changes:
+        print(("differs: " if args.check else "updated: ") + c)
+    if args.check:
+        sys.exit(1 if changes else 0)
+    if changes:
+        readme.write_text(text, encoding="utf-8")
+    print(f"readme_figures: {len(changes)} change(s)")
+
+
+if __name__ == "__main__":
+    main()
