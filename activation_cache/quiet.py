@@ -22,6 +22,7 @@ _LIBRARY_WARNINGS = (
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*smaller than the logging interval.*",          # small stores: fewer batches than log_every_n_steps
     r".*The dirpath has changed from.*",                # resuming into a new version_N/ is what we ask for
+    r".*IterableDataset.* has .__len__. defined.*",     # online task batches: one process, the length is exact
 )
 
 

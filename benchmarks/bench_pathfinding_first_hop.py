@@ -1,20 +1,25 @@
-"""Does a path-finding model read the goal? First-hop probabilities against the goal-blind baseline.
+"""Does a path-finding model read the goal? The goal-swap gate for every training regime.
 
-Every failure of our path-finding models is the first hop (the rest of the path is a
-single edge lookup from the previous node). This diagnostic asks, on held-out graphs,
-how much next-token probability a trained model puts on each successor of the start
-after the prompt and the start node ("... q s g p s"):
+For each regime of ``ret_toolkit.planning.REGIMES`` (plain next-token training
+first; online fresh graphs; corrupted teacher-forced answers; teacherless; the
+reversed-target positive control) this trains a small Llama-style GPT with
+``train_task`` (cached under ``--work``; ``--models`` reuses trained directories)
+and measures on held-out graphs:
 
-  * goal query:  the real prompt; the two correct first hops should win;
-  * decoy query: the same graph and edge order, goal replaced by the decoy's dead end;
-    a model that reads the goal moves its mass to the decoy's first hop.
+  * valid paths: the share of greedy answers that are a start-to-goal walk;
+  * the goal-swap diagnostic (``ret_toolkit.planning.goal_swap``): first-hop mass
+    on the correct hops and on the decoy's, and the *shift* of the decoy's mass when
+    the goal is swapped for the decoy's end, with bootstrap CIs. A model uses the
+    goal when the shift's CI lies above 0.2.
 
-Baseline in the same run: a goal-blind model spreads its mass evenly over the three
-successors of ``s`` (correct mass 2/3, decoy 1/3, and no change between the queries).
-Prints the table and the ratio to that baseline; ends with
-``pathfinding_first_hop_correct_mass: <value>``.
+Baselines in the same run: an untrained model of the same shape, and the
+goal-blind split (2/3 correct, 1/3 decoy, shift 0). The reversed control starts
+its answer at the goal, so it has no first-hop diagnostic: its valid paths are
+the positive control for training. Ends with
+``pathfinding_best_goal_shift: <value>`` (the largest shift among forward regimes).
 
-    .venv/bin/python benchmarks/bench_pathfinding_first_hop.py --model runs/task/task/version_0/model
+    .venv/bin/python benchmarks/bench_pathfinding_first_hop.py [--regimes ntp,online,corrupt,teacherless,reverse]
+        [--models '{"ntp": DIR}'] [--epochs 4] [--n-train 100000]
 Writes benchmarks/results/bench_pathfinding_first_hop.json.
 """
 
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,64 +41,95 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
 from activation_cache import load_model  # noqa: E402
-from ret_toolkit.tasks import PathTask, TaskSample  # noqa: E402
+from ret_toolkit.info import bootstrap_mean_ci  # noqa: E402
+from ret_toolkit.planning import TaskDataModule, TaskLM, export_task_model, goal_swap, make_task, train_task  # noqa: E402
+from ret_toolkit.planning.datamodule import task_settings  # noqa: E402
+from ret_toolkit.planning.decode import complete, max_new_words  # noqa: E402
 
 
-def with_goal(sample: TaskSample, goal: str) -> str:
-    """The sample's prompt with the query's goal replaced, followed by the start node."""
-    words = sample.prompt.split()
-    words[-2] = goal
-    return " ".join([*words, sample.meta["start"]])
+def trained_model(regime: str, args, work: Path) -> tuple[str, float | None]:
+    """A model directory for ``regime``: given, cached from an earlier run, or trained now."""
+    if regime in args.models:
+        return args.models[regime], None
+    done = work / regime / "model_dir.txt"
+    if done.is_file():
+        return done.read_text().strip(), None
+    t0 = time.perf_counter()
+    run = train_task("pathfinding", regime=None if regime == "ntp" else regime,
+                     data={"path_nodes": args.path_nodes, "n_train": args.n_train, "n_val": 500,
+                           "batch_size": args.batch_size},
+                     model={"lr": args.lr, "n_layer": args.layers, "n_embd": args.width}, max_epochs=args.epochs,
+                     root_dir=work / regime, progress=False)
+    seconds = time.perf_counter() - t0
+    print(f"  trained {regime}: held-out accuracy by epoch {[round(a, 3) for a in run.accuracy]}, {seconds:.0f} s",
+          flush=True)
+    done.write_text(str(run.model_dir))
+    return str(run.model_dir), seconds
 
 
-@torch.no_grad()
-def first_hop_mass(model, tokenizer, prompts: list[str], correct: list[list[str]], decoy: list[str]) -> np.ndarray:
-    """(n, 2): next-token probability on the correct first hops (summed) and on the decoy's."""
-    out = np.zeros((len(prompts), 2))
-    for i, text in enumerate(prompts):
-        ids = torch.tensor([tokenizer(text)["input_ids"]])
-        p = model(input_ids=ids).logits[0, -1].float().softmax(-1)
-        ids_of = tokenizer.convert_tokens_to_ids
-        out[i] = float(sum(p[ids_of(w)] for w in correct[i])), float(p[ids_of(decoy[i])])
-    return out
+def untrained_model(args, work: Path) -> str:
+    torch.manual_seed(0)
+    dm = TaskDataModule("pathfinding", path_nodes=args.path_nodes)
+    m = TaskLM(vocab_size=dm.vocab_size, bos_id=dm.bos_id, eos_id=dm.eos_id, pad_id=dm.pad_id,
+               n_layer=args.layers, n_embd=args.width)
+    return str(export_task_model(m, dm.tokenizer, work / "untrained", task=dm.hparams))
+
+
+def measure(name: str, model_dir: str, args) -> dict:
+    loaded = load_model(model_dir)
+    reverse = bool(task_settings(model_dir).get("reverse", False))
+    task = make_task("pathfinding", args.path_nodes, reverse=reverse)
+    samples = task.samples(args.n, args.seed)
+    outs = complete(loaded.model, loaded.tokenizer, [s.prompt for s in samples], max_new_words(task, samples))
+    ok = np.array([task.score(s, o) for s, o in zip(samples, outs)], float)
+    valid = {"value": float(ok.mean()), "ci": bootstrap_mean_ci(ok, seed=args.seed)}
+    row = {"regime": name, "model": model_dir, "reverse": reverse, "valid_paths": valid, "goal_swap": None}
+    if not reverse:
+        row["goal_swap"] = goal_swap(loaded.model, loaded.tokenizer, samples, seed=args.seed).to_json()
+    return row
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", required=True, help="a model directory from `ret-train task` (path-finding)")
+    ap.add_argument("--regimes", default="ntp,online,corrupt,teacherless,reverse")
+    ap.add_argument("--models", type=json.loads, default={}, help='JSON {"regime": model dir} to skip training')
     ap.add_argument("--path-nodes", type=int, default=4)
-    ap.add_argument("--n-node-tokens", type=int, default=50)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--n-train", type=int, default=100000, help="samples per epoch (online: fresh ones)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--n", type=int, default=400, help="held-out graphs")
     ap.add_argument("--seed", type=int, default=1001)
+    ap.add_argument("--work", default="benchmarks/results/pathfinding_runs")
     args = ap.parse_args()
+    torch.set_num_threads(2)
+    work = Path(args.work)
+    rows, seconds = [measure("untrained", untrained_model(args, work), args)], {}
+    for regime in args.regimes.split(","):
+        print(f"{regime}:", flush=True)
+        model_dir, seconds[regime] = trained_model(regime, args, work)
+        rows.append(measure(regime, model_dir, args))
 
-    loaded = load_model(args.model)
-    task = PathTask(args.path_nodes, args.n_node_tokens)
-    samples = task.samples(args.n, args.seed)
-    paths = [{k: json.loads(s.meta[k]) for k in ("path1", "path2", "decoy")} for s in samples]
-    correct = [[p["path1"][1], p["path2"][1]] for p in paths]
-    decoy_hop = [p["decoy"][1] for p in paths]
-    goal = first_hop_mass(loaded.model.eval(), loaded.tokenizer, [with_goal(s, s.meta["goal"]) for s in samples],
-                          correct, decoy_hop)
-    swapped = first_hop_mass(loaded.model, loaded.tokenizer,
-                             [with_goal(s, p["decoy"][-1]) for s, p in zip(samples, paths)], correct, decoy_hop)
-
-    blind = (2 / 3, 1 / 3)
-    rows = [("goal query", goal), ("decoy query", swapped)]
-    print(f"{'':<12} {'correct mass':>13} {'decoy mass':>11}   goal-blind baseline: {blind[0]:.3f} / {blind[1]:.3f}")
-    for name, m in rows:
-        print(f"{name:<12} {m[:, 0].mean():>13.3f} {m[:, 1].mean():>11.3f}")
-    shift = float(swapped[:, 1].mean() - goal[:, 1].mean())
-    correct_mass = float(goal[:, 0].mean())
-    print(f"correct mass / goal-blind baseline: {correct_mass / blind[0]:.3f}; decoy mass shift when the goal "
-          f"is the decoy's end: {shift:+.3f} (0 = goal ignored)")
-    report("bench_pathfinding_first_hop", "pathfinding_first_hop_correct_mass", correct_mass, {
-        "model": args.model, "n": args.n, "path_nodes": args.path_nodes, "seed": args.seed,
-        "goal_query": {"correct": correct_mass, "decoy": float(goal[:, 1].mean())},
-        "decoy_query": {"correct": float(swapped[:, 0].mean()), "decoy": float(swapped[:, 1].mean())},
-        "goal_blind_baseline": {"correct": blind[0], "decoy": blind[1]},
-        "ratio_to_baseline": correct_mass / blind[0], "decoy_mass_shift": shift,
-    })
+    print(f"\n{'regime':<12} {'valid paths':>22} {'correct mass':>13} {'decoy mass':>11} {'swapped decoy':>14} "
+          f"{'shift [95% CI]':>24}  uses goal (CI > 0.2)")
+    for r in rows:
+        v = r["valid_paths"]
+        cells = f"{r['regime']:<12} {v['value']:>8.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+        g = r["goal_swap"]
+        if g is None:
+            print(f"{cells} {'(reversed: the answer starts at the goal)':>64}")
+            continue
+        print(f"{cells} {g['correct']:>13.3f} {g['decoy']:>11.3f} {g['decoy_swapped']:>14.3f} "
+              f"{g['shift']:>+8.3f} [{g['shift_ci'][0]:+.3f}, {g['shift_ci'][1]:+.3f}]  {'yes' if g['uses_goal'] else 'no'}")
+    print(f"{'goal-blind':<12} {'':>22} {2 / 3:>13.3f} {1 / 3:>11.3f} {1 / 3:>14.3f} {0:>+8.3f}")
+    forward = [r for r in rows if r["goal_swap"] is not None and r["regime"] != "untrained"]
+    best = max(forward, key=lambda r: r["goal_swap"]["shift"]) if forward else None
+    report("bench_pathfinding_first_hop", "pathfinding_best_goal_shift",
+           best["goal_swap"]["shift"] if best else float("nan"),
+           {"args": vars(args), "rows": rows, "best_regime": best["regime"] if best else None,
+            "passing": [r["regime"] for r in forward if r["goal_swap"]["uses_goal"]], "train_seconds": seconds})
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def untrained(task: str, path_nodes: int, args, root: Path) -> str:
     dm = TaskDataModule(task, path_nodes=path_nodes)
     m = TaskLM(vocab_size=dm.vocab_size, bos_id=dm.bos_id, eos_id=dm.eos_id, pad_id=dm.pad_id,
                n_layer=args.layers, n_embd=args.width)
-    return str(export_task_model(m, dm.tokenizer, root / "untrained"))
+    return str(export_task_model(m, dm.tokenizer, root / "untrained", task=dm.hparams))
 
 
 def main() -> None:

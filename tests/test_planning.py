@@ -129,10 +129,14 @@ def test_exported_model_loads_and_traces_like_any_model(trained, tmp_path):
     torch.testing.assert_close(a, b)
 
 
-def test_path_variables_read_the_models_choice(trained, tmp_path):
-    """On a forward-mode store of the reference answers, the 'choice' is the sample's target path."""
+@pytest.mark.parametrize("reverse", [False, True])
+def test_path_variables_read_the_models_choice(trained, tmp_path, reverse):
+    """On a forward-mode store of the reference answers, the 'choice' is the sample's target path
+    (reversed answers too: their first hop is the goal's predecessor)."""
+    from ret_toolkit.tasks import PathTask
+
     model_dir, cli = trained
-    samples = cli.datamodule.val_samples[:12]
+    samples = PathTask(reverse=reverse).samples(12, seed=5)
     prompts = tmp_path / "p.jsonl"
     write_prompts_jsonl(sentences(samples), prompts)
     store = tmp_path / "s.h5"
@@ -142,8 +146,10 @@ def test_path_variables_read_the_models_choice(trained, tmp_path):
     v = path_variables(str(store), anchors, n_buckets=8)
     assert v["choice"].tolist() == [int(s.meta["target_path"]) for s in samples]
     for s, u, d in zip(samples, v["unused"], v["decoy"]):
-        other = json.loads(s.meta["path1" if s.meta["target_path"] == 2 else "path2"])
-        assert u == int(other[1][1:]) % 8 and d == int(json.loads(s.meta["decoy"])[1][1:]) % 8
+        other, decoy = (json.loads(s.meta[k]) for k in ("path1" if s.meta["target_path"] == 2 else "path2", "decoy"))
+        if reverse:
+            other, decoy = other[::-1], decoy[::-1]
+        assert u == int(other[1][1:]) % 8 and d == int(decoy[1][1:]) % 8
 
 
 def test_layer_groups():

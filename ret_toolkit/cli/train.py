@@ -118,7 +118,8 @@ def _task(args: Sequence[str]) -> int:
     cli = task_cli(args)
     if cli.trainer is None or not cli.trainer.is_global_zero:
         return 0
-    out = export_task_model(cli.model, cli.datamodule.tokenizer, f"{cli.trainer.log_dir}/model")
+    out = export_task_model(cli.model, cli.datamodule.tokenizer, f"{cli.trainer.log_dir}/model",
+                            task=cli.datamodule.hparams)
     acc = cli.model.accuracy_history[-1] if cli.model.accuracy_history else float("nan")
     print(f"ret-train task: {cli.datamodule.hparams.task} held-out accuracy {acc:.3f}; model for ret-extract --model: {out}")
     _report_checkpoint("task", cli)

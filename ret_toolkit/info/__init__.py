@@ -11,6 +11,7 @@ from ret_toolkit.info.estimators import (
 )
 from ret_toolkit.info.resampling import (
     bootstrap_ci,
+    bootstrap_mean_ci,
     conditional_bootstrap_ci,
     conditional_permutation_test,
     permutation_test,
@@ -19,6 +20,7 @@ from ret_toolkit.info.resampling import (
 __all__ = [
     "ESTIMATORS",
     "bootstrap_ci",
+    "bootstrap_mean_ci",
     "conditional_bootstrap_ci",
     "conditional_mutual_information",
     "conditional_permutation_test",

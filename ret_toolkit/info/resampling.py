@@ -94,6 +94,20 @@ def bootstrap_ci(
     return {"value": float(value), "ci_low": lo, "ci_high": hi}
 
 
+def bootstrap_mean_ci(x, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """(1 - alpha) percentile bootstrap interval of the mean of ``x`` (N,), resampling its entries.
+
+    For a paired difference pass the per-unit differences (the same unit on both sides).
+    """
+    x = np.asarray(x, dtype=float)
+    if x.ndim != 1 or x.size == 0 or not np.isfinite(x).all():
+        raise ValueError(f"x must be a non-empty 1-D array of finite values, got shape {x.shape}")
+    _check_interval(n_boot, alpha, "percentile", "plugin")
+    idx = np.random.default_rng(seed).integers(0, x.size, size=(n_boot, x.size))
+    lo, hi = np.quantile(x[idx].mean(axis=1), [alpha / 2, 1 - alpha / 2])
+    return float(lo), float(hi)
+
+
 def _check_interval(n_boot: int, alpha: float, method: str, estimator: str) -> str:
     if n_boot < 2:
         raise ValueError(f"n_boot must be >= 2, got {n_boot}")

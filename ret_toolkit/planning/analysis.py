@@ -37,6 +37,7 @@ from ret_toolkit.info import (
     permutation_test,
 )
 from ret_toolkit.planning.branch import branch_awareness
+from ret_toolkit.tasks.pathfinding import is_reversed
 from ret_toolkit.vq.blocks import BlockSpec
 from ret_toolkit.vq.codes import encode_store_blocks
 from ret_toolkit.vq.fit import fit_vq_store
@@ -171,15 +172,20 @@ def horizon_curve(store: str, s: ProbeSettings, anchor: str = "prompt_end", anch
 
 def path_variables(store: str, anchors: np.ndarray, n_buckets: int) -> dict[str, np.ndarray]:
     """Per anchor row: the model's choice (1, 2 or 0 = invalid) and the bucketed first hops
-    of the unused correct path and of the decoy."""
+    of the unused correct path and of the decoy. For reversed answers (goal -> start) the
+    paths are read backwards: the "first hop" is the goal's predecessor, the decoy's the
+    node before its dead end."""
     with TrajectoryStore(store) as st:
         meta = {f: st.meta_column(f) for f in ("path1", "path2", "decoy", "start", "goal", "edges")}
+        reverse = st.meta_column("reverse") if "reverse" in st.meta_fields else None
         tokens = {int(s): st.decode_tokens(int(s)) for s in np.unique(anchors[:, 0])}
     choice, unused, decoy = [], [], []
     for s, t in anchors:
         p1, p2, d = (json.loads(meta[k][s]) for k in ("path1", "path2", "decoy"))
+        if reverse is not None and is_reversed({"reverse": reverse[s]}):
+            p1, p2, d = p1[::-1], p2[::-1], d[::-1]
         out = [w.strip() for w in tokens[int(s)][t:] if w.strip()]
-        first = out[1] if len(out) > 1 else None  # out[0] is the start node
+        first = out[1] if len(out) > 1 else None  # out[0] is the start node (the goal when reversed)
         c = 1 if first == p1[1] else 2 if first == p2[1] else 0
         choice.append(c)
         other = p2 if c == 1 else p1

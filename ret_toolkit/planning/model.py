@@ -85,17 +85,19 @@ class TaskLM(pl.LightningModule):
         """Cross-entropy (nats/token) on the positions marked by ``loss_mask``.
 
         batch: ``input_ids``, ``attention_mask``, ``loss_mask`` (B, L); ``loss_mask[b, t]``
-        says whether token t is a training target (predicted from positions < t).
+        says whether token t is a training target (predicted from positions < t); optional
+        ``labels`` (B, L), the targets when ``input_ids`` were corrupted (default: ``input_ids``).
         """
         ids, att, target_mask = batch["input_ids"], batch["attention_mask"], batch["loss_mask"]
+        labels = batch.get("labels", ids)
         out = self.model(input_ids=ids, attention_mask=att, output_hidden_states=bool(len(self.mtp)))
-        result = {"ntp": _masked_ce(out.logits[:, :-1], ids[:, 1:], target_mask[:, 1:])}
+        result = {"ntp": _masked_ce(out.logits[:, :-1], labels[:, 1:], target_mask[:, 1:])}
         if len(self.mtp):
             h = out.hidden_states[-1]
             extra = []
             for j, head in enumerate(self.mtp, start=2):  # head j predicts token t + j from position t
                 logits = self.model.lm_head(h[:, :-j] + head(h[:, :-j]))
-                extra.append(_masked_ce(logits, ids[:, j:], target_mask[:, j:]))
+                extra.append(_masked_ce(logits, labels[:, j:], target_mask[:, j:]))
             result["mtp"] = torch.stack(extra).mean()
         return result
 

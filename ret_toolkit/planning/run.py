@@ -30,7 +30,7 @@ from ret_toolkit.planning.analysis import (
     horizon_curve,
     task_accuracy,
 )
-from ret_toolkit.planning.datamodule import make_task
+from ret_toolkit.planning.datamodule import make_task, task_settings
 from ret_toolkit.planning.decode import task_accuracy_of
 from ret_toolkit.planning.result import PlanningResult
 from ret_toolkit.tasks import TaskSample, prompt_records
@@ -73,7 +73,8 @@ def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000,
     t0 = time.perf_counter()
     if n < 1:
         raise InputError(f"{option('n')} must be >= 1, got {n}")
-    task = make_task(task_name, path_nodes)
+    # a model trained on reversed paths (task.json of its export) is scored and analysed backwards
+    task = make_task(task_name, path_nodes, reverse=bool(task_settings(model_dir).get("reverse", False)))
     od = OutputDir(out, "ret-planning", planning_settings(model_dir, task_name, n, path_nodes, s, seed),
                    files=PLANNING_FILES, overwrite=overwrite)
     samples = task.samples(n, seed)

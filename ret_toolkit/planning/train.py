@@ -18,6 +18,7 @@ from typing import Any
 
 from ret_toolkit.planning.datamodule import TaskDataModule, export_task_model
 from ret_toolkit.planning.model import TaskLM
+from ret_toolkit.planning.regimes import regime_settings
 from ret_toolkit.training import TrainResult, fit_logged, wire
 
 __all__ = ["TaskTrainResult", "WIRED_KEYS", "train_task", "wire_model", "wired_arguments"]
@@ -50,13 +51,16 @@ class TaskTrainResult(TrainResult):
 
 
 def train_task(task: str = "pathfinding", *, data: dict | None = None, model: dict | None = None,
-               max_epochs: int = 4, root_dir: str | Path = "runs/task", seed: int = 0, progress: bool = True,
+               regime: str | None = None, max_epochs: int = 4, root_dir: str | Path = "runs/task", seed: int = 0, progress: bool = True,
                **trainer_kwargs) -> TaskTrainResult:
     """Train a :class:`TaskLM` on ``task`` (``"pathfinding"`` or ``"grammar"``) and export it.
 
     Args:
         data: other :class:`TaskDataModule` arguments (``path_nodes``, ``n_train``, ``batch_size`` ...).
         model: other :class:`TaskLM` arguments (``n_layer``, ``n_embd``, ``lr``, ``mtp_heads`` ...).
+        regime: a path-finding training regime of :data:`~ret_toolkit.planning.REGIMES`
+            (``"online"``, ``"corrupt"``, ``"teacherless"``, ``"mtp"``, ``"reverse"``);
+            its settings are defaults that ``data`` and ``model`` override.
         max_epochs, root_dir, seed, progress, trainer_kwargs: as :func:`ret_toolkit.macro.train`.
 
     Returns:
@@ -64,9 +68,10 @@ def train_task(task: str = "pathfinding", *, data: dict | None = None, model: di
     """
     import lightning.pytorch as pl
 
+    regime_data, regime_model = regime_settings(regime) if regime else ({}, {})
     pl.seed_everything(seed, workers=True, verbose=False)
-    dm = TaskDataModule(task, **{"seed": seed, **(data or {})})
-    run = fit_logged("task", wire_model(dm, **(model or {})), dm, root_dir=root_dir, max_epochs=max_epochs,
+    dm = TaskDataModule(task, **{"seed": seed, **regime_data, **(data or {})})
+    run = fit_logged("task", wire_model(dm, **{**regime_model, **(model or {})}), dm, root_dir=root_dir, max_epochs=max_epochs,
                      progress=progress, **trainer_kwargs)
-    model_dir = export_task_model(run.module, dm.tokenizer, Path(run.trainer.log_dir) / "model")
+    model_dir = export_task_model(run.module, dm.tokenizer, Path(run.trainer.log_dir) / "model", task=dm.hparams)
     return TaskTrainResult(run.module, run.checkpoint, run.trainer, dm, model_dir, list(run.module.accuracy_history))

@@ -10,6 +10,11 @@ Text format (words)::
     prompt:  e a b  e c d  ...  q s g p      every edge "e a b" (a -> b) in random order,
                                              then the query "q s g" and the answer cue "p"
     target:  s n.. g .                       a correct path's nodes from s to g, then "."
+    reversed target (``reverse=True``):  g n.. s .   the same path written backwards
+
+The reversed target is a positive control for training: every step of it, the first
+included, is a lookup of the previous node's in-edge (the goal has two, one per correct
+path), so a model needs no plan to solve it.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import numpy as np
 
 from ret_toolkit.tasks.base import Task, TaskSample, words_until_stop
 
-__all__ = ["PathTask", "path_choice", "parse_path_prompt", "EDGE", "QUERY", "ANSWER", "END"]
+__all__ = ["PathTask", "path_choice", "parse_path_prompt", "is_reversed", "EDGE", "QUERY", "ANSWER", "END"]
 
 EDGE, QUERY, ANSWER, END = "e", "q", "p", "."
 
@@ -35,14 +40,17 @@ class PathTask(Task):
             (a sample uses ``3 * path_nodes - 3`` distinct nodes).
         extra_edges: random distractor edges among nodes the three paths do not use. They
             touch no path node, so they never add a route from ``s`` to ``g``.
+        reverse: write the target path from ``g`` back to ``s`` (the positive control above);
+            the scorer then reads the answer backwards.
 
     meta: ``{"task": "pathfinding", "start": node, "goal": node, "path1", "path2", "decoy":
-    JSON lists of nodes, "target_path": 1 or 2, "edges": JSON list of [a, b] in prompt order}``.
+    JSON lists of nodes, "target_path": 1 or 2, "edges": JSON list of [a, b] in prompt order}``,
+    plus ``"reverse": 1`` for a reversed target. Paths in meta always run from ``s``.
     """
 
     name = "pathfinding"
 
-    def __init__(self, path_nodes: int = 4, n_node_tokens: int = 50, extra_edges: int = 0):
+    def __init__(self, path_nodes: int = 4, n_node_tokens: int = 50, extra_edges: int = 0, reverse: bool = False):
         for arg, value in (("path_nodes", path_nodes), ("n_node_tokens", n_node_tokens),
                            ("extra_edges", extra_edges)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -59,6 +67,7 @@ class PathTask(Task):
                              f"possible among the {unused} nodes the paths leave unused")
         self.path_nodes, self.n_node_tokens = int(path_nodes), int(n_node_tokens)
         self.extra_edges = int(extra_edges)
+        self.reverse = bool(reverse)
 
     @staticmethod
     def nodes_per_sample(path_nodes: int) -> int:
@@ -86,11 +95,15 @@ class PathTask(Task):
         edges = [edges[i] for i in rng.permutation(len(edges))]  # order must not give the path away
         target_path = int(rng.integers(1, 3))
         target = path1 if target_path == 1 else path2
+        if self.reverse:
+            target = target[::-1]
 
         prompt = [w for a, b in edges for w in (EDGE, a, b)] + [QUERY, s, g, ANSWER]
         meta = {"task": self.name, "start": s, "goal": g, "path1": json.dumps(path1),
                 "path2": json.dumps(path2), "decoy": json.dumps(decoy), "target_path": target_path,
                 "edges": json.dumps([[a, b] for a, b in edges])}
+        if self.reverse:
+            meta["reverse"] = 1
         return TaskSample(prompt=" ".join(prompt), target=" ".join([*target, END]), meta=meta)
 
     def _distractors(self, rng: np.random.Generator, free: list[str]) -> list[tuple[str, str]]:
@@ -124,10 +137,17 @@ def parse_path_prompt(prompt: str) -> tuple[set[tuple[str, str]], str, str]:
     return set(zip(body[1::3], body[2::3])), words[-3], words[-2]
 
 
+def is_reversed(meta: dict) -> bool:
+    """Whether a sample's target runs from the goal back to the start (``meta["reverse"]``)."""
+    return bool(int(meta.get("reverse", 0) or 0))
+
+
 def _walk(sample: TaskSample, output: str) -> list[str] | None:
-    """The output's node list when it is a valid start-to-goal walk, else None."""
+    """The output's node list, read from start to goal, when it is a valid walk, else None."""
     edges, s, g = parse_path_prompt(sample.prompt)
     nodes, _ = words_until_stop(output)
+    if is_reversed(sample.meta):
+        nodes = nodes[::-1]
     if len(nodes) < 2 or nodes[0] != s or nodes[-1] != g:
         return None
     if any((a, b) not in edges for a, b in zip(nodes, nodes[1:])):
