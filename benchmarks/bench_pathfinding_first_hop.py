@@ -42,9 +42,16 @@ from _common import report  # noqa: E402
 
 from activation_cache import load_model  # noqa: E402
 from ret_toolkit.info import bootstrap_mean_ci  # noqa: E402
-from ret_toolkit.planning import TaskDataModule, TaskLM, export_task_model, goal_swap, make_task, train_task  # noqa: E402
-from ret_toolkit.planning.datamodule import task_settings  # noqa: E402
-from ret_toolkit.planning.decode import complete, max_new_words  # noqa: E402
+from ret_toolkit.planning import (  # noqa: E402
+    TaskDataModule,
+    TaskLM,
+    answers_correct,
+    export_task_model,
+    goal_swap,
+    make_task,
+    task_settings,
+    train_task,
+)
 
 
 def trained_model(regime: str, args, work: Path) -> tuple[str, float | None]:
@@ -80,8 +87,7 @@ def measure(name: str, model_dir: str, args) -> dict:
     reverse = bool(task_settings(model_dir).get("reverse", False))
     task = make_task("pathfinding", args.path_nodes, reverse=reverse)
     samples = task.samples(args.n, args.seed)
-    outs = complete(loaded.model, loaded.tokenizer, [s.prompt for s in samples], max_new_words(task, samples))
-    ok = np.array([task.score(s, o) for s, o in zip(samples, outs)], float)
+    ok = np.array(answers_correct(loaded.model, loaded.tokenizer, task, samples), float)
     valid = {"value": float(ok.mean()), "ci": bootstrap_mean_ci(ok, seed=args.seed)}
     row = {"regime": name, "model": model_dir, "reverse": reverse, "valid_paths": valid, "goal_swap": None}
     if not reverse:

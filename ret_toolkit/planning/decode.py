@@ -53,12 +53,17 @@ def complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, samp
     return outs
 
 
+def answers_correct(model, tokenizer, task: Task, samples: Sequence[TaskSample], seed: int = 0) -> list[bool]:
+    """Per sample: whether the model's completion (greedy or sampled, as the task decodes) is right."""
+    outs = complete(model, tokenizer, [s.prompt for s in samples], max_new_words(task, samples),
+                    sample=decoding_of(task) == "sample", seed=seed)
+    return [task.score(s, o) for s, o in zip(samples, outs)]
+
+
 def task_accuracy_of(model, tokenizer, task: Task, samples: Sequence[TaskSample], seed: int = 0) -> dict:
     """``{"n", "accuracy", "decoding"}``: share of ``samples`` whose completion the task's scorer accepts."""
-    if not samples:
-        return {"n": 0, "accuracy": float("nan"), "decoding": decoding_of(task)}
     mode = decoding_of(task)
-    outs = complete(model, tokenizer, [s.prompt for s in samples], max_new_words(task, samples),
-                    sample=mode == "sample", seed=seed)
-    ok = [task.score(s, o) for s, o in zip(samples, outs)]
+    if not samples:
+        return {"n": 0, "accuracy": float("nan"), "decoding": mode}
+    ok = answers_correct(model, tokenizer, task, samples, seed)
     return {"n": len(ok), "accuracy": sum(ok) / len(ok), "decoding": mode}
