@@ -48,6 +48,7 @@ from ret_toolkit.planning import (  # noqa: E402
     answers_correct,
     export_task_model,
     goal_swap,
+    is_teacherless,
     make_task,
     task_settings,
     train_task,
@@ -84,14 +85,16 @@ def untrained_model(args, work: Path) -> str:
 
 def measure(name: str, model_dir: str, args) -> dict:
     loaded = load_model(model_dir)
-    reverse = bool(task_settings(model_dir).get("reverse", False))
+    settings = task_settings(model_dir)
+    reverse, teacherless = bool(settings.get("reverse", False)), is_teacherless(settings)
     task = make_task("pathfinding", args.path_nodes, reverse=reverse)
     samples = task.samples(args.n, args.seed)
-    ok = np.array(answers_correct(loaded.model, loaded.tokenizer, task, samples), float)
+    ok = np.array(answers_correct(loaded.model, loaded.tokenizer, task, samples, teacherless=teacherless), float)
     valid = {"value": float(ok.mean()), "ci": bootstrap_mean_ci(ok, seed=args.seed)}
     row = {"regime": name, "model": model_dir, "reverse": reverse, "valid_paths": valid, "goal_swap": None}
     if not reverse:
-        row["goal_swap"] = goal_swap(loaded.model, loaded.tokenizer, samples, seed=args.seed).to_json()
+        row["goal_swap"] = goal_swap(loaded.model, loaded.tokenizer, samples, seed=args.seed,
+                                     teacherless=teacherless).to_json()
     return row
 
 

@@ -144,3 +144,45 @@ def test_goal_swap_recovers_a_planted_goal_reader_and_clears_a_goal_blind_model(
     assert json.loads(json.dumps(reader.to_json()))["gate"] == 0.2
     with pytest.raises(ValueError, match="reversed"):
         goal_swap(_PlantedPathModel(dm.tokenizer, True), dm.tokenizer, PathTask(reverse=True).samples(2, seed=0))
+
+
+class _PlantedTeacherless(nn.Module):
+    """A 'teacherless model': from the prompt alone it writes, at the position before each answer slot,
+    the logits of a correct path s .. g, then "." and <eos> (whatever the answer inputs are)."""
+
+    def __init__(self, tokenizer):
+        super().__init__()
+        self.tok = tokenizer
+        self.dummy = nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask):
+        logits = torch.full((*input_ids.shape, len(self.tok)), -30.0)
+        p_id = self.tok.convert_tokens_to_ids("p")
+        for b, row in enumerate(input_ids):
+            end = int((row == p_id).nonzero()[0]) + 1
+            edges, s, g = parse_path_prompt(self.tok.decode(row[:end], skip_special_tokens=True))
+            nxt = dict(edges)
+            path = [s]
+            succ = [c for a, c in edges if a == s]
+            for first in succ:  # the successor whose chain reaches g
+                walk = [s, first]
+                while walk[-1] in nxt and walk[-1] != g:
+                    walk.append(nxt[walk[-1]])
+                if walk[-1] == g:
+                    path = walk
+                    break
+            answer = self.tok.convert_tokens_to_ids([*path, "."]) + [self.tok.eos_token_id]
+            for j, t in enumerate(answer):
+                if end - 1 + j < row.shape[0]:
+                    logits[b, end - 1 + j, t] = 0.0
+        return type("Out", (), {"logits": logits})()
+
+
+def test_teacherless_decoder_reads_every_answer_slot_in_one_pass():
+    from ret_toolkit.planning import answers_correct, is_teacherless
+
+    dm = TaskDataModule("pathfinding", n_train=8, n_val=8)
+    samples = PathTask().samples(30, seed=4)
+    model = _PlantedTeacherless(dm.tokenizer)
+    assert all(answers_correct(model, dm.tokenizer, dm.task, samples, teacherless=True))
+    assert is_teacherless(REGIMES["teacherless"]["data"]) and not is_teacherless(REGIMES["corrupt"]["data"])

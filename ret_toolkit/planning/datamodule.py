@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from activation_cache.errors import InputError
 from activation_cache.quiet import no_transformers_bars
-from ret_toolkit.planning.decode import task_accuracy_of
+from ret_toolkit.planning.decode import is_teacherless, task_accuracy_of
 from ret_toolkit.tasks import GrammarTask, PathTask, TaskSample, task_tokenizer
 
 TASKS = ("pathfinding", "grammar")
@@ -186,7 +186,8 @@ class TaskDataModule(pl.LightningDataModule):
 
     def score_generations(self, module, n: int = 200) -> float:
         """Share of the first ``n`` held-out prompts the model answers correctly (see :mod:`.decode`)."""
-        return task_accuracy_of(module.model, self.tokenizer, self.task, self.val_samples[:n])["accuracy"]
+        return task_accuracy_of(module.model, self.tokenizer, self.task, self.val_samples[:n],
+                                teacherless=is_teacherless(dict(self.hparams)))["accuracy"]
 
 
 #: The data module's settings, saved next to an exported model (what ``ret-planning`` reads back).

@@ -53,17 +53,50 @@ def complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, samp
     return outs
 
 
-def answers_correct(model, tokenizer, task: Task, samples: Sequence[TaskSample], seed: int = 0) -> list[bool]:
-    """Per sample: whether the model's completion (greedy or sampled, as the task decodes) is right."""
-    outs = complete(model, tokenizer, [s.prompt for s in samples], max_new_words(task, samples),
-                    sample=decoding_of(task) == "sample", seed=seed)
+@torch.no_grad()
+def teacherless_complete(model, tokenizer, prompts: Sequence[str], n_tokens: int, batch_size: int = 128) -> list[str]:
+    """Answers of a teacherless model: each prompt followed by ``n_tokens`` ``<pad>`` masks, read in one
+    forward pass (the argmax at every answer position), as the model was trained."""
+    was_training = model.training
+    model.eval()
+    mask, outs = tokenizer.pad_token_id, []
+    device = next(model.parameters()).device
+    for i in range(0, len(prompts), batch_size):
+        enc = [tokenizer(p)["input_ids"] for p in prompts[i:i + batch_size]]
+        n = max(map(len, enc)) + n_tokens
+        ids = torch.full((len(enc), n), mask, dtype=torch.long)
+        att = torch.zeros_like(ids)
+        for b, e in enumerate(enc):
+            ids[b, :len(e)], att[b, :len(e) + n_tokens] = torch.tensor(e), 1
+        pred = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.argmax(-1).cpu()
+        outs += [tokenizer.decode(pred[b, len(e) - 1:len(e) - 1 + n_tokens], skip_special_tokens=False)
+                 for b, e in enumerate(enc)]
+    model.train(was_training)
+    return outs
+
+
+def is_teacherless(settings: dict) -> bool:
+    """Whether task settings (``task.json`` / data hparams) describe teacherless training."""
+    return settings.get("corrupt_mode") == "mask" and float(settings.get("corrupt", 0.0)) >= 1.0
+
+
+def answers_correct(model, tokenizer, task: Task, samples: Sequence[TaskSample], seed: int = 0,
+                    teacherless: bool = False) -> list[bool]:
+    """Per sample: whether the model's completion (greedy or sampled, as the task decodes; with
+    ``teacherless``, :func:`teacherless_complete`) is right."""
+    prompts, budget = [s.prompt for s in samples], max_new_words(task, samples)
+    if teacherless:
+        outs = teacherless_complete(model, tokenizer, prompts, budget)
+    else:
+        outs = complete(model, tokenizer, prompts, budget, sample=decoding_of(task) == "sample", seed=seed)
     return [task.score(s, o) for s, o in zip(samples, outs)]
 
 
-def task_accuracy_of(model, tokenizer, task: Task, samples: Sequence[TaskSample], seed: int = 0) -> dict:
+def task_accuracy_of(model, tokenizer, task: Task, samples: Sequence[TaskSample], seed: int = 0,
+                     teacherless: bool = False) -> dict:
     """``{"n", "accuracy", "decoding"}``: share of ``samples`` whose completion the task's scorer accepts."""
-    mode = decoding_of(task)
+    mode = "teacherless" if teacherless else decoding_of(task)
     if not samples:
         return {"n": 0, "accuracy": float("nan"), "decoding": mode}
-    ok = answers_correct(model, tokenizer, task, samples, seed)
+    ok = answers_correct(model, tokenizer, task, samples, seed, teacherless)
     return {"n": len(ok), "accuracy": sum(ok) / len(ok), "decoding": mode}

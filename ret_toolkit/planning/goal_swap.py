@@ -65,11 +65,12 @@ class GoalSwap:
                 f"({'uses the goal' if self.uses_goal else 'goal not shown to matter'}; goal-blind 0.667 / 0.333 / +0)")
 
 
-def swapped_prompt(sample: TaskSample, goal: str) -> str:
-    """The sample's prompt with the query's goal replaced, followed by the start node."""
+def swapped_prompt(sample: TaskSample, goal: str, start: str | None = None) -> str:
+    """The sample's prompt with the query's goal replaced, followed by the start node (or ``start``:
+    the mask a teacherless model reads there)."""
     words = sample.prompt.split()
     words[-2] = goal
-    return " ".join([*words, sample.meta["start"]])
+    return " ".join([*words, sample.meta["start"] if start is None else start])
 
 
 @torch.no_grad()
@@ -95,7 +96,8 @@ def first_hop_mass(model, tokenizer, prompts: Sequence[str], correct: Sequence[S
     return out
 
 
-def goal_swap(model, tokenizer, samples: Sequence[TaskSample], n_boot: int = 2000, seed: int = 0) -> GoalSwap:
+def goal_swap(model, tokenizer, samples: Sequence[TaskSample], n_boot: int = 2000, seed: int = 0,
+              teacherless: bool = False) -> GoalSwap:
     """The goal-swap diagnostic of a forward path-finding model on held-out ``samples``.
 
     Args:
@@ -103,6 +105,8 @@ def goal_swap(model, tokenizer, samples: Sequence[TaskSample], n_boot: int = 200
         tokenizer: its word-level tokenizer.
         samples: held-out :class:`~ret_toolkit.tasks.PathTask` samples (forward targets).
         n_boot, seed: bootstrap resamples of the graphs, and their seed.
+        teacherless: the model was trained on masked answer inputs: the start node's
+            position holds the mask (``<pad>``), as in training.
     """
     if not samples:
         raise ValueError("goal_swap needs at least one sample")
@@ -113,8 +117,10 @@ def goal_swap(model, tokenizer, samples: Sequence[TaskSample], n_boot: int = 200
     decoy_hop = [p["decoy"][1] for p in paths]
     was_training = model.training
     model.eval()
-    real = first_hop_mass(model, tokenizer, [swapped_prompt(s, s.meta["goal"]) for s in samples], correct, decoy_hop)
-    swap = first_hop_mass(model, tokenizer, [swapped_prompt(s, p["decoy"][-1]) for s, p in zip(samples, paths)],
+    start = tokenizer.pad_token if teacherless else None
+    real = first_hop_mass(model, tokenizer, [swapped_prompt(s, s.meta["goal"], start) for s in samples], correct,
+                          decoy_hop)
+    swap = first_hop_mass(model, tokenizer, [swapped_prompt(s, p["decoy"][-1], start) for s, p in zip(samples, paths)],
                           correct, decoy_hop)
     model.train(was_training)
     shift = swap[:, 1] - real[:, 1]
