@@ -32,3 +32,14 @@ def report(name: str, key: str, value: float, details: dict) -> None:
     }
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(f"{key}: {value:.4g}")
+
+
+def untrained_task_model(task: str, path_nodes: int, n_layer: int, n_embd: int, out: Path) -> str:
+    """The baseline of the planning benchmarks: a task model of the trained ones' shape, seed 0, never trained."""
+    from ret_toolkit.planning import TaskDataModule, TaskLM, export_task_model
+
+    torch.manual_seed(0)
+    dm = TaskDataModule(task, path_nodes=path_nodes)
+    m = TaskLM(vocab_size=dm.vocab_size, bos_id=dm.bos_id, eos_id=dm.eos_id, pad_id=dm.pad_id,
+               n_layer=n_layer, n_embd=n_embd)
+    return str(export_task_model(m, dm.tokenizer, out, task=dm.hparams))

@@ -38,15 +38,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report  # noqa: E402
+from _common import report, untrained_task_model  # noqa: E402
 
 from activation_cache import load_model  # noqa: E402
 from ret_toolkit.info import bootstrap_mean_ci  # noqa: E402
 from ret_toolkit.planning import (  # noqa: E402
-    TaskDataModule,
-    TaskLM,
     answers_correct,
-    export_task_model,
     goal_swap,
     is_teacherless,
     make_task,
@@ -73,14 +70,6 @@ def trained_model(regime: str, args, work: Path) -> tuple[str, float | None]:
           flush=True)
     done.write_text(str(run.model_dir))
     return str(run.model_dir), seconds
-
-
-def untrained_model(args, work: Path) -> str:
-    torch.manual_seed(0)
-    dm = TaskDataModule("pathfinding", path_nodes=args.path_nodes)
-    m = TaskLM(vocab_size=dm.vocab_size, bos_id=dm.bos_id, eos_id=dm.eos_id, pad_id=dm.pad_id,
-               n_layer=args.layers, n_embd=args.width)
-    return str(export_task_model(m, dm.tokenizer, work / "untrained", task=dm.hparams))
 
 
 def measure(name: str, model_dir: str, args) -> dict:
@@ -115,7 +104,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     work = Path(args.work)
-    rows, seconds = [measure("untrained", untrained_model(args, work), args)], {}
+    untrained = untrained_task_model("pathfinding", args.path_nodes, args.layers, args.width, work / "untrained")
+    rows, seconds = [measure("untrained", untrained, args)], {}
     for regime in args.regimes.split(","):
         print(f"{regime}:", flush=True)
         model_dir, seconds[regime] = trained_model(regime, args, work)

@@ -31,13 +31,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, report  # noqa: E402
+from _common import RESULTS, report, untrained_task_model  # noqa: E402
 
 from ret_toolkit.planning import (  # noqa: E402
     ProbeSettings,
-    TaskDataModule,
-    TaskLM,
-    export_task_model,
     run_planning,  # noqa: E402
     train_task,
 )
@@ -54,14 +51,6 @@ def train(task: str, path_nodes: int, args, root: Path) -> tuple[str, float]:
     print(f"  trained {task}/{path_nodes}: accuracy by epoch {[round(a, 3) for a in run.accuracy]}, "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     return str(run.model_dir), time.perf_counter() - t0
-
-
-def untrained(task: str, path_nodes: int, args, root: Path) -> str:
-    torch.manual_seed(0)
-    dm = TaskDataModule(task, path_nodes=path_nodes)
-    m = TaskLM(vocab_size=dm.vocab_size, bos_id=dm.bos_id, eos_id=dm.eos_id, pad_id=dm.pad_id,
-               n_layer=args.layers, n_embd=args.width)
-    return str(export_task_model(m, dm.tokenizer, root / "untrained", task=dm.hparams))
 
 
 def main() -> None:
@@ -95,7 +84,7 @@ def main() -> None:
                          progress=False)
         results.append(r)
         if task == "pathfinding":
-            b = run_planning(untrained(task, nodes, args, work / key), task, work / key / "analysis_untrained",
+            b = run_planning(untrained_task_model(task, nodes, args.layers, args.width, work / key / "untrained"), task, work / key / "analysis_untrained",
                              n=args.n, path_nodes=nodes, settings=settings, progress=False)
             baselines[key] = b["branch"]
         print(f"  accuracy {r['accuracy']['accuracy']:.3f}, analyses {r['seconds']:.0f} s", flush=True)

@@ -53,6 +53,17 @@ def complete(model, tokenizer, prompts: Sequence[str], max_new_tokens: int, samp
     return outs
 
 
+def right_padded(encoded: Sequence[Sequence[int]], pad_id: int, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` (B, L): token lists right-padded with ``pad_id``, each followed by
+    ``extra`` attended ``pad_id`` slots (the masks a teacherless model reads)."""
+    n = max(map(len, encoded)) + extra
+    ids = torch.full((len(encoded), n), pad_id, dtype=torch.long)
+    att = torch.zeros_like(ids)
+    for b, e in enumerate(encoded):
+        ids[b, :len(e)], att[b, :len(e) + extra] = torch.tensor(list(e)), 1
+    return ids, att
+
+
 @torch.no_grad()
 def teacherless_complete(model, tokenizer, prompts: Sequence[str], n_tokens: int, batch_size: int = 128) -> list[str]:
     """Answers of a teacherless model: each prompt followed by ``n_tokens`` ``<pad>`` masks, read in one
@@ -63,11 +74,7 @@ def teacherless_complete(model, tokenizer, prompts: Sequence[str], n_tokens: int
     device = next(model.parameters()).device
     for i in range(0, len(prompts), batch_size):
         enc = [tokenizer(p)["input_ids"] for p in prompts[i:i + batch_size]]
-        n = max(map(len, enc)) + n_tokens
-        ids = torch.full((len(enc), n), mask, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for b, e in enumerate(enc):
-            ids[b, :len(e)], att[b, :len(e) + n_tokens] = torch.tensor(e), 1
+        ids, att = right_padded(enc, mask, n_tokens)
         pred = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits.argmax(-1).cpu()
         outs += [tokenizer.decode(pred[b, len(e) - 1:len(e) - 1 + n_tokens], skip_special_tokens=False)
                  for b, e in enumerate(enc)]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from ret_toolkit.info import bootstrap_mean_ci
+from ret_toolkit.planning.decode import right_padded
 from ret_toolkit.tasks import TaskSample
 
 __all__ = ["GOAL_SHIFT_GATE", "GoalSwap", "goal_swap"]
@@ -82,11 +83,7 @@ def first_hop_mass(model, tokenizer, prompts: Sequence[str], correct: Sequence[S
     device = next(model.parameters()).device
     for i in range(0, len(prompts), batch_size):
         enc = [tokenizer(p)["input_ids"] for p in prompts[i:i + batch_size]]
-        n = max(map(len, enc))
-        ids = torch.full((len(enc), n), tokenizer.pad_token_id, dtype=torch.long)
-        att = torch.zeros_like(ids)
-        for b, e in enumerate(enc):
-            ids[b, :len(e)], att[b, :len(e)] = torch.tensor(e), 1
+        ids, att = right_padded(enc, tokenizer.pad_token_id)
         logits = model(input_ids=ids.to(device), attention_mask=att.to(device)).logits
         last = torch.tensor([len(e) - 1 for e in enc], device=device)
         p = logits[torch.arange(len(enc), device=device), last].float().softmax(-1).cpu()
