@@ -186,3 +186,16 @@ def test_teacherless_decoder_reads_every_answer_slot_in_one_pass():
     model = _PlantedTeacherless(dm.tokenizer)
     assert all(answers_correct(model, dm.tokenizer, dm.task, samples, teacherless=True))
     assert is_teacherless(REGIMES["teacherless"]["data"]) and not is_teacherless(REGIMES["corrupt"]["data"])
+
+
+def test_bad_task_json_and_bad_bootstrap_input_are_one_line_errors(tmp_path):
+    from ret_toolkit.info import bootstrap_mean_ci
+
+    (tmp_path / "task.json").write_text("{not json")
+    with pytest.raises(InputError, match="task.json: not valid JSON"):
+        task_settings(tmp_path)
+    lo, hi = bootstrap_mean_ci(np.r_[np.zeros(50), np.ones(50)], n_boot=500)
+    assert lo < 0.5 < hi and hi - lo < 0.3
+    for bad in ([], [1.0, float("nan")], [[1.0, 2.0]]):
+        with pytest.raises(ValueError, match="non-empty 1-D array of finite values"):
+            bootstrap_mean_ci(bad)
