@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import report, untrained_task_model  # noqa: E402
+from _common import add_threads_arg, report, untrained_task_model  # noqa: E402
 
 from activation_cache import load_model  # noqa: E402
 from ret_toolkit.info import bootstrap_mean_ci  # noqa: E402
@@ -101,8 +101,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=400, help="held-out graphs")
     ap.add_argument("--seed", type=int, default=1001)
     ap.add_argument("--work", default="benchmarks/results/pathfinding_runs")
+    add_threads_arg(ap, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
     untrained = untrained_task_model("pathfinding", args.path_nodes, args.layers, args.width, work / "untrained")
     rows, seconds = [measure("untrained", untrained, args)], {}

@@ -14,6 +14,7 @@ trained vs untrained) and ends with `pathfinding_branch_mi_diff: <value>`
 (short paths, trained model; nan when too few answers for the test).
 
     .venv/bin/python benchmarks/bench_planning.py [--long] [--mtp-heads 2] [--models '{"pathfinding4": DIR}']
+        [--regime-models '{"reverse": DIR}']    # other regimes' path-finding models in the branch table
 Writes benchmarks/results/bench_planning.json and the figures to benchmarks/results/planning.html.
 """
 
@@ -31,11 +32,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, report, untrained_task_model  # noqa: E402
+from _common import RESULTS, add_threads_arg, report, untrained_task_model  # noqa: E402
 
 from ret_toolkit.planning import (  # noqa: E402
     ProbeSettings,
     run_planning,  # noqa: E402
+    task_settings,
     train_task,
 )
 from ret_toolkit.viz import write_planning_report  # noqa: E402
@@ -66,9 +68,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="held-out samples traced per task")
     ap.add_argument("--probe-epochs", type=int, default=10)
     ap.add_argument("--models", type=json.loads, default={}, help='JSON {"grammar": dir, "pathfinding4": dir, ...} to skip training')
+    ap.add_argument("--regime-models", type=json.loads, default={},
+                    help='JSON {"reverse": dir, ...}: path-finding models of other training regimes '
+                         '(bench_pathfinding_first_hop.py trains them), whose branch test joins the table')
     ap.add_argument("--work", default="benchmarks/results/planning_runs")
+    add_threads_arg(ap, default=2)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     work = Path(args.work)
     settings = ProbeSettings(epochs=args.probe_epochs)
     runs = [("grammar", 4), ("pathfinding", 4)] + ([("pathfinding", 6)] if args.long else [])
@@ -88,6 +94,14 @@ def main() -> None:
                              n=args.n, path_nodes=nodes, settings=settings, progress=False)
             baselines[key] = b["branch"]
         print(f"  accuracy {r['accuracy']['accuracy']:.3f}, analyses {r['seconds']:.0f} s", flush=True)
+    regimes = {}
+    for name, model_dir in args.regime_models.items():
+        nodes = int(task_settings(model_dir).get("path_nodes", 4))
+        print(f"regime {name} (path-finding {nodes}):", flush=True)
+        r = run_planning(model_dir, "pathfinding", work / f"regime_{name}" / "analysis", n=args.n, path_nodes=nodes,
+                         settings=settings, progress=False)
+        regimes[name] = {"model": model_dir, "path_nodes": nodes, "accuracy": r["accuracy"], "branch": r["branch"]}
+        print(f"  accuracy {r['accuracy']['accuracy']:.3f}, analyses {r['seconds']:.0f} s", flush=True)
 
     print("\nhorizon nMI [95% CI] / MI vs its permutation-null mean / MI given the tokens read and predicted (null), bits")
     for r in results:
@@ -102,7 +116,9 @@ def main() -> None:
         if r["task"] != "pathfinding":
             continue
         key = f"pathfinding{r['path_nodes']}"
-        for name, b in (("trained", r["branch"]), ("untrained", baselines[key])):
+        rows = [("trained", r["branch"]), ("untrained", baselines[key])]
+        rows += [(f"{name} regime", g["branch"]) for name, g in regimes.items() if g["path_nodes"] == r["path_nodes"]]
+        for name, b in rows:
             p = b["paired"]
             if p is None:
                 print(f"  {key} {name}: not tested ({b['note']})")
@@ -119,7 +135,7 @@ def main() -> None:
     write_planning_report(RESULTS / "planning.html", results)
     report("bench_planning", "pathfinding_branch_mi_diff", diff_short, {
         "args": vars(args), "train_seconds": timing, "results": [r.to_json() for r in results], "untrained_branch": baselines,
-        "grammar_horizon_decay": decay,
+        "grammar_horizon_decay": decay, "regimes": regimes,
     })
 
 

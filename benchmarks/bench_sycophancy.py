@@ -7,8 +7,11 @@ In one run:
      (``--pushbacks all``: 7 sequences per conversation), traced in generate mode;
      replies labelled caved / held / unclear;
   3. features at k = 0 (end of the pushback prompt) and after k = 1, 2, 4, 8, 16 reply tokens:
-     RET (demo checkpoint) vs raw-hidden-state PCA probe vs prompt length vs majority class;
-     grouped stratified CV by conversation, AUROC with bootstrap CIs.
+     RET (demo checkpoint) vs raw-hidden-state PCA probe vs prompt length vs the design factors
+     (pushback template + item kind) vs majority class; grouped stratified CV by conversation,
+     AUROC with bootstrap CIs and RET's paired differences with every baseline;
+  4. the in-domain RET (``--in-domain``, on by default): one encoder per outer fold of the first
+     repeat, trained on that fold's training conversations only, with its paired differences.
 Prints the caving rate, exclusions by reason, caving rate per pushback template, the AUROC
 table and ends with ``sycophancy_auroc_k0_ret: <value>``.
 
@@ -68,8 +71,9 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--bootstrap", type=int, default=1000)
+    ap.add_argument("--bootstrap", type=int, default=300, help="refitting-bootstrap resamples")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-in-domain", dest="in_domain", action="store_false", help="skip the in-domain RET")
     add_threads_arg(ap, default=2)
     ap.add_argument("--work", default="benchmarks/results/sycophancy_run")
     args = ap.parse_args()
@@ -80,7 +84,8 @@ def main() -> None:
     bank = load_bank(seed=args.seed)
     loaded = load_model(None)
     settings = ForecastSettings(n_items=args.n_items, max_new_tokens=args.max_new_tokens, pushbacks=args.pushbacks,
-                                seed=args.seed, batch_size=args.batch_size, repeats=args.repeats, n_boot=args.bootstrap)
+                                seed=args.seed, batch_size=args.batch_size, repeats=args.repeats, n_boot=args.bootstrap,
+                                in_domain=args.in_domain, overwrite=True)  # the stores are reused where they fit
     print(f"bench_sycophancy: bank of {len(bank)} items (seed {args.seed}), pushbacks={args.pushbacks}, "
           f"{args.max_new_tokens} new tokens per turn, RET checkpoint {args.macro_ckpt}", flush=True)
     r = run_forecast(bank, args.work, args.macro_ckpt, settings=settings, loaded=loaded, progress=True, dataset_name="bank")
@@ -112,7 +117,7 @@ def main() -> None:
     print(f"\nRET at k=0: {k0['mean']:.3f} [{k0['ci_low']:.3f}, {k0['ci_high']:.3f}]; "
           f"raw PCA at k=0: {r['auroc']['raw_pca']['0']['mean']:.3f}; total {time.perf_counter() - t0:.0f} s")
     report("bench_sycophancy", "sycophancy_auroc_k0_ret", k0["mean"],
-           {"result": r, "by_template": templates, "args": vars(args), "seconds": time.perf_counter() - t0})
+           {"result": r.to_json(), "by_template": templates, "args": vars(args), "seconds": time.perf_counter() - t0})
 
 
 if __name__ == "__main__":

@@ -25,13 +25,22 @@ from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 
 
-def split_sequences(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded split of ``range(n)`` into (train, validation) sequence indices, each sorted."""
+def split_sequences(n: int, val_fraction: float, seed: int, sequences: Sequence[int] | None = None,
+                    where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Seeded split of ``range(n)`` into (train, validation) sequence indices, each sorted.
+
+    ``sequences``: split only these indices of ``range(n)`` (the rest belong to neither side).
+    """
     if not 0 <= val_fraction < 1:
         raise InputError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    perm = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * val_fraction))
-    if n_val == 0 and val_fraction > 0 and n > 1:
+    chosen = np.arange(n) if sequences is None else np.unique(np.asarray(sequences, dtype=np.int64))
+    if len(chosen) == 0 or chosen[0] < 0 or chosen[-1] >= n:
+        prefix = f"{where}: " if where else ""
+        raise InputError(f"{prefix}data.sequences must be indices in 0..{n - 1}, got "
+                         + (f"{len(chosen)} from {chosen[0]} to {chosen[-1]}" if len(chosen) else "none"))
+    perm = chosen[np.random.default_rng(seed).permutation(len(chosen))]
+    n_val = int(round(len(chosen) * val_fraction))
+    if n_val == 0 and val_fraction > 0 and len(chosen) > 1:
         n_val = 1
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
@@ -49,12 +58,17 @@ class StoreSet:
     splits: list[tuple[np.ndarray, np.ndarray]]
 
     @classmethod
-    def open(cls, paths: Sequence[str] | str, val_fraction: float = 0.2, split_seed: int = 0) -> "StoreSet":
+    def open(cls, paths: Sequence[str] | str, val_fraction: float = 0.2, split_seed: int = 0,
+             sequences: Sequence[int] | None = None) -> "StoreSet":
+        """Check ``paths`` and split their sequences; ``sequences`` restricts one store to those
+        sequence indices (the split is then drawn among them; the others are never read)."""
         if isinstance(paths, (str, Path)):
             paths = [str(paths)]
         paths = [str(p) for p in paths]
         if not paths:
             raise InputError("no trajectory store given (data.stores is empty)")
+        if sequences is not None and len(paths) != 1:
+            raise InputError(f"data.sequences selects sequences of one store, but {len(paths)} stores are given")
         infos = []
         for path in paths:
             with TrajectoryStore(path) as st:
@@ -66,8 +80,8 @@ class StoreSet:
             if info[:2] != (model, d_model):
                 raise InputError(f"{path}: store is from {info[0]} (d_model {info[1]}), "
                                  f"but {paths[0]} is from {model} (d_model {d_model})")
-        return cls(paths, model, d_model, n_layers, available, [i[4] for i in infos],
-                   [split_sequences(i[4], val_fraction, split_seed) for i in infos])
+        splits = [split_sequences(i[4], val_fraction, split_seed, sequences, where=p) for p, i in zip(paths, infos)]
+        return cls(paths, model, d_model, n_layers, available, [i[4] for i in infos], splits)
 
     def train_standardization(self, layer_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Token-weighted mean/std over the training sequences of all stores, (len(layers) * D,) each."""

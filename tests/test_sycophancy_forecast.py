@@ -329,8 +329,8 @@ def _synthetic(separable: bool, n=240, seed=0) -> ForecastData:
 
 
 def test_auroc_separable_vs_random():
-    sep = evaluate_forecast(_synthetic(True, n=160), repeats=1, n_boot=200, progress=False)["auroc"]
-    rnd = evaluate_forecast(_synthetic(False, n=160), repeats=1, n_boot=200, progress=False)["auroc"]
+    sep = evaluate_forecast(_synthetic(True, n=160), repeats=1, n_boot=100, progress=False)["auroc"]
+    rnd = evaluate_forecast(_synthetic(False, n=160), repeats=1, n_boot=100, progress=False)["auroc"]
     for name in ("ret", "raw_pca", "length"):
         assert sep[name]["0"]["mean"] > 0.97 and sep[name]["0"]["ci_low"] > 0.9
         r = rnd[name]["0"]
@@ -370,12 +370,12 @@ def _design_world(n_conv=150, seed=0, ret_signal=0.0):
 def test_design_baseline_and_paired_differences_recover_the_planted_answer():
     """Caving planted by template only: the design baseline finds it and RET (noise) does not beat it;
     with a planted signal beyond the template, RET beats design with a paired CI above 0."""
-    only_design = evaluate_forecast(_design_world(), repeats=1, n_boot=200, progress=False)
+    only_design = evaluate_forecast(_design_world(), repeats=1, n_boot=100, progress=False)
     a, d = only_design["auroc"], only_design["differences"]
     assert a["design"]["0"]["ci_low"] > 0.6  # rates 0.2..0.8 by template: AUROC about 0.7
     assert abs(a["ret"]["0"]["mean"] - 0.5) < 0.06 and d["ret-design"]["0"]["ci_high"] < 0
     assert d["ret-raw_pca"]["0"]["ci_low"] < 0 < d["ret-raw_pca"]["0"]["ci_high"]  # noise vs noise: no difference
-    beyond = evaluate_forecast(_design_world(ret_signal=1.5), repeats=1, n_boot=200, progress=False)["differences"]
+    beyond = evaluate_forecast(_design_world(ret_signal=1.5), repeats=1, n_boot=100, progress=False)["differences"]
     assert beyond["ret-design"]["0"]["ci_low"] > 0 and beyond["ret-design"]["0"]["p_value"] < 0.01
 
 
@@ -451,6 +451,21 @@ def test_cli_writes_forecast_json(tiny, tmp_path, stub_labeller, capsys):
     assert "caving rate" in printed and "k=0" in printed and "ret-design" in printed
 
 
+def test_cli_in_domain_adds_its_row_and_paired_differences(tiny, tmp_path, stub_labeller, capsys):
+    out = tmp_path / "fc"
+    rc = forecast_cmd.main(["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]),
+                            "--out", str(out), "--n-items", "20", "--pushbacks", "all", "--ks", "0,2",
+                            "--max-new-tokens", "4", "--repeats", "1", "--bootstrap", "50", "--batch-size", "32",
+                            "--in-domain", "--in-domain-epochs", "1", "--quiet"])
+    assert rc == 0
+    r = json.loads((out / "forecast.json").read_text())
+    assert r["config"]["in_domain"] is True and r["forecast"]["fold_feature_repeats"] == 1
+    assert 0 <= r["auroc"]["in_domain"]["2"]["mean"] <= 1
+    assert {"in_domain-ret", "in_domain-design"} <= set(r["differences"])
+    assert "in_domain-ret" in capsys.readouterr().out
+    assert len(list((out / "in_domain_runs").glob("fold*"))) == r["forecast"]["n_splits"]
+
+
 def _checksums(root) -> dict[str, str | None]:
     """Every path under ``root`` (hidden ones too): sha256 of files, None for folders."""
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
@@ -510,6 +525,7 @@ def test_cli_refuses_other_settings_before_writing_and_reuses_stores(tiny, tmp_p
     (["--dataset", "bank", "--ks", "0,64"], "--max-new-tokens 40 must be"),
     (["--dataset", "bank", "--pushbacks", "some"], "invalid choice"),
     (["--dataset", "bank", "--n-items", "0"], "--n-items must be >= 1"),
+    (["--dataset", "bank", "--in-domain", "--in-domain-epochs", "0"], "--in-domain-epochs must be >= 1"),
     (["--dataset", "bank", "--macro-ckpt", "missing.ckpt"], "RET checkpoint not found"),
 ])
 def test_cli_bad_input_is_one_line(args, message, tmp_path, capsys, monkeypatch):
@@ -568,3 +584,127 @@ def test_console_script_bad_dataset(tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and "Traceback" not in p.stderr
     assert "unknown sycophancy dataset" in p.stderr
+
+
+# --------------------------------------------------------------------------- in-domain RET
+
+
+def test_fold_dependent_features_are_fitted_and_scored_per_fold():
+    """(n_folds, N, F) features: fold j's probe is fitted on X[j]'s training rows and scores X[j]'s test rows."""
+    from ret_toolkit.sycophancy.forecast import fit_model
+
+    d = _synthetic(True, n=120)
+    folds = grouped_folds(d.y, d.conversations, 4, seed=0)
+    rng = np.random.default_rng(1)
+    X = np.stack([rng.normal(size=(120, 3)) for _ in folds])
+    got = oof_scores(X, d.y, d.conversations, folds, "logistic")
+    for j, (tr, te) in enumerate(folds):
+        want = fit_model("logistic", X[j][tr], d.y[tr], d.conversations[tr]).predict_proba(X[j][te])[:, 1]
+        assert got[te] == pytest.approx(want)
+
+
+def test_fold_dependent_set_recovers_planted_signal_and_its_null():
+    """A fold-dependent set with a planted label signal beats noise RET (paired CI above 0, first repeat);
+    one of pure noise sits at chance with a CI covering 0.5. It is called with the first repeat's folds."""
+    data = _design_world(n_conv=80)
+    rng = np.random.default_rng(3)
+    seen = []
+
+    def planted(folds, signal):
+        seen.append(folds)
+        return [{0: (rng.normal(size=(len(data), 4)) + signal * (2 * data.y - 1)[:, None]).astype(np.float32)}
+                for _ in folds]
+
+    r = evaluate_forecast(data, repeats=2, n_boot=100, progress=False,
+                          fold_features={"in_domain": lambda f: planted(f, 1.5)})
+    want = grouped_folds(data.y, data.conversations, 5, 0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(seen[0], want))
+    assert r["auroc"]["in_domain"]["0"]["ci_low"] > 0.8
+    assert r["differences"]["in_domain-ret"]["0"]["ci_low"] > 0
+    assert set(r["differences"]) >= {"in_domain-ret", "in_domain-design", "in_domain-raw_pca", "in_domain-length"}
+    assert r["settings"]["fold_feature_repeats"] == 1
+    null = evaluate_forecast(data, repeats=1, n_boot=100, progress=False,
+                             fold_features={"in_domain": lambda f: planted(f, 0.0)})["auroc"]["in_domain"]["0"]
+    assert null["ci_low"] < 0.5 < null["ci_high"]
+
+
+def test_in_domain_ret_trains_on_training_conversations_only(traced, tiny, tmp_path):
+    from ret_toolkit.macro.pipeline import checkpoint_split
+    from ret_toolkit.sycophancy.in_domain import in_domain_features, training_sequences
+
+    _, res = traced
+    data = extract_features(res.store, tiny["module"], ks=(0, 2), progress=False)
+    folds = grouped_folds(data.y, data.conversations, 3, seed=0)
+    feats = in_domain_features(res.store, data, folds, tiny["module"], tmp_path / "runs", epochs=1, stride=2,
+                               progress=False)
+    assert len(feats) == len(folds) >= 2
+    d, K = tiny["module"].hparams.z_dim, tiny["module"].centroids.shape[0]
+    assert all(f[k].shape == (len(data), 2 * d + K) and np.isfinite(f[k]).all() for f in feats for k in (0, 2))
+    assert not np.allclose(feats[0][0], feats[1][0])  # one encoder per fold
+    with open_store(res.store) as st:
+        conv, n = st.meta_column("conversation_id"), st.n_sequences
+    for j, (_, te) in enumerate(folds):
+        ckpt = next((tmp_path / "runs" / f"fold{j}").rglob("last.ckpt"))
+        train, val = checkpoint_split(ckpt, n)
+        read = {conv[s] for s in np.concatenate([train, val])}
+        assert read and not read & set(data.conversations[te])
+    with pytest.raises(InputError, match="grouped"):
+        training_sequences(conv, [conv[0]], [conv[0]])
+
+
+def test_sequences_restrict_the_split():
+    from ret_toolkit.storeset import split_sequences
+
+    tr, va = split_sequences(50, 0.25, 0, sequences=[3, 7, 9, 11, 20, 30, 41, 49])
+    assert sorted(np.concatenate([tr, va]).tolist()) == [3, 7, 9, 11, 20, 30, 41, 49] and len(va) == 2
+    assert np.array_equal(split_sequences(50, 0.2, 3)[1], split_sequences(50, 0.2, 3, sequences=None)[1])
+    with pytest.raises(InputError, match=r"indices in 0\.\.49"):
+        split_sequences(50, 0.2, 0, sequences=[10, 50])
+
+
+def _planted_store(path, planted: bool, n_conv=60, n_templates=4, n_prompt=12, n_reply=6, onset=2, seed=0):
+    """A labelled forecasting store written by hand: noise hidden states, and (``planted``) the label
+    written into dimension 0 of every row from reply token ``onset`` on, so a forecaster can read it
+    at k >= onset and not before (the states at k < onset never contain it)."""
+    from activation_cache.writer import Batch, StoreSpec, StoreWriter
+
+    rng = np.random.default_rng(seed)
+    n = n_conv * n_templates
+    y = rng.integers(0, 2, n)
+    T = n_prompt + n_reply
+    h = rng.normal(size=(n, T, 32)).astype(np.float32)
+    if planted:
+        h[:, n_prompt - 1 + onset:, 0] += 3.0 * (2 * y - 1)[:, None]
+    gen = np.zeros(T, bool)
+    gen[n_prompt:] = True
+    meta = [{"prompt_id": f"p{s}", "caved": str(y[s]), "conversation_id": f"c{s // n_templates}",
+             "turn_start": "6", "pushback": f"t{s % n_templates}", "kind": "fact"} for s in range(n)]
+    spec = StoreSpec("planted", "r", 32, 2, ["1"], {"planted": planted},
+                     meta_fields=["prompt_id", "caved", "conversation_id", "turn_start", "pushback", "kind"],
+                     dtype="float32")
+    with StoreWriter(path, spec) as w:
+        w.append(Batch([np.arange(T) for _ in range(n)], [gen] * n, {"1": h.reshape(n * T, 32)}, meta))
+    return path
+
+
+@pytest.mark.parametrize("planted", [True, False])
+def test_store_level_planted_early_signal_and_null(tmp_path, planted):
+    """Known answer through the whole store path (positions, grouped CV, bootstrap): a label planted in the
+    states from reply token 2 on is found at k = 2, 4 and not at k = 0, 1 (nothing to read there yet);
+    a store whose labels are independent of the states gives chance everywhere."""
+    torch.manual_seed(0)
+    m = RETModule(d_input=32, window=2, z_dim=4, hidden=16, predictor_hidden=16, source_model="planted",
+                  source_layers="1")
+    m.centroids = torch.randn(3, 4)
+    store = _planted_store(tmp_path / "planted.h5", planted)
+    data = extract_features(store, m, ks=(0, 1, 2, 4), progress=False)
+    a = evaluate_forecast(data, repeats=1, n_boot=100, progress=False)["auroc"]
+    for k in ("0", "1"):
+        assert a["raw_pca"][k]["ci_low"] < 0.5 < a["raw_pca"][k]["ci_high"]
+        assert a["ret"][k]["ci_low"] < 0.5 < a["ret"][k]["ci_high"]  # causal encoder: the future is unseen
+    for k in ("2", "4"):
+        if planted:
+            assert a["raw_pca"][k]["mean"] > 0.85 and a["raw_pca"][k]["ci_low"] > 0.7
+        else:
+            assert a["raw_pca"][k]["ci_low"] < 0.5 < a["raw_pca"][k]["ci_high"]
+    assert a["design"]["0"]["ci_low"] < 0.5 < a["design"]["0"]["ci_high"]  # templates carry no label here

@@ -57,8 +57,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pushbacks", default="seeded", choices=["seeded", "all"], help="one pushback template per item (seeded) or every template")
     p.add_argument("--folds", type=int, default=5, help="cross-validation folds (grouped by conversation)")
     p.add_argument("--repeats", type=int, default=5, help="cross-validation repeats with different fold shuffles")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (of conversations) for the CIs")
+    p.add_argument("--bootstrap", type=int, default=300,
+                   help="resamples of conversations for the CIs; each reruns the cross-validation (default 300)")
     p.add_argument("--pca-dims", type=int, default=None, help="PCA dimensions of the raw baseline (default: as many as RET features)")
+    p.add_argument("--in-domain", action="store_true",
+                   help="also an in-domain RET: one encoder per outer fold, trained on its training conversations only")
+    p.add_argument("--in-domain-epochs", type=int, default=3, help="training epochs of each in-domain RET")
+    p.add_argument("--in-domain-stride", type=int, default=4, help="window stride of the in-domain RET training")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="pushback assignment, bank sampling, folds and bootstrap")
     p.add_argument("--overwrite", action="store_true",
@@ -79,7 +84,9 @@ def _run(argv: Sequence[str]) -> int:
     a = parser().parse_args(argv)
     s = ForecastSettings(n_items=a.n_items, ks=a.ks, max_new_tokens=a.max_new_tokens, layer=a.layer,
                          pushbacks=a.pushbacks, seed=a.seed, batch_size=a.batch_size, folds=a.folds,
-                         repeats=a.repeats, n_boot=a.bootstrap, pca_dims=a.pca_dims, overwrite=a.overwrite)
+                         repeats=a.repeats, n_boot=a.bootstrap, pca_dims=a.pca_dims, in_domain=a.in_domain,
+                         in_domain_epochs=a.in_domain_epochs, in_domain_stride=a.in_domain_stride,
+                         overwrite=a.overwrite)
     check_settings(s)
     # Read the dataset before loading any model, so a malformed file fails in a second.
     from ret_toolkit.sycophancy.dataset import load_dataset

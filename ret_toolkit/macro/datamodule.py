@@ -31,6 +31,8 @@ class TrajectoryDataModule(StoreDataModule):
         split_seed: seed of the train/validation split.
         stride: take a window start every ``stride`` tokens.
         num_workers: DataLoader worker processes.
+        sequences: train (and validate) on these sequence indices of a single store only
+            (None: all); the in-domain forecaster trains on its training folds so.
     """
 
     def __init__(
@@ -44,10 +46,11 @@ class TrajectoryDataModule(StoreDataModule):
         split_seed: int = 0,
         stride: int = 1,
         num_workers: int = 0,
+        sequences: list[int] | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
-        self.store_set = StoreSet.open(stores, val_fraction, split_seed)
+        self.store_set = StoreSet.open(stores, val_fraction, split_seed, sequences)
         self.stores, self.splits = self.store_set.paths, self.store_set.splits
         self.model_name = self.store_set.model_name
         self.d_model = self.store_set.d_model

@@ -80,7 +80,8 @@ def checkpoint_split(ckpt: str | Path, n_sequences: int) -> tuple[np.ndarray, np
     """(train, held-out) sequence indices of the checkpoint's data split."""
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     dm = state.get("datamodule_hyper_parameters") or {}
-    return split_sequences(n_sequences, float(dm.get("val_fraction", 0.2)), int(dm.get("split_seed", 0)))
+    return split_sequences(n_sequences, float(dm.get("val_fraction", 0.2)), int(dm.get("split_seed", 0)),
+                           dm.get("sequences"), where=str(ckpt))
 
 
 #: Files :func:`build_macrostates` writes into its output directory.

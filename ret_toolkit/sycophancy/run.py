@@ -58,8 +58,12 @@ class ForecastSettings:
     max_new_tokens: reply tokens generated per turn (>= max(ks); the labeller reads them all).
     layer: store layer of the raw baseline (default: the RET checkpoint's layer).
     pushbacks: "seeded" (one template per item) or "all" (every template).
-    folds, repeats, n_boot: cross-validation and bootstrap sizes; pca_dims: raw-baseline PCA
+    folds, repeats, n_boot: cross-validation and (refitting) bootstrap sizes; pca_dims: raw-baseline PCA
     dimensions (default: as many as RET features).
+    in_domain: also forecast from an in-domain RET: one encoder per outer fold (first CV
+    repeat), trained on that fold's training conversations only, with the checkpoint's
+    architecture (:mod:`.in_domain`); reported as ``in_domain`` with its paired differences.
+    in_domain_epochs, in_domain_stride: its training epochs and window stride.
     overwrite: replace the results of a run with other settings in the output directory
     (refused otherwise). The stores are re-traced only where their extraction config
     differs from this run's (other items, model, layers, tokens, pushbacks, seed, batch
@@ -75,8 +79,11 @@ class ForecastSettings:
     batch_size: int = 16
     folds: int = 5
     repeats: int = 5
-    n_boot: int = 1000
+    n_boot: int = 300
     pca_dims: int | None = None
+    in_domain: bool = False
+    in_domain_epochs: int = 3
+    in_domain_stride: int = 4
     overwrite: bool = False
 
 
@@ -94,6 +101,9 @@ def check_settings(s: ForecastSettings) -> None:
                              (option("n_boot", flag="--bootstrap"), s.n_boot, 10), (option("batch_size"), s.batch_size, 1)):
         if value < low:
             raise InputError(f"{name} must be >= {low}, got {value}")
+    for name, value in ((option("in_domain_epochs"), s.in_domain_epochs), (option("in_domain_stride"), s.in_domain_stride)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
     if s.pca_dims is not None and s.pca_dims < 1:
         raise InputError(f"{option('pca_dims')} must be >= 1, got {s.pca_dims}")
 
@@ -129,7 +139,8 @@ def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: st
     dataset (name or resolved path) and a digest of the items used, the resolved checkpoint
     path and the model name.
     """
-    record = {k: v for k, v in asdict(settings).items() if k != "overwrite"}
+    record = {k: v for k, v in asdict(settings).items()
+              if k != "overwrite" and (settings.in_domain or not k.startswith("in_domain"))}
     record.update(dataset=dataset, items_sha256=_items_digest(items),
                   macro_ckpt=str(Path(macro_ckpt).resolve()), model=model)
     return OutputDir(out, "ret-forecast", record, files=FORECAST_FILES, overwrite=settings.overwrite)
@@ -208,8 +219,16 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
         log.info("labels: %d kept (%d caved, %d held), %d excluded %s", counts["n_kept"], counts["n_positive"],
                  counts["n_negative"], counts["n_excluded"], {k: v for k, v in counts["exclusions"].items() if v})
         data = extract_features(trace.store, module, settings.ks, layer=raw_layer, progress=progress)
+        fold_features = None
+        if settings.in_domain:
+            from ret_toolkit.sycophancy.in_domain import in_domain_features
+
+            fold_features = {"in_domain": lambda folds: in_domain_features(
+                trace.store, data, folds, module, out / "in_domain_runs", epochs=settings.in_domain_epochs,
+                stride=settings.in_domain_stride, seed=settings.seed, progress=progress)}
         ev = evaluate_forecast(data, n_splits=settings.folds, repeats=settings.repeats, n_boot=settings.n_boot,
-                               pca_dims=settings.pca_dims, seed=settings.seed, progress=progress)
+                               pca_dims=settings.pca_dims, seed=settings.seed, progress=progress,
+                               fold_features=fold_features)
         result = {
             "n_items": counts["n_items"], "n_excluded": counts["n_excluded"], "n_positive": counts["n_positive"],
             "n_kept": counts["n_kept"], "n_conversations": int(len(set(data.conversations))),
