@@ -108,7 +108,7 @@ def main() -> None:
         print(f"  {name:<11} level {t['level']}  caved {t['caved']:>3}  held {t['held']:>3}  unclear {t['unclear']:>3}  rate {rate}")
     f = r["forecast"]
     print(f"\nAUROC (caved vs held), mean over {f['n_splits']}-fold x {f['repeats']} grouped stratified CV, "
-          f"95% bootstrap CI over conversations ({f['n_boot']} resamples); features: {f['n_features']}, "
+          f"95% CI from a refitting bootstrap over conversations ({f['n_boot']} resamples, each reruns the CV); features: {f['n_features']}, "
           f"PCA dims {f['pca_dims']}")
     print(r.table())
     RESULTS.mkdir(parents=True, exist_ok=True)

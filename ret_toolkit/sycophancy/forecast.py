@@ -15,7 +15,8 @@ Protocol (docs/architecture.md §3.5), for every feature set and lead time k:
    replacement and reruns the whole grouped CV on them (C fixed at the value the inner CV
    chose most often on the data). Holding the fitted scores fixed instead
    (:func:`bootstrap_auroc`) misses the variance of the fit: on label-free planted data its
-   95 % CIs covered chance in too few null worlds (``benchmarks/bench_forecast_coverage.py``).
+   95 % CIs covered chance in 29 of 40 label-free worlds for a 6-feature probe, the refitting
+   ones in 39 of 40 (``benchmarks/bench_forecast_coverage.py``).
 5. ``differences``: RET minus each baseline at every k, on the *same* refitted resamples:
    "RET beats X" needs that CI above 0.
 

@@ -16,7 +16,7 @@ def _f(x) -> str:
 def _k_table(title: str, rows: dict, ks: Sequence[str] | None, cell, width: int, pad: int) -> str:
     """One row per entry of ``rows`` (name -> k -> record), one column per k, ``cell(record)`` each."""
     names = list(rows)
-    pad = max([pad, *(len(n) + 2 for n in names)])
+    pad = max([pad, *(len(n) + 1 for n in names)])
     ks = list(ks or sorted(rows[names[0]], key=int))
     lines = [f"{title:<{pad}}" + "".join(f"{'k=' + k:>{width}}" for k in ks)]
     for name in names:
