@@ -72,6 +72,15 @@ def trained_model(regime: str, args, work: Path) -> tuple[str, float | None]:
     return str(run.model_dir), seconds
 
 
+def trained_epochs(model_dir: str) -> int | None:
+    """Epochs the model was trained for, from the CSV log next to its exported directory (None: no log)."""
+    log = Path(model_dir).parent / "metrics.csv"
+    if not log.is_file():
+        return None
+    epochs = [int(line.split(",", 1)[0]) for line in log.read_text().splitlines()[1:] if line[:1].isdigit()]
+    return max(epochs) + 1 if epochs else 0
+
+
 def measure(name: str, model_dir: str, args) -> dict:
     loaded = load_model(model_dir)
     settings = task_settings(model_dir)
@@ -80,7 +89,8 @@ def measure(name: str, model_dir: str, args) -> dict:
     samples = task.samples(args.n, args.seed)
     ok = np.array(answers_correct(loaded.model, loaded.tokenizer, task, samples, teacherless=teacherless), float)
     valid = {"value": float(ok.mean()), "ci": bootstrap_mean_ci(ok, seed=args.seed)}
-    row = {"regime": name, "model": model_dir, "reverse": reverse, "valid_paths": valid, "goal_swap": None}
+    row = {"regime": name, "model": model_dir, "reverse": reverse, "epochs": trained_epochs(model_dir),
+           "valid_paths": valid, "goal_swap": None}
     if not reverse:
         row["goal_swap"] = goal_swap(loaded.model, loaded.tokenizer, samples, seed=args.seed,
                                      teacherless=teacherless).to_json()

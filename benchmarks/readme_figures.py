@@ -75,7 +75,26 @@ def ablation_tables() -> str:
     return "\n".join(lines)
 
 
-GENERATED = {"bench_ret_ablation": ablation_tables}
+def regime_table() -> str:
+    """The path-finding regime table (the gate per regime) from bench_pathfinding_first_hop.json."""
+    rows = json.loads((RESULTS / "bench_pathfinding_first_hop.json").read_text())["details"]["rows"]
+    lines = ["| regime | epochs | valid paths [95% CI] | first-hop mass correct / decoy | goal-swap shift [95% CI] "
+             "| uses goal |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        v, g = r["valid_paths"], r["goal_swap"]
+        epochs = "0" if r["regime"] == "untrained" else "—" if r.get("epochs") is None else str(r["epochs"])
+        valid = f"{v['value']:.3f} [{v['ci'][0]:.3f}, {v['ci'][1]:.3f}]"
+        if g is None:
+            lines.append(f"| {r['regime']} | {epochs} | {valid} | — (the answer starts at the goal) | — | — |")
+            continue
+        lines.append(f"| {r['regime']} | {epochs} | {valid} | {g['correct']:.3f} / {g['decoy']:.3f} | "
+                     f"{g['shift']:+.3f} [{g['shift_ci'][0]:+.3f}, {g['shift_ci'][1]:+.3f}] | "
+                     f"{'yes' if g['uses_goal'] else 'no'} |")
+    lines.append("| goal-blind (reference) | | | 0.667 / 0.333 | +0 | no |")
+    return "\n".join(lines)
+
+
+GENERATED = {"bench_ret_ablation": ablation_tables, "pathfinding_regimes": regime_table}
 
 
 def render(readme: str) -> tuple[str, list[str]]:
