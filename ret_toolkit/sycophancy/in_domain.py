@@ -30,10 +30,6 @@ from ret_toolkit.macro.train import WIRED_KEYS, train
 
 __all__ = ["training_sequences", "train_fold_ret", "in_domain_features"]
 
-#: RETModule hyperparameters that are not architecture or optimisation (set per run).
-_NOT_COPIED = (*WIRED_KEYS, "centroids")
-
-
 def training_sequences(store_conversations: Sequence[str], train_conversations: Sequence[str],
                        test_conversations: Sequence[str]) -> np.ndarray:
     """Store sequence indices whose conversation is a training one, int64 (n,).
@@ -54,7 +50,7 @@ def train_fold_ret(store: str | Path, sequences: np.ndarray, reference: RETModul
     Returns the trained module (eval mode, CPU) with ``reference``'s number of macrostates.
     """
     hp = reference.hparams
-    model = {k: v for k, v in hp.items() if k not in _NOT_COPIED}
+    model = {k: v for k, v in hp.items() if k not in WIRED_KEYS}  # the data decides those
     run = train([store], layers=hp.source_layers, max_epochs=epochs, root_dir=root, seed=seed, progress=False,
                 data={"window": hp.window, "max_horizon": hp.max_horizon, "stride": stride,
                       "sequences": [int(s) for s in sequences], "val_fraction": 0.1, "split_seed": seed},
