@@ -1,19 +1,21 @@
 """Do the forecaster's AUROC CIs cover chance when there is nothing to forecast? Fixed-score vs refitting bootstrap.
 
 Planted worlds with the sycophancy design (60 conversations x 4 pushback templates): labels
-independent of every feature (the null), then a world with a modest planted signal (power).
-Two feature sets per world, fitted by the forecaster's grouped CV (``oof_scores``): the
-design one-hot (4 levels, as the ``design`` baseline) and 6 noise features (as a probe).
-For each, the 95 % CI of the within-fold AUROC from
+independent of every feature (the null), then worlds with a modest planted signal (power).
+Each world is a :class:`ForecastData` scored by :func:`evaluate_forecast` exactly as
+``ret-forecast`` scores a store: the ``ret`` slot holds 6 noise features (the planted
+signal goes into one of them), ``design`` the template one-hot, ``raw_pca`` / ``length``
+more noise. Both CI methods on the same worlds in the same run:
 
-  * the fixed-score bootstrap (``bootstrap_auroc``: resample conversations, scores held fixed),
-  * the refitting bootstrap (``refit_bootstrap``: resample conversations, rerun the CV),
+  * ``ci="fixed"``: resample conversations, the fitted scores held fixed;
+  * ``ci="refit"`` (the default): resample conversations and rerun the grouped CV.
 
-computed on the same worlds in the same run. Reports the share of null worlds whose CI
-covers 0.5 (nominal 0.95) and the share of planted worlds whose CI lies above 0.5.
-Ends with ``forecast_refit_ci_null_coverage: <value>`` (noise probe).
+Reports, per method, the share of null worlds whose AUROC CI covers 0.5 (nominal 0.95; for
+the noise probe and the design probe), whose paired CI of RET − design covers 0, and the
+share of planted worlds whose CI lies above 0.5. Ends with
+``forecast_refit_ci_null_coverage: <value>`` (the noise probe, refitting bootstrap).
 
-    .venv/bin/python benchmarks/bench_forecast_coverage.py [--worlds 20] [--bootstrap 100]
+    .venv/bin/python benchmarks/bench_forecast_coverage.py [--worlds 40] [--bootstrap 100]
 Writes benchmarks/results/bench_forecast_coverage.json.
 """
 
@@ -29,70 +31,67 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
-from ret_toolkit.sycophancy.forecast import (  # noqa: E402
-    bootstrap_auroc,
-    fold_index,
-    grouped_folds,
-    oof_scores,
-    refit_bootstrap,
-)
+from ret_toolkit.sycophancy import ForecastData, evaluate_forecast  # noqa: E402
+
+METHODS = ("fixed", "refit")
 
 
-def world(seed: int, signal: float, n_conv: int = 60, n_templates: int = 4):
-    """Labels, conversation ids and the two feature sets; ``signal`` shifts noise feature 0 by the label."""
+def world(seed: int, signal: float, n_conv: int = 60, n_templates: int = 4) -> ForecastData:
+    """One planted world; ``signal`` shifts the first ``ret`` feature by the label (0: the null)."""
     rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n_conv * n_templates)
-    groups = np.repeat(np.arange(n_conv), n_templates)
-    design = np.eye(n_templates)[np.tile(np.arange(n_templates), n_conv)]
-    noise = rng.normal(size=(len(y), 6))
-    noise[:, 0] += signal * (2 * y - 1)
-    return y, groups, {"design": design, "noise": noise}
+    n = n_conv * n_templates
+    y = rng.integers(0, 2, n)
+    ret = rng.normal(size=(n, 6)).astype(np.float32)
+    ret[:, 0] += signal * (2 * y - 1)
+    noise = rng.normal(size=(n, 6)).astype(np.float32)
+    design = np.eye(n_templates, dtype=np.float32)[np.tile(np.arange(n_templates), n_conv)]
+    feats = {"ret": {0: ret}, "raw_pca": {0: noise}, "length": {0: noise[:, :2]}, "design": {0: design}}
+    return ForecastData(ids=np.arange(n).astype(object), conversations=np.repeat(np.arange(n_conv), n_templates),
+                        y=y, ks=(0,), features=feats, n_prompt=np.full(n, 10), n_reply=np.full(n, 5))
 
 
-def intervals(y, groups, X, n_boot: int, seed: int) -> dict[str, tuple[float, float]]:
-    folds = grouped_folds(y, groups, 5, seed)
-    fid = fold_index(folds, len(y))
-    chosen: list[float] = []
-    s = oof_scores(X, y, groups, folds, "logistic", seed=seed, chosen=chosen)
-    fixed = bootstrap_auroc(y, [s], [fid], groups, n_boot=n_boot, seed=seed)
-    C = max(set(chosen), key=lambda c: (chosen.count(c), -c))
-    boot = refit_bootstrap(y, groups, {"x": (X, "logistic", None, C)}, 5, n_boot, seed)["x"]
-    lo, hi = np.nanquantile(boot, [0.025, 0.975])
-    return {"fixed": (fixed["ci_low"], fixed["ci_high"]), "refit": (float(lo), float(hi))}
+def covers(c: dict, value: float, low: str = "ci_low", high: str = "ci_high") -> bool:
+    return c[low] <= value <= c[high]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--worlds", type=int, default=20)
+    ap.add_argument("--worlds", type=int, default=40)
     ap.add_argument("--bootstrap", type=int, default=100)
-    ap.add_argument("--signal", type=float, default=0.35, help="planted shift of noise feature 0 (power worlds)")
+    ap.add_argument("--signal", type=float, default=0.35, help="planted shift of one ret feature (power worlds)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     rows = []
     for w in range(args.worlds):
         for kind, signal in (("null", 0.0), ("planted", args.signal)):
-            y, groups, feats = world(1000 + w, signal)
-            for name, X in feats.items():
-                if kind == "planted" and name == "design":
-                    continue  # the planted signal is in the noise features only
-                ci = intervals(y, groups, X, args.bootstrap, w)
-                rows.append({"world": w, "kind": kind, "features": name, **{m: list(v) for m, v in ci.items()}})
+            data = world(1000 + w, signal)
+            for method in METHODS:
+                r = evaluate_forecast(data, repeats=1, n_boot=args.bootstrap, seed=w, progress=False, ci=method)
+                a, d = r["auroc"], r["differences"]["ret-design"]["0"]
+                rows.append({"world": w, "kind": kind, "method": method,
+                             "ret": [a["ret"]["0"][x] for x in ("mean", "ci_low", "ci_high")],
+                             "design": [a["design"]["0"][x] for x in ("mean", "ci_low", "ci_high")],
+                             "ret_minus_design": [d[x] for x in ("diff", "ci_low", "ci_high")]})
         print(f"world {w + 1}/{args.worlds} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     summary = {}
-    for kind, name in (("null", "design"), ("null", "noise"), ("planted", "noise")):
-        sel = [r for r in rows if r["kind"] == kind and r["features"] == name]
-        for method in ("fixed", "refit"):
-            if kind == "null":
-                share = float(np.mean([r[method][0] <= 0.5 <= r[method][1] for r in sel]))
-                what = "covers 0.5"
-            else:
-                share = float(np.mean([r[method][0] > 0.5 for r in sel]))
-                what = "above 0.5"
-            width = float(np.mean([r[method][1] - r[method][0] for r in sel]))
-            summary[f"{kind}/{name}/{method}"] = {"share": share, "what": what, "mean_width": width, "n": len(sel)}
-            print(f"{kind:<8} {name:<7} {method:<6} CI {what}: {share:.2f} of {len(sel)} worlds, mean width {width:.3f}")
-    report("bench_forecast_coverage", "forecast_refit_ci_null_coverage", summary["null/noise/refit"]["share"],
+    for method in METHODS:
+        null = [r for r in rows if r["kind"] == "null" and r["method"] == method]
+        planted = [r for r in rows if r["kind"] == "planted" and r["method"] == method]
+        summary[method] = {
+            "null_ret_covers_chance": float(np.mean([r["ret"][1] <= 0.5 <= r["ret"][2] for r in null])),
+            "null_design_covers_chance": float(np.mean([r["design"][1] <= 0.5 <= r["design"][2] for r in null])),
+            "null_difference_covers_zero": float(np.mean([r["ret_minus_design"][1] <= 0 <= r["ret_minus_design"][2]
+                                                          for r in null])),
+            "planted_ret_above_chance": float(np.mean([r["ret"][1] > 0.5 for r in planted])),
+            "null_ret_mean_width": float(np.mean([r["ret"][2] - r["ret"][1] for r in null])),
+            "n_worlds": len(null)}
+        m = summary[method]
+        print(f"{method:<6} null: RET CI covers 0.5 in {m['null_ret_covers_chance']:.3f}, design "
+              f"{m['null_design_covers_chance']:.3f}, RET − design CI covers 0 in {m['null_difference_covers_zero']:.3f} "
+              f"(mean RET CI width {m['null_ret_mean_width']:.3f}); planted: RET CI above 0.5 in "
+              f"{m['planted_ret_above_chance']:.3f} of {m['n_worlds']} worlds")
+    report("bench_forecast_coverage", "forecast_refit_ci_null_coverage", summary["refit"]["null_ret_covers_chance"],
            {"args": vars(args), "summary": summary, "rows": rows, "seconds": time.perf_counter() - t0})
 
 

@@ -329,8 +329,13 @@ def _synthetic(separable: bool, n=240, seed=0) -> ForecastData:
 
 
 def test_auroc_separable_vs_random():
-    sep = evaluate_forecast(_synthetic(True, n=160), repeats=1, n_boot=100, progress=False)["auroc"]
-    rnd = evaluate_forecast(_synthetic(False, n=160), repeats=1, n_boot=100, progress=False)["auroc"]
+    sep = evaluate_forecast(_synthetic(True, n=160), repeats=1, n_boot=60, progress=False)["auroc"]
+    rnd = evaluate_forecast(_synthetic(False, n=160), repeats=1, n_boot=60, progress=False)["auroc"]
+    fixed = evaluate_forecast(_synthetic(True, n=160), repeats=1, n_boot=60, progress=False, ci="fixed")["auroc"]
+    assert fixed["ret"]["0"]["ci"] == "fixed scores" and sep["ret"]["0"]["ci"] == "refit"
+    assert fixed["ret"]["0"]["mean"] == sep["ret"]["0"]["mean"]  # the same fits; only the interval differs
+    with pytest.raises(ValueError, match="ci must be"):
+        evaluate_forecast(_synthetic(True, n=40), repeats=1, n_boot=20, progress=False, ci="bca")
     for name in ("ret", "raw_pca", "length"):
         assert sep[name]["0"]["mean"] > 0.97 and sep[name]["0"]["ci_low"] > 0.9
         r = rnd[name]["0"]
@@ -370,12 +375,12 @@ def _design_world(n_conv=150, seed=0, ret_signal=0.0):
 def test_design_baseline_and_paired_differences_recover_the_planted_answer():
     """Caving planted by template only: the design baseline finds it and RET (noise) does not beat it;
     with a planted signal beyond the template, RET beats design with a paired CI above 0."""
-    only_design = evaluate_forecast(_design_world(), repeats=1, n_boot=100, progress=False)
+    only_design = evaluate_forecast(_design_world(), repeats=1, n_boot=60, progress=False)
     a, d = only_design["auroc"], only_design["differences"]
     assert a["design"]["0"]["ci_low"] > 0.6  # rates 0.2..0.8 by template: AUROC about 0.7
     assert abs(a["ret"]["0"]["mean"] - 0.5) < 0.06 and d["ret-design"]["0"]["ci_high"] < 0
     assert d["ret-raw_pca"]["0"]["ci_low"] < 0 < d["ret-raw_pca"]["0"]["ci_high"]  # noise vs noise: no difference
-    beyond = evaluate_forecast(_design_world(ret_signal=1.5), repeats=1, n_boot=100, progress=False)["differences"]
+    beyond = evaluate_forecast(_design_world(ret_signal=1.5), repeats=1, n_boot=60, progress=False)["differences"]
     assert beyond["ret-design"]["0"]["ci_low"] > 0 and beyond["ret-design"]["0"]["p_value"] < 0.01
 
 
@@ -615,7 +620,7 @@ def test_fold_dependent_set_recovers_planted_signal_and_its_null():
         return [{0: (rng.normal(size=(len(data), 4)) + signal * (2 * data.y - 1)[:, None]).astype(np.float32)}
                 for _ in folds]
 
-    r = evaluate_forecast(data, repeats=2, n_boot=100, progress=False,
+    r = evaluate_forecast(data, repeats=2, n_boot=60, progress=False,
                           fold_features={"in_domain": lambda f: planted(f, 1.5)})
     want = grouped_folds(data.y, data.conversations, 5, 0)
     assert all(np.array_equal(a[1], b[1]) for a, b in zip(seen[0], want))
@@ -623,7 +628,7 @@ def test_fold_dependent_set_recovers_planted_signal_and_its_null():
     assert r["differences"]["in_domain-ret"]["0"]["ci_low"] > 0
     assert set(r["differences"]) >= {"in_domain-ret", "in_domain-design", "in_domain-raw_pca", "in_domain-length"}
     assert r["settings"]["fold_feature_repeats"] == 1
-    null = evaluate_forecast(data, repeats=1, n_boot=100, progress=False,
+    null = evaluate_forecast(data, repeats=1, n_boot=60, progress=False,
                              fold_features={"in_domain": lambda f: planted(f, 0.0)})["auroc"]["in_domain"]["0"]
     assert null["ci_low"] < 0.5 < null["ci_high"]
 
@@ -698,7 +703,7 @@ def test_store_level_planted_early_signal_and_null(tmp_path, planted):
     m.centroids = torch.randn(3, 4)
     store = _planted_store(tmp_path / "planted.h5", planted)
     data = extract_features(store, m, ks=(0, 1, 2, 4), progress=False)
-    a = evaluate_forecast(data, repeats=1, n_boot=100, progress=False)["auroc"]
+    a = evaluate_forecast(data, repeats=1, n_boot=60, progress=False)["auroc"]
     for k in ("0", "1"):
         assert a["raw_pca"][k]["ci_low"] < 0.5 < a["raw_pca"][k]["ci_high"]
         assert a["ret"][k]["ci_low"] < 0.5 < a["ret"][k]["ci_high"]  # causal encoder: the future is unseen

@@ -243,7 +243,7 @@ COMPARED = ("raw_pca", "length", "design")
 
 
 def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 300, pca_dims: int | None = None,
-                      seed: int = 0, progress: bool = True, fold_features=None) -> dict:
+                      seed: int = 0, progress: bool = True, fold_features=None, ci: str = "refit") -> dict:
     """AUROC(k) with refitting-bootstrap CIs for ``ret`` and every baseline, and RET's paired differences.
 
     Args:
@@ -251,6 +251,9 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 3
         pca_dims: PCA dimensions of the raw baseline; default the number of RET features
             (same capacity for both probes).
         n_boot: resamples of the refitting bootstrap (:func:`refit_bootstrap`; each reruns the CV).
+        ci: ``"refit"`` (default) or ``"fixed"``: resample conversations with the fitted scores
+            held fixed (:func:`bootstrap_auroc`, :func:`paired_bootstrap_auroc`; fast, but
+            narrower than the sampling spread: it under-covers chance on label-free data).
         fold_features: optional ``{"name": callable(folds) -> [{k: (N, F)} per fold]}``:
             feature sets that depend on the fold (``in_domain``: a RET trained on each fold's
             training conversations, :mod:`.in_domain`). They are called with the folds of the
@@ -267,6 +270,8 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 3
     """
     from tqdm.auto import tqdm
 
+    if ci not in ("refit", "fixed"):
+        raise ValueError(f"ci must be 'refit' or 'fixed', got {ci!r}")
     y, groups = data.y, data.conversations
     if pca_dims is None:
         pca_dims = int(data.features["ret"][data.ks[0]].shape[1])
@@ -274,7 +279,8 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 3
     fold_ids = [fold_index(f, len(y)) for f in fold_sets]
     result: dict = {"auroc": {}, "settings": {
         "n_splits": len(fold_sets[0]), "repeats": repeats, "n_boot": n_boot, "pca_dims": pca_dims, "seed": seed,
-        "C_grid": list(C_GRID), "n_features": {}, "ci": "refitting bootstrap over conversations", "C_fixed": {}}}
+        "C_grid": list(C_GRID), "n_features": {}, "C_fixed": {},
+        "ci": "refitting bootstrap over conversations" if ci == "refit" else "fixed scores"}}
     jobs = [(name, k) for name in _KINDS for k in (data.ks[:1] if name in _SAME_FOR_EVERY_K else data.ks)]
     scores, refit_jobs = {}, {}
     for name, k in tqdm(jobs, desc="forecast", unit="fit", disable=not progress):
@@ -286,21 +292,29 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 3
         C = max(set(chosen), key=lambda c: (chosen.count(c), -c)) if chosen else None  # ties: stronger L2
         result["settings"]["C_fixed"][f"{name}/{k}"] = C
         refit_jobs[name, k] = (X, _KINDS[name], pca_dims, C)
-    boot = refit_bootstrap(y, groups, refit_jobs, len(fold_sets[0]), n_boot, seed, progress)
-    point = {job: cv_auroc(y, scores[job], fold_ids) for job in jobs}
-    for name, k in jobs:
-        result["auroc"].setdefault(name, {})[str(k)] = _interval(point[name, k], boot[name, k])
-    for name in _SAME_FOR_EVERY_K:
-        first = result["auroc"][name][str(data.ks[0])]
-        result["auroc"][name] = {str(k): dict(first) for k in data.ks}
-
     def job(name, k):
         return (name, data.ks[0] if name in _SAME_FOR_EVERY_K else k)
 
-    result["differences"] = {
-        f"ret-{base}": {str(k): _paired_interval(point[job("ret", k)] - point[job(base, k)],
-                                                 boot[job("ret", k)] - boot[job(base, k)]) for k in data.ks}
-        for base in COMPARED}
+    if ci == "refit":
+        boot = refit_bootstrap(y, groups, refit_jobs, len(fold_sets[0]), n_boot, seed, progress)
+        point = {j: cv_auroc(y, scores[j], fold_ids) for j in jobs}
+        for name, k in jobs:
+            result["auroc"].setdefault(name, {})[str(k)] = _interval(point[name, k], boot[name, k])
+        result["differences"] = {
+            f"ret-{base}": {str(k): _paired_interval(point[job("ret", k)] - point[job(base, k)],
+                                                     boot[job("ret", k)] - boot[job(base, k)]) for k in data.ks}
+            for base in COMPARED}
+    else:
+        for name, k in jobs:
+            result["auroc"].setdefault(name, {})[str(k)] = {
+                **bootstrap_auroc(y, scores[name, k], fold_ids, groups, n_boot, seed=seed), "ci": "fixed scores"}
+        result["differences"] = {
+            f"ret-{base}": {str(k): paired_bootstrap_auroc(y, scores[job("ret", k)], scores[job(base, k)], fold_ids,
+                                                           groups, n_boot, seed=seed) for k in data.ks}
+            for base in COMPARED}
+    for name in _SAME_FOR_EVERY_K:
+        first = result["auroc"][name][str(data.ks[0])]
+        result["auroc"][name] = {str(k): dict(first) for k in data.ks}
     for name, make in (fold_features or {}).items():
         _evaluate_fold_dependent(data, name, make(fold_sets[0]), fold_sets[0], fold_ids[0], scores, n_boot, seed,
                                  result)
