@@ -667,6 +667,14 @@ def test_sequences_restrict_the_split():
         split_sequences(50, 0.2, 0, sequences=[10, 50])
 
 
+def test_sequences_select_from_one_store_only(traced):
+    from ret_toolkit.storeset import StoreSet
+
+    _, res = traced
+    with pytest.raises(InputError, match="one store"):
+        StoreSet.open([res.store, res.store], sequences=[0])
+
+
 def _planted_store(path, planted: bool, n_conv=60, n_templates=4, n_prompt=12, n_reply=6, onset=2, seed=0):
     """A labelled forecasting store written by hand: noise hidden states, and (``planted``) the label
     written into dimension 0 of every row from reply token ``onset`` on, so a forecaster can read it

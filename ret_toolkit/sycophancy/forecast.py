@@ -180,16 +180,9 @@ def bootstrap_auroc(y, scores: Sequence[np.ndarray], fold_ids: Sequence[np.ndarr
     scores = [np.asarray(s, dtype=np.float64) for s in scores]
     fold_ids = [np.asarray(f) for f in fold_ids]
     mean = cv_auroc(y, scores, fold_ids)
-    boot = []
-    for idx in _group_resamples(y, groups, n_boot, seed):
-        v = cv_auroc(y[idx], [s[idx] for s in scores], [f[idx] for f in fold_ids])
-        if not np.isnan(v):
-            boot.append(v)
-    if not boot:
-        return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "std": float("nan"), "n_boot_used": 0}
-    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return {"mean": mean, "ci_low": float(lo), "ci_high": float(hi),
-            "std": float(np.std(boot, ddof=1)) if len(boot) > 1 else 0.0, "n_boot_used": len(boot)}
+    boot = [cv_auroc(y[idx], [s[idx] for s in scores], [f[idx] for f in fold_ids])
+            for idx in _group_resamples(y, groups, n_boot, seed)]
+    return _interval(mean, np.asarray(boot, dtype=np.float64), alpha)
 
 
 def _group_resamples(y: np.ndarray, groups, n_boot: int, seed: int):
@@ -221,16 +214,8 @@ def paired_bootstrap_auroc(y, scores_a: Sequence[np.ndarray], scores_b: Sequence
     boot = []
     for idx in _group_resamples(y, groups, n_boot, seed):
         f = [g[idx] for g in fold_ids]
-        v = cv_auroc(y[idx], [s[idx] for s in a], f) - cv_auroc(y[idx], [s[idx] for s in b], f)
-        if not np.isnan(v):
-            boot.append(v)
-    if not boot:
-        return {"diff": diff, "ci_low": float("nan"), "ci_high": float("nan"), "p_value": float("nan"),
-                "n_boot_used": 0}
-    boot = np.asarray(boot)
-    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    p = min(1.0, 2 * min(float(np.mean(boot <= 0)), float(np.mean(boot >= 0))))
-    return {"diff": float(diff), "ci_low": float(lo), "ci_high": float(hi), "p_value": p, "n_boot_used": len(boot)}
+        boot.append(cv_auroc(y[idx], [s[idx] for s in a], f) - cv_auroc(y[idx], [s[idx] for s in b], f))
+    return _paired_interval(diff, np.asarray(boot, dtype=np.float64), alpha)
 
 
 #: Feature set -> model kind (:func:`oof_scores`) for :func:`evaluate_forecast`.
@@ -292,6 +277,7 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 3
         C = max(set(chosen), key=lambda c: (chosen.count(c), -c)) if chosen else None  # ties: stronger L2
         result["settings"]["C_fixed"][f"{name}/{k}"] = C
         refit_jobs[name, k] = (X, _KINDS[name], pca_dims, C)
+
     def job(name, k):
         return (name, data.ks[0] if name in _SAME_FOR_EVERY_K else k)
 
@@ -299,7 +285,7 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 3
         boot = refit_bootstrap(y, groups, refit_jobs, len(fold_sets[0]), n_boot, seed, progress)
         point = {j: cv_auroc(y, scores[j], fold_ids) for j in jobs}
         for name, k in jobs:
-            result["auroc"].setdefault(name, {})[str(k)] = _interval(point[name, k], boot[name, k])
+            result["auroc"].setdefault(name, {})[str(k)] = _interval(point[name, k], boot[name, k], how="refit")
         result["differences"] = {
             f"ret-{base}": {str(k): _paired_interval(point[job("ret", k)] - point[job(base, k)],
                                                      boot[job("ret", k)] - boot[job(base, k)]) for k in data.ks}
@@ -339,11 +325,9 @@ def refit_bootstrap(y, groups, jobs: dict, n_splits: int = 5, n_boot: int = 300,
 
     y, groups = np.asarray(y), np.asarray(groups)
     out = {key: np.full(n_boot, np.nan) for key in jobs}
-    uniq, inv = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inv == g) for g in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    for b in tqdm(range(n_boot), desc="refitting bootstrap", unit="resample", disable=not progress):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(uniq), len(uniq))])
+    resamples = _group_resamples(y, groups, n_boot, seed)
+    for b, idx in enumerate(tqdm(resamples, total=n_boot, desc="refitting bootstrap", unit="resample",
+                                 disable=not progress)):
         yb, gb = y[idx], groups[idx]
         try:
             folds = grouped_folds(yb, gb, n_splits, seed + 1 + b)
@@ -356,15 +340,17 @@ def refit_bootstrap(y, groups, jobs: dict, n_splits: int = 5, n_boot: int = 300,
     return out
 
 
-def _interval(mean: float, boot: np.ndarray, alpha: float = 0.05, how: str = "refit") -> dict:
-    """``{"mean", "ci_low", "ci_high", "std", "n_boot_used", "ci"}`` from a point value and resampled values."""
+def _interval(mean: float, boot: np.ndarray, alpha: float = 0.05, how: str | None = None) -> dict:
+    """``{"mean", "ci_low", "ci_high", "std", "n_boot_used"}`` (and ``"ci": how``) from a point value
+    and resampled values (NaN ones skipped)."""
     boot = boot[np.isfinite(boot)]
+    tag = {} if how is None else {"ci": how}
     if not len(boot):
         return {"mean": mean, "ci_low": float("nan"), "ci_high": float("nan"), "std": float("nan"),
-                "n_boot_used": 0, "ci": how}
+                "n_boot_used": 0, **tag}
     lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
     return {"mean": float(mean), "ci_low": float(lo), "ci_high": float(hi),
-            "std": float(np.std(boot, ddof=1)) if len(boot) > 1 else 0.0, "n_boot_used": int(len(boot)), "ci": how}
+            "std": float(np.std(boot, ddof=1)) if len(boot) > 1 else 0.0, "n_boot_used": int(len(boot)), **tag}
 
 
 def _paired_interval(diff: float, boot: np.ndarray, alpha: float = 0.05) -> dict:
