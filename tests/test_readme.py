@@ -1,89 +1,23 @@
 """The README is a contract: every bash/python block runs, in order, in a fresh copy of the repository.
 
-The copy holds what a clone holds (the tracked files, and during development
-the files git does not ignore), with the repository's ``.venv`` linked in.
-Blocks run as typed, with ``.venv/bin`` first on PATH (what
-``source .venv/bin/activate`` does); the printed output is compared with the
-``text`` block that follows, where the README shows one. See readme_blocks.py
-for the conventions (skip and tolerance directives).
+The printed output is compared with the ``text`` block that follows, where the
+README shows one (readme_blocks.py has the conventions: skip and tolerance
+directives). Figures are compared digit for digit only in the environment they
+come from (readme_session.py: the lock file, pinned CPU kernels, fixed threads);
+elsewhere every block still runs and every line must appear, but numbers may
+differ, and the test says so.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
 
-from readme_blocks import Block, compare_output, read_blocks
-
-ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
-_SOURCE_DIRS = {"activation_cache", "ret_toolkit", "tests", "docs", "examples", "notebooks", "benchmarks"}
-
-# One interpreter for all python blocks, like the cells of a notebook.
-_WORKER = textwrap.dedent('''
-    import contextlib, io, json, sys, traceback
-    namespace = {"__name__": "__main__"}
-    proto = sys.stdout
-    for line in sys.stdin:
-        code = json.loads(line)["code"]
-        buf, ok = io.StringIO(), True
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            try:
-                exec(compile(code, "<README block>", "exec"), namespace)
-            except BaseException:
-                ok = False
-                traceback.print_exc()
-        proto.write(json.dumps({"ok": ok, "out": buf.getvalue()}) + "\\n")
-        proto.flush()
-''')
-
-
-class Session:
-    """The scratch directory, its environment and the shared Python interpreter."""
-
-    def __init__(self, work: Path):
-        self.work = work
-        work.mkdir()
-        def git_files(*args: str) -> list[str]:
-            out = subprocess.run(["git", "ls-files", "-z", *args], cwd=ROOT, check=True, capture_output=True, text=True)
-            return [n for n in out.stdout.split("\0") if n]
-
-        # Tracked files, plus new source files not committed yet -- but not the outputs of
-        # README commands someone ran in the checkout (gen.h5, macro/, ...): a clone has none.
-        new = [n for n in git_files("-o", "--exclude-standard") if n.split("/")[0] in _SOURCE_DIRS]
-        for name in git_files() + new:
-            src, dst = ROOT / name, work / name
-            if src.is_file():
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, dst)
-        (work / ".venv").symlink_to(ROOT / ".venv")  # `source .venv/bin/activate` works as in a clone
-        self.env = {**os.environ, "PATH": f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ['PATH']}",
-                    "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "COLUMNS": "120"}
-        self.env.pop("PYTHONPATH", None)
-        self.python = subprocess.Popen([sys.executable, "-u", "-c", _WORKER], cwd=work, env=self.env,
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-
-    def run(self, block: Block) -> tuple[bool, str]:
-        code = block.code
-        if block.lang == "bash":
-            p = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", code], cwd=self.work, env=self.env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
-            return p.returncode == 0, p.stdout
-        self.python.stdin.write(json.dumps({"code": code}) + "\n")
-        self.python.stdin.flush()
-        reply = json.loads(self.python.stdout.readline())
-        return reply["ok"], reply["out"]
-
-    def close(self) -> None:
-        self.python.stdin.close()
-        self.python.wait(timeout=60)
+from readme_blocks import compare_output, read_blocks, refresh_output
+from readme_session import README, ROOT, Session, environment_differences, walk
 
 
 def test_readme_blocks_parse():
@@ -110,27 +44,18 @@ def test_compare_output_rules():
 @pytest.mark.timeout(1500)
 def test_readme_runs_as_written(tmp_path):
     blocks = read_blocks(README.read_text(encoding="utf-8"))
+    elsewhere = environment_differences()
+    if elsewhere:
+        warnings.warn("README figures compared by shape only, not digit for digit: this is not the locked "
+                      "environment (make test builds it): " + "; ".join(elsewhere))
     s = Session(tmp_path / "clone")
-    failures, last = [], None
+    failures = []
     try:
-        for b in blocks:
-            if b.lang in ("bash", "python"):
-                if b.skip:
-                    last = None
-                    continue
-                ok, out = s.run(b)
-                assert ok, f"README.md:{b.line}: {b.lang} block failed:\n{b.code}\n--- output:\n{out[-4000:]}"
-                last = (b, out)
-            elif b.lang == "text" and last is not None and b.line - last[0].end <= 3:
-                run_block, out = last
-                if not b.skip:
-                    problem = compare_output(b.code, out, b.tolerance)
-                    if problem:
-                        failures.append(f"README.md:{b.line} (output of the block at line {run_block.line}): "
-                                        f"{problem}\n--- actual output:\n{out[-3000:]}")
-                last = None
-            else:
-                last = None
+        for text, run_block, out in walk(s, blocks):
+            problem = compare_output(text.code, out, text.tolerance, numbers=not elsewhere)
+            if problem:
+                failures.append(f"README.md:{text.line} (output of the block at line {run_block.line}): "
+                                f"{problem}\n--- actual output:\n{out[-3000:]}")
     finally:
         s.close()
     assert not failures, "\n\n".join(failures)
@@ -159,3 +84,14 @@ def test_readme_figures_are_the_archived_results():
     # the check can fail: a planted drift in one figure is found
     drifted = text.replace("`mi_speedup_vs_sklearn: 60.6`", "`mi_speedup_vs_sklearn: 61.6`")
     assert mod.render(drifted)[1] == ["bench_mi: `mi_speedup_vs_sklearn: 61.6` -> `mi_speedup_vs_sklearn: 60.6`"]
+
+
+def test_shape_only_comparison_and_refresh():
+    assert compare_output("a 0.853 b", "a 0.911 b", numbers=False) is None
+    assert compare_output("a 0.853 b", "a 0.911 c", numbers=False) is not None  # the words still count
+    assert compare_output("a 0.853 b\nc 3", "c 3\na 0.9 b", numbers=False) is not None  # so does the order
+    new, missing = refresh_output("  a 0.853   b\nq 1\n\nwrote ...: 5 rows in 3 s\nr 2\n",
+                                  "x\na 0.9 b\nwrote /tmp/a.h5: 7 rows in 12 s\n")
+    assert new == "  a 0.9 b\nq 1\n\nwrote ...: 7 rows in 3 s\nr 2\n"  # elision and time kept
+    assert missing == ["q 1", "r 2"]  # every line not printed is listed, and the lines after a miss still refresh
+    assert compare_output(new.replace("q 1\n", "").replace("r 2\n", ""), "a 0.9 b\nwrote /x: 7 rows in 1 s") is None
