@@ -26,10 +26,12 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     # models, layers, prompts
     "LoadedModel": "activation_cache.models",
     "load_model": "activation_cache.models",
+    "use_chat_template": "activation_cache.models",
     "LayerSpec": "activation_cache.layers",
     "parse_layers": "activation_cache.layers",
     "Prompt": "activation_cache.prompts",
     "read_prompts": "activation_cache.prompts",
+    "read_chat_template": "activation_cache.prompts",
     # the store and its readers
     "TrajectoryStore": "activation_cache.reader",
     "open_store": "activation_cache.reader",

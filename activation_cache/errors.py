@@ -36,14 +36,28 @@ def cli_words() -> Iterator[None]:
         _UNDER_CLI.reset(token)
 
 
+def under_cli() -> bool:
+    """Whether a console command is running (inside :func:`cli_words`): a hint may then name a flag."""
+    return _UNDER_CLI.get()
+
+
+def other_name_hint(expected: str) -> str:
+    """What to do when an artifact was made on the model ``expected`` and another was given, in the caller's words."""
+    if under_cli():
+        return f"run with --model {expected}, or pass the model it was made on"
+    return "pass model_name= if it is the same model under another name"
+
+
 def option(name: str, value: object = _UNSET, *, flag: str | None = None) -> str:
     """A setting as the caller spells it.
 
     ``option("batch_size")`` is ``--batch-size`` under a CLI and ``batch_size``
     in Python; ``option("overwrite", True)`` is ``--overwrite`` or
-    ``overwrite=True``. ``flag`` names a CLI flag that is not the keyword with
-    dashes (``option("n_boot", flag="--bootstrap")``).
+    ``overwrite=True``, and ``option("dtype", "bfloat16")`` is ``--dtype bfloat16``
+    or ``dtype='bfloat16'``: the whole fix, in the caller's words. ``flag`` names a
+    CLI flag that is not the keyword with dashes (``option("n_boot", flag="--bootstrap")``).
     """
     if _UNDER_CLI.get():
-        return flag or "--" + name.replace("_", "-")
+        spelled = flag or "--" + name.replace("_", "-")
+        return spelled if value is _UNSET or value is True else f"{spelled} {value}"
     return name if value is _UNSET else f"{name}={value!r}"

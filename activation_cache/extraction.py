@@ -24,7 +24,7 @@ from activation_cache import schema
 from activation_cache.batching import Window, pad_rows, padding_share, plan_windows
 from activation_cache.errors import InputError, option
 from activation_cache.layers import parse_layers
-from activation_cache.models import LoadedModel, load_model
+from activation_cache.models import LoadedModel, load_model, use_chat_template
 from activation_cache.pipeline import (
     BackgroundWriter,
     HostBatch,
@@ -36,6 +36,7 @@ from activation_cache.prompts import (
     Prompt,
     prompts_from_records,
     read_prompts,
+    read_chat_template,
     render_prompt,
 )
 from activation_cache.tracer import Sampling, Traced, Tracer
@@ -63,6 +64,11 @@ class ExtractConfig:
     max_tokens: prompts longer than this (in tokens) are truncated, with a warning.
     chat: render plain-text prompts through the chat template (``messages``
         prompts always are).
+    chat_template: a Jinja chat template (a file path, or the template text)
+        used instead of the tokenizer's own, e.g. for a base model or a GGUF
+        file that has none (:func:`~activation_cache.prompts.read_chat_template`).
+        Applied to the model :meth:`load_model` loads, and to a model passed to
+        :func:`extract` (:func:`~activation_cache.models.use_chat_template`).
     limit: use only the first ``limit`` prompts of the source (before sharding).
     dtype: storage dtype of the hidden states: ``float16`` (default),
         ``bfloat16`` (exact for bf16 models, whose values can exceed float16's
@@ -90,6 +96,7 @@ class ExtractConfig:
     compression: str | None = None
     max_tokens: int = 512
     chat: bool = False
+    chat_template: str | None = None
     limit: int | None = None
     sample: bool = False
     temperature: float = 1.0
@@ -105,10 +112,11 @@ class ExtractConfig:
     device_map: str | dict | None = None
     pipeline: bool | None = None
 
-    def load_model(self) -> LoadedModel:
+    def load_model(self, progress: bool = True) -> LoadedModel:
         """The model these settings name, on their device and in their precision."""
         return load_model(self.model, device=self.device, dtype=self.model_dtype, device_map=self.device_map,
-                          block_path=self.block_path, embed_path=self.embed_path)
+                          block_path=self.block_path, embed_path=self.embed_path, chat_template=self.chat_template,
+                          progress=progress)
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -127,6 +135,8 @@ class ExtractConfig:
             raise InputError(f"unknown {option('dtype')} {self.dtype!r}; choose from {', '.join(schema.HIDDEN_DTYPES)}")
         if self.compression not in schema.COMPRESSIONS:
             raise InputError(f"unknown {option('compression')} {self.compression!r}; choose from lzf, gzip or none")
+        if self.chat_template is not None:
+            read_chat_template(self.chat_template)
 
 
 @dataclass
@@ -203,11 +213,18 @@ def store_config(cfg: ExtractConfig, loaded: LoadedModel, prep: Prepared) -> dic
     conf = asdict(cfg)
     for k in ("out", "overwrite", "device", "device_map", "pipeline"):
         conf.pop(k)
+    if cfg.chat_template is None:  # stores written before the option existed resume as before
+        conf.pop("chat_template")
     if not isinstance(cfg.prompts, (str, Path)):
         conf["prompts"] = "<in memory>"  # their content is in prompts_sha256
     conf.update(model=loaded.name, model_revision=loaded.revision, layers=prep.layers, model_dtype=loaded.dtype,
                 n_prompts=len(prep.prompts), prompts_sha256=digest.hexdigest())
     return conf
+
+
+def _model(cfg: ExtractConfig, loaded: LoadedModel | None, progress: bool = True) -> LoadedModel:
+    """``loaded`` with the settings' chat template, or the model the settings name."""
+    return use_chat_template(loaded, cfg.chat_template) if loaded is not None else cfg.load_model(progress)
 
 
 def _meta_fields(prompts: Sequence[Prompt], generate: bool) -> list[str]:
@@ -240,7 +257,7 @@ def extract(cfg: ExtractConfig, loaded: LoadedModel | None = None, progress: boo
     one (:mod:`activation_cache.pipeline`).
     """
     cfg.validate()
-    loaded = loaded or cfg.load_model()
+    loaded = _model(cfg, loaded, progress)
     prep = prepare(cfg, loaded)
     spec = StoreSpec(
         model=loaded.name, model_revision=loaded.revision, d_model=loaded.arch.d_model,
@@ -321,7 +338,7 @@ def _non_finite_error(bad: NonFinite, prompts: Sequence[Prompt], dtype: str) -> 
     if bad.in_model:
         return InputError(f"the model produced non-finite hidden states (inf/NaN) at layer {bad.layer} in batch [{ids}]")
     return InputError(f"hidden states at layer {bad.layer} in batch [{ids}] exceed the {dtype} range (±65504); "
-                      f"store them with {option('dtype', 'bfloat16')} or float32")
+                      f"store them with {option('dtype', 'bfloat16')} (or float32)")
 
 
 def _tokenizer_json(loaded: LoadedModel) -> str | None:
@@ -381,7 +398,7 @@ class StoragePlan:
 def plan(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> StoragePlan:
     """Storage plan of an extraction without running the model."""
     cfg.validate()
-    loaded = loaded or cfg.load_model()
+    loaded = _model(cfg, loaded)
     prep = prepare(cfg, loaded)
     d, n_layers = loaded.arch.d_model, len(prep.layers)
     itemsize = np.dtype(schema.HIDDEN_DTYPES[cfg.dtype]).itemsize

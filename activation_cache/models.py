@@ -37,7 +37,8 @@ from activation_cache.devices import (
     resolve_model_dtype,
 )
 from activation_cache.errors import InputError, option
-from activation_cache.quiet import no_transformers_bars
+from activation_cache.prompts import read_chat_template
+from activation_cache.quiet import gguf_conversion_bar, no_transformers_bars
 
 __all__ = [
     "EMBEDDED_NAME",
@@ -45,6 +46,7 @@ __all__ = [
     "cache_dir",
     "embedded_model_dir",
     "load_model",
+    "use_chat_template",
 ]
 
 EMBEDDED_NAME = "smollm2-135m-instruct"
@@ -158,12 +160,13 @@ def _dequantised_dir(gguf: Path, label: str, progress: bool) -> Path:
         return final
     root.mkdir(parents=True, exist_ok=True)
     if progress:
-        print(f"ret-toolkit: dequantising {gguf.name} into {final} (once, ~25 s)...",
+        print(f"ret-toolkit: dequantising {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) into {final}, once...",
               file=sys.stderr, flush=True)
+    t0 = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
     try:
         kw = dict(gguf_file=gguf.name)
-        with no_transformers_bars():
+        with no_transformers_bars(), gguf_conversion_bar(progress):
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 gguf.parent, dtype=torch.float32, **kw)
             tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
@@ -184,6 +187,9 @@ def _dequantised_dir(gguf: Path, label: str, progress: bool) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _remove_stale_temps(root, final.name)
+    if progress:
+        print(f"ret-toolkit: dequantised {gguf.name} in {time.perf_counter() - t0:.0f} s (cached for next time)",
+              file=sys.stderr, flush=True)
     return final
 
 
@@ -308,6 +314,8 @@ def load_model(
     block_path: str | None = None,
     embed_path: str | None = None,
     trust_remote_code: bool = False,
+    chat_template: str | os.PathLike | None = None,
+    progress: bool = True,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer, ready for tracing.
 
@@ -324,6 +332,11 @@ def load_model(
         block_path, embed_path: override architecture discovery (see
             :func:`activation_cache.arch.find_architecture`).
         trust_remote_code: passed to ``from_pretrained``; never on by default.
+        chat_template: a Jinja chat template (a file path, or the template text)
+            that replaces the tokenizer's own, for base models and GGUF files
+            that ship none (see :func:`use_chat_template`).
+        progress: say (on stderr) when a GGUF file is dequantised, with its
+            conversion bar; ``False`` for quiet commands.
 
     Returns:
         :class:`LoadedModel` (model in eval mode, tokenizer left-padded).
@@ -333,13 +346,14 @@ def load_model(
             unloadable checkpoint, bad dtype, a device that is not there,
             a malformed device map, architecture not found.
     """
+    template = read_chat_template(chat_template) if chat_template is not None else None  # refused before the load
     dmap = parse_device_map(device_map)
     if dmap is not None and device not in (None, "auto"):
         raise InputError(f"give {option('device')} or {option('device_map')}, not both")
     target = resolve_device(device) if dmap is None else None
     on_gpu = target.type != "cpu" if target is not None else torch.cuda.is_available()
     torch_dtype = resolve_model_dtype(dtype, on_gpu)
-    source, name, revision, local = _resolve(spec, progress=True)
+    source, name, revision, local = _resolve(spec, progress=progress)
     what = f"model from {source}" if local else f"model '{spec}' from the hub"
     try:
         model, tokenizer = _from_pretrained(source, torch_dtype, trust_remote_code, local, what, dmap)
@@ -357,4 +371,19 @@ def load_model(
     model.eval()
     arch = find_architecture(model, block_path=block_path, embed_path=embed_path)
     placed_on, weight_dtype = describe_placement(model)
-    return LoadedModel(model, _prepare_tokenizer(tokenizer), name, revision, arch, placed_on, weight_dtype)
+    loaded = LoadedModel(model, _prepare_tokenizer(tokenizer), name, revision, arch, placed_on, weight_dtype)
+    if template is not None:
+        loaded.tokenizer.chat_template = template
+    return loaded
+
+
+def use_chat_template(loaded: LoadedModel, chat_template: str | os.PathLike | None) -> LoadedModel:
+    """Render chat through ``chat_template`` (a file path or the template text) from now on.
+
+    Sets ``loaded.tokenizer.chat_template``, which every chat path of the
+    toolkit reads (extraction, steering, the sycophancy forecaster); ``None``
+    leaves the tokenizer's own template. Returns ``loaded``.
+    """
+    if chat_template is not None:
+        loaded.tokenizer.chat_template = read_chat_template(chat_template)
+    return loaded

@@ -120,6 +120,7 @@ class OutputDir:
         self.overwrite = overwrite
         self._stage: Path | None = None
         self._staged: list[str] = []
+        self._created = False
         self.check()
 
     # ----------------------------------------------------------------- check
@@ -154,6 +155,7 @@ class OutputDir:
     # ----------------------------------------------------------------- write
     def __enter__(self) -> "OutputDir":
         self.check()  # again: the directory may have changed since construction
+        self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
         self._stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
         self._staged = []
@@ -190,6 +192,15 @@ class OutputDir:
                 write_json(self.path / MANIFEST, records)
         finally:
             shutil.rmtree(stage, ignore_errors=True)
+            if exc_type is not None and self._created:
+                _remove_if_empty(self.path)  # a failed run leaves no empty directory behind
+
+
+def _remove_if_empty(path: Path) -> None:
+    try:
+        path.rmdir()  # only an empty directory: what the run wrote into it directly (stores) stays
+    except OSError:
+        pass
 
 
 __all__ = ["MANIFEST", "OutputDir", "atomic_path", "differing_keys", "normalise_settings", "write_json", "write_text"]

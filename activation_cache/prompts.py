@@ -24,9 +24,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Sequence
 
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, option
 
-__all__ = ["Prompt", "read_prompts", "builtin_prompt_sets", "render_prompt", "ROLES"]
+__all__ = ["Prompt", "read_prompts", "builtin_prompt_sets", "render_prompt", "read_chat_template", "ROLES"]
 
 ROLES = ("user", "system", "assistant")
 BUILTIN_PREFIX = "builtin:"
@@ -88,8 +88,8 @@ def render_prompt(prompt: Prompt, tokenizer, chat: bool = False) -> str:
                 else [{"role": "user", "content": prompt.text}])
     if not getattr(tokenizer, "chat_template", None):
         why = "has chat messages" if prompt.messages is not None else "is to be rendered as chat"
-        raise InputError(f"{prompt.source}: prompt {prompt.prompt_id!r} {why} "
-                         f"but the tokenizer has no chat_template")
+        raise InputError(f"{prompt.source}: prompt {prompt.prompt_id!r} {why} but the model's tokenizer has no "
+                         f"chat template (a base model?): give one with {option('chat_template', flag='--chat-template FILE')}")
     from jinja2 import TemplateError  # a dependency of transformers' chat templates
 
     try:
@@ -98,6 +98,40 @@ def render_prompt(prompt: Prompt, tokenizer, chat: bool = False) -> str:
     except TemplateError as e:  # e.g. the template rejects the turn order
         raise InputError(f"{prompt.source}: chat template failed for prompt "
                          f"{prompt.prompt_id!r}: {_one_line(e)}") from e
+
+
+def read_chat_template(spec: str | os.PathLike) -> str:
+    """The Jinja text of a chat template given as a file path or as the template itself.
+
+    A string that contains ``{{`` or ``{%`` is the template (as vLLM's
+    ``--chat-template`` accepts it); anything else is a path to a ``.jinja`` file
+    (``transformers`` saves a tokenizer's template as ``chat_template.jinja``).
+    The template must parse, so a broken file is refused before a model loads.
+
+    Raises:
+        InputError: a missing, unreadable or empty file, or a template that does not parse.
+    """
+    text = os.fspath(spec)
+    where = "the chat template"
+    if "{{" not in text and "{%" not in text:
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise InputError(f"chat template file not found: {path}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"cannot read chat template {path}: {_one_line(e)}") from e
+        where = str(path)
+        if not text.strip():
+            raise InputError(f"{path}: chat template is empty")
+    from jinja2 import TemplateSyntaxError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    try:  # parsed as transformers compiles it (sandboxed, with loop controls)
+        ImmutableSandboxedEnvironment(extensions=["jinja2.ext.loopcontrols"]).parse(text)
+    except TemplateSyntaxError as e:
+        raise InputError(f"{where}:{e.lineno}: chat template does not parse: {e.message}") from e
+    return text
 
 
 # --------------------------------------------------------------------------

@@ -73,3 +73,20 @@ def no_transformers_bars() -> Iterator[None]:
     finally:
         if was_on:
             tlog.enable_progress_bar()
+
+
+@contextmanager
+def gguf_conversion_bar(show: bool) -> Iterator[None]:
+    """Show or hide transformers' "Converting and de-quantizing GGUF tensors" bar (a bare tqdm that its
+    own progress-bar switch does not reach) for the duration."""
+    import functools
+
+    from tqdm.auto import tqdm
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    was = gguf_utils.tqdm
+    gguf_utils.tqdm = functools.partial(tqdm, disable=not show)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = was

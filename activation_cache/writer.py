@@ -141,7 +141,9 @@ class StoreWriter:
 
     Use as a context manager; on a clean exit the datasets are trimmed to their
     committed size. On an exception the file is closed without trimming: the
-    committed part stays readable and a rerun resumes.
+    committed part stays readable and a rerun resumes. A store this writer
+    created and that holds nothing committed is removed on an exception, so a
+    corrected rerun (other settings) is not refused by the failed run's empty file.
     """
 
     def __init__(self, path: str | Path, spec: StoreSpec, *, overwrite: bool = False):
@@ -153,6 +155,7 @@ class StoreWriter:
         if self.path.is_dir():
             raise InputError(f"{option('out')} is a directory, expected a file path: {self.path}")
         self.resumed = False
+        self._created = False
         self._lock = StoreLock(self.path)
         try:
             if self.path.exists() and overwrite:
@@ -162,6 +165,7 @@ class StoreWriter:
                 self.resumed = True
             else:
                 self._f = self._create()
+                self._created = True
             self._start_swmr()
         except BaseException:
             if getattr(self, "_f", None) is not None:
@@ -341,11 +345,18 @@ class StoreWriter:
         return np.asarray(x, dtype=schema.HIDDEN_DTYPES[dtype])
 
     # ----------------------------------------------------------------- close
-    def close(self, trim: bool = True) -> None:
-        """Close the file; with ``trim`` shrink every dataset to the committed size."""
+    def close(self, trim: bool = True, discard: bool = False) -> None:
+        """Close the file; with ``trim`` shrink every dataset to the committed size; with ``discard``
+        remove it (under the lock, so no other writer can open it in between)."""
         if self._f is None:
             return
         f, self._f = self._f, None
+        if discard:
+            if not self._failed:  # closing a failed file would retry its writes (see StoreWriteError)
+                f.close()
+            self.path.unlink(missing_ok=True)
+            self._lock.close()
+            return
         self._lock.close()  # the kernel drops the flock with the descriptor
         if self._failed:
             return  # closing would retry the failed writes (see StoreWriteError)
@@ -370,7 +381,7 @@ class StoreWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self.close(trim=exc_type is None)
+            self.close(trim=exc_type is None, discard=exc_type is not None and self._created and self._n_seq == 0)
         except Exception:
             if exc_type is None:
                 raise

@@ -57,13 +57,15 @@ def demo_prompts(n: int) -> list[Prompt]:
 
 def run_demo(out: str | Path, quick: bool = False, model_spec: str | None = None, settings: DemoSettings | None = None,
              progress: bool = True, overwrite: bool = False, *, device: str | None = "auto",
-             model_dtype: str | None = "auto", device_map: str | dict | None = None) -> dict:
+             model_dtype: str | None = "auto", device_map: str | dict | None = None,
+             chat_template: str | None = None) -> dict:
     """Run the whole pipeline into ``out``; returns the metrics dict.
 
     ``model_spec`` names the model (a hub id or local path; None: the embedded
     SmolLM2). ``device``, ``model_dtype`` and ``device_map`` place the model as
     :func:`~activation_cache.models.load_model` does; RET trains on
-    Lightning's ``auto`` accelerator.
+    Lightning's ``auto`` accelerator. ``chat_template`` (a Jinja file or the
+    template text) renders the prompts for a model whose tokenizer has none.
 
     Rerunning with the same settings resumes the extraction and retrains. A
     directory that holds a demo run with other settings (``--quick`` vs the
@@ -76,16 +78,20 @@ def run_demo(out: str | Path, quick: bool = False, model_spec: str | None = None
 
     s = settings or (DemoSettings.quick() if quick else DemoSettings())
     out = Path(out)
-    od = OutputDir(out, "ret-demo", {**asdict(s), "model": model_spec, "model_dtype": model_dtype}, files=DEMO_FILES,
-                   overwrite=overwrite)
+    record = {**asdict(s), "model": model_spec, "model_dtype": model_dtype}
+    if chat_template is not None:
+        record["chat_template"] = chat_template
+    od = OutputDir(out, "ret-demo", record, files=DEMO_FILES, overwrite=overwrite)
     t0 = time.perf_counter()
 
     log.info("1/4 extract: %d prompts, generate %d tokens each", s.n_prompts, s.generate)
-    loaded = load_model(model_spec, device=device, dtype=model_dtype, device_map=device_map)
+    loaded = load_model(model_spec, device=device, dtype=model_dtype, device_map=device_map, chat_template=chat_template,
+                        progress=progress)
     layer = layer_spec(parse_layers(s.layer, loaded.arch.n_layers, sort=False))
     store = out / "trajectories.h5"
     cfg = ExtractConfig(prompts=demo_prompts(s.n_prompts), out=str(store), model=model_spec, layers=layer,
-                        generate=s.generate, batch_size=s.batch_size, chat=True, overwrite=overwrite)
+                        generate=s.generate, batch_size=s.batch_size, chat=True, chat_template=chat_template,
+                        overwrite=overwrite)
     runs = out / "runs"
     with od:
         if overwrite and runs.is_dir():

@@ -169,6 +169,16 @@ def test_ret_macro_cli_and_report(trained, stores, tmp_path, capsys):
     assert file_digests(tmp_path) == before
 
 
+def test_default_root_dir_alone_moves_logs_and_checkpoints(stores, tmp_path):
+    cli = macro_cli(["fit", f"--data.stores=[{stores['llama']}]", "--data.layers=1", "--data.window=4",
+                     "--data.max_horizon=2", "--data.batch_size=64", "--model.hidden=16", "--model.predictor_hidden=16",
+                     "--model.z_dim=4", "--model.collapse_threshold=1.5", "--trainer.max_epochs=1",
+                     f"--trainer.default_root_dir={tmp_path / 'mine'}", "--trainer.enable_progress_bar=false"])
+    ckpt = Path(cli.trainer.checkpoint_callback.last_model_path)
+    assert ckpt == tmp_path / "mine" / "ret" / "version_0" / "checkpoints" / "last.ckpt" and ckpt.is_file()
+    assert (tmp_path / "mine" / "ret" / "version_0" / "metrics.csv").is_file()
+
+
 def test_second_fit_refused_by_bad_input_leaves_the_runs_directory(trained, stores, capsys):
     ckpt, _ = trained
     runs = ckpt.parents[3]  # <root>/ret/version_0/checkpoints/last.ckpt

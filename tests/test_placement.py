@@ -221,6 +221,29 @@ def test_bf16_activations_beyond_float16_fail_cleanly_in_float16_and_store_exact
         assert s.hidden(2, 1).max() > 65504  # the hot token, kept
 
 
+def test_a_failed_run_with_nothing_committed_leaves_nothing_that_blocks_its_fix(hot_bf16_dir, tmp_path, capsys):
+    from ret_toolkit.cli.extract import main as extract_main
+
+    prompts = tmp_path / "hot_first.txt"
+    prompts.write_text(f"{PROMPTS[2]}\n{PROMPTS[0]}\n")  # the overflowing prompt is in the first batch
+    args = ["--model", str(hot_bf16_dir), "--model-dtype", "bfloat16", "--prompts", str(prompts), "--batch-size", "1",
+            "--out", str(tmp_path / "s.h5"), "--quiet"]
+    existing = tmp_path / "keep.h5"
+    existing.write_bytes(b"not a store, but not ours to remove")
+    assert extract_main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "exceed the float16 range" in err and "store them with --dtype bfloat16 (or float32)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hot_first.txt", "keep.h5"]  # no empty store, no lock
+    assert extract_main(args + ["--dtype", "bfloat16"]) == 0  # the fix, without --overwrite
+    with open_store(tmp_path / "s.h5") as s:
+        assert s.n_sequences == 2 and s.dtype == "bfloat16"
+    # a failed resume of a store that existed before keeps it byte for byte
+    before = file_digests(tmp_path / "s.h5")
+    assert extract_main(args + ["--dtype", "bfloat16", "--limit", "1"]) == 2
+    capsys.readouterr()
+    assert file_digests(tmp_path / "s.h5") == before
+
+
 def test_bf16_stores_read_through_windows_stats_merge_and_ret_training(hot_bf16_dir, tmp_path):
     loaded = load_model(str(hot_bf16_dir), dtype="bfloat16")
     common = dict(prompts=PROMPTS, model=str(hot_bf16_dir), model_dtype="bfloat16", dtype="bfloat16", batch_size=2)

@@ -122,10 +122,15 @@ def make_tiny_model(arch: str, seed: int = 0):
     return model.eval(), tok
 
 
-def save_tiny_model(arch: str, path, seed: int = 0) -> Path:
-    """Save :func:`make_tiny_model` ``(arch, seed)`` (weights + tokenizer) to ``path``."""
+def save_tiny_model(arch: str, path, seed: int = 0, chat_template: bool = True) -> Path:
+    """Save :func:`make_tiny_model` ``(arch, seed)`` (weights + tokenizer) to ``path``.
+
+    ``chat_template=False`` saves a base model: a tokenizer without a chat template.
+    """
     path = Path(path)
     model, tok = make_tiny_model(arch, seed)
+    if not chat_template:
+        tok.chat_template = None
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path

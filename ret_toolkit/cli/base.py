@@ -105,6 +105,15 @@ def add_placement_arguments(p: argparse.ArgumentParser) -> None:
                         "a JSON object {\"module.path\": device} or a .json file holding one")
 
 
+def add_chat_template_argument(p: argparse.ArgumentParser) -> None:
+    """``--chat-template FILE``: the same on every command that renders chat (checked at parse time)."""
+    from activation_cache.prompts import read_chat_template
+
+    p.add_argument("--chat-template", default=None, metavar="FILE", type=_checked(read_chat_template),
+                   help="a Jinja chat template file (or the template text) to use instead of the tokenizer's own, "
+                        "for base models and GGUF files that have none")
+
+
 def placement(a: argparse.Namespace) -> dict:
     """The ``device`` / ``dtype`` / ``device_map`` keywords of :func:`~activation_cache.models.load_model` from parsed flags."""
     return dict(device=a.device, dtype=a.model_dtype, device_map=a.device_map)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, add_placement_arguments, run_cli
+from ret_toolkit.cli.base import OneLineParser, add_chat_template_argument, add_placement_arguments, run_cli
 
 
 def parser() -> OneLineParser:
@@ -15,6 +15,7 @@ def parser() -> OneLineParser:
     p.add_argument("--overwrite", action="store_true", help="replace the results of a demo run with other settings in --out")
     p.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_chat_template_argument(p)
     add_placement_arguments(p)
     return p
 
@@ -26,7 +27,7 @@ def _run(argv: Sequence[str]) -> int:
     a = parser().parse_args(argv)
     out = a.out or ("demo_quick" if a.quick else "demo_out")
     m = run_demo(out, quick=a.quick, model_spec=a.model, progress=not a.quiet, overwrite=a.overwrite,
-                 device=a.device, model_dtype=a.model_dtype, device_map=a.device_map)
+                 device=a.device, model_dtype=a.model_dtype, device_map=a.device_map, chat_template=a.chat_template)
     print(format_metrics(m))
     return 0
 

@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, add_placement_arguments, run_cli, say
+from ret_toolkit.cli.base import OneLineParser, add_chat_template_argument, add_placement_arguments, run_cli, say
 
 
 def parser() -> argparse.ArgumentParser:
@@ -55,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--block-path", default=None, help="dotted path of the decoder-block ModuleList, for architectures not recognised")
     p.add_argument("--embed-path", default=None, help="dotted path of the token embedding module")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_chat_template_argument(p)
     add_placement_arguments(p)
     return p
 
@@ -67,7 +68,7 @@ def _extract(argv: Sequence[str]) -> int:
     cfg = ExtractConfig(
         prompts=a.prompts, out=a.out, model=a.model, layers=a.layers, embed=a.embed, generate=a.generate,
         batch_size=a.batch_size, batch_tokens=a.batch_tokens, dtype=a.dtype, compression=None if a.compression == "none" else a.compression,
-        max_tokens=a.max_tokens, chat=a.chat, limit=a.limit, sample=a.sample, temperature=a.temperature, top_p=a.top_p,
+        max_tokens=a.max_tokens, chat=a.chat, chat_template=a.chat_template, limit=a.limit, sample=a.sample, temperature=a.temperature, top_p=a.top_p,
         seed=a.seed, num_shards=a.num_shards, shard_index=a.shard_index, overwrite=a.overwrite,
         block_path=a.block_path, embed_path=a.embed_path,
         device=a.device, model_dtype=a.model_dtype, device_map=a.device_map,

@@ -34,6 +34,7 @@ from typing import Sequence
 from activation_cache.errors import InputError
 from ret_toolkit.cli.base import (
     OneLineParser,
+    add_chat_template_argument,
     add_placement_arguments,
     placement,
     run_cli,
@@ -91,6 +92,7 @@ def parser() -> argparse.ArgumentParser:
     sw.add_argument("--out", help="output directory of the sweep (created)")
     sw.add_argument("--max-ppl-ratio", type=float, default=1.5, help="fluency budget for the best α (default 1.5)")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_chat_template_argument(p)
     add_placement_arguments(p)
     return p
 
@@ -111,6 +113,8 @@ def _check_args(a) -> None:
         raise InputError("--sweep needs --out DIR")
     if a.sweep and a.detect:
         raise InputError("--sweep and --detect do not combine; sweep open-loop, then try the closed loop")
+    if a.chat_template and a.no_chat:
+        raise InputError("--chat-template renders the prompts as chat; --no-chat feeds them as plain text: give one")
     if bool(a.prompt) == bool(a.prompts):
         raise InputError("give --prompt TEXT (repeatable) or --prompts FILE, not both or neither")
     if not math.isfinite(a.alpha):
@@ -167,16 +171,21 @@ def _run(argv: Sequence[str]) -> int:
         if detect:
             reader.check_groups(detect, "--detect")
 
-    from activation_cache.models import load_model
+    from activation_cache.models import load_model, model_name
 
+    # A checkpoint or vector made on another model is refused before that model is loaded (or converted).
+    vec = SteeringVector.load(a.vector) if a.vector else None
+    for made_on in (reader, vec):
+        if made_on is not None:
+            made_on.check_name(model_name(a.model))
     where = placement(a)
     if rank is not None and where["device_map"] is None:
         where["device"] = rank_device(where["device"], rank)
-    loaded = load_model(a.model, **where)
+    loaded = load_model(a.model, chat_template=a.chat_template, progress=not a.quiet, **where)
     if reader is not None:
         reader.check_model(loaded)
-    if a.vector:
-        vec = SteeringVector.load(a.vector, loaded)
+    if vec is not None:
+        vec.check_model(loaded)
     else:
         vec = group_vector(outputs, a.group, a.layers, model=loaded)
         vec.check_model(loaded)

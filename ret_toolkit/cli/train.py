@@ -51,11 +51,25 @@ class WiredCLI(LightningCLI):
     """
 
     wiring = None  # the family's train module: wired_arguments(datamodule) and WIRED_KEYS
+    default_root = None  # the family's default log root (runs/<family>)
 
     def add_arguments_to_parser(self, parser) -> None:
         for key in self.wiring.WIRED_KEYS:
             parser.link_arguments("data", f"model.{key}", apply_on="instantiate",
                                   compute_fn=partial(_wired_value, self.wiring.wired_arguments, key))
+
+    def before_instantiate_classes(self) -> None:
+        """``--trainer.default_root_dir DIR`` alone moves the whole run (logs and checkpoints) to DIR.
+
+        Our default CSV logger names its own ``save_dir`` (runs/<family>), and Lightning puts the
+        checkpoints under the logger's directory, so without this the flag would be ignored.
+        """
+        trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
+        logger = trainer.get("logger")
+        init = logger.get("init_args") if hasattr(logger, "get") else None
+        if (trainer.get("default_root_dir") not in (None, self.default_root) and init is not None
+                and init.get("save_dir") == self.default_root):
+            init.save_dir = trainer.default_root_dir
 
 
 def _wired_value(wired_arguments, key, data):
@@ -68,7 +82,8 @@ def family_cli(family: str, args: Sequence[str], run: bool = True) -> LightningC
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     module, datamodule, wiring = (_load(spec) for spec in FAMILIES[family])
-    cli_class = type(f"{family.capitalize()}CLI", (WiredCLI,), {"wiring": wiring})
+    cli_class = type(f"{family.capitalize()}CLI", (WiredCLI,),
+                     {"wiring": wiring, "default_root": trainer_defaults(family)["default_root_dir"]})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
         try:

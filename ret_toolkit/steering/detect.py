@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 
 from activation_cache.arch import find_architecture, get_module, resolve_model
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, other_name_hint
 from ret_toolkit.steering.hooks import remove_hooks
 
 __all__ = ["LayerCapture", "MacrostateReader", "load_reader"]
@@ -77,14 +77,17 @@ class MacrostateReader:
             raise InputError(f"no {what} given")
         return sorted(set(out))
 
+    def check_name(self, name: str | None) -> None:
+        """InputError if the encoder was trained on another model than ``name`` (checkable before a load)."""
+        if self.source_model and name and name != self.source_model:
+            raise InputError(f"the RET checkpoint was trained on hidden states of {self.source_model!r}, "
+                             f"not {name!r} ({other_name_hint(self.source_model)})")
+
     def check_model(self, model, model_name: str | None = None) -> None:
         """InputError unless ``model`` has the layers and width the encoder reads (and, if known, the name)."""
         module, name, _ = resolve_model(model)
-        name = model_name if model_name is not None else name
+        self.check_name(model_name if model_name is not None else name)
         arch = find_architecture(module)
-        if self.source_model and name and name != self.source_model:
-            raise InputError(f"the RET checkpoint was trained on hidden states of {self.source_model!r}, "
-                             f"not {name!r} (pass model_name= if it is the same model under another name)")
         bad = [x for x in self.layers if x >= arch.n_layers]
         if bad:
             raise InputError(f"the RET checkpoint reads layer(s) {bad} but the model has decoder blocks "

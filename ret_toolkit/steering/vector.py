@@ -29,7 +29,7 @@ import torch
 
 from activation_cache._version import __version__
 from activation_cache.arch import ArchInfo, find_architecture, resolve_model
-from activation_cache.errors import InputError
+from activation_cache.errors import InputError, other_name_hint
 
 __all__ = ["SteeringVector", "model_identity"]
 
@@ -294,6 +294,12 @@ class SteeringVector:
         return vec
 
     # ------------------------------------------------------------ model check
+    def check_name(self, name: str | None) -> None:
+        """InputError if the vector was built for another model than ``name`` (checkable before a load)."""
+        if self.model and name and self.model != name:
+            raise InputError(f"steering vector {self.source or repr(self)} was built for model {self.model!r} "
+                             f"but this model is {name!r} ({other_name_hint(self.model)})")
+
     def check_model(self, model, *, model_name: str | None = None, block_path: str | None = None) -> ArchInfo:
         """Check that this vector fits ``model``; returns the model's :class:`ArchInfo`.
 
@@ -316,9 +322,7 @@ class SteeringVector:
         this = f"this model ({name or type(module).__name__})"
         if self.d_model != arch.d_model:
             raise InputError(f"{what} has d_model {self.d_model} but {this} has d_model {arch.d_model}")
-        if self.model and name and self.model != name:
-            raise InputError(f"{what} was built for model {self.model!r} but {this} is {name!r} "
-                             "(pass model_name= if it is the same model under another name)")
+        self.check_name(name)
         if self.model_type and model_type and self.model_type != model_type:
             raise InputError(f"{what} was built for a {self.model_type!r} model but {this} is {model_type!r}")
         if self.n_layers is not None and self.n_layers != arch.n_layers:

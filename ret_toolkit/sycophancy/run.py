@@ -25,9 +25,10 @@ from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Sequence
 
-from activation_cache.errors import InputError, option
+from activation_cache.errors import InputError, option, other_name_hint
 from activation_cache.layers import layer_spec, parse_layers
-from activation_cache.models import model_name
+from activation_cache.models import model_name, use_chat_template
+from activation_cache.prompts import read_chat_template
 from activation_cache.outputs import OutputDir, write_json
 from activation_cache.ranks import Rank, rank_device
 from ret_toolkit.sycophancy.features import KS, extract_features
@@ -64,6 +65,8 @@ class ForecastSettings:
     repeat), trained on that fold's training conversations only, with the checkpoint's
     architecture (:mod:`.in_domain`); reported as ``in_domain`` with its paired differences.
     in_domain_epochs, in_domain_stride: its training epochs and window stride.
+    chat_template: a Jinja chat template (a file path, or the template text) used instead of
+    the tokenizer's own, e.g. to forecast on a base model, which has none.
     overwrite: replace the results of a run with other settings in the output directory
     (refused otherwise). The stores are re-traced only where their extraction config
     differs from this run's (other items, model, layers, tokens, pushbacks, seed, batch
@@ -84,6 +87,7 @@ class ForecastSettings:
     in_domain: bool = False
     in_domain_epochs: int = 3
     in_domain_stride: int = 4
+    chat_template: str | None = None
     overwrite: bool = False
 
 
@@ -106,6 +110,8 @@ def check_settings(s: ForecastSettings) -> None:
             raise InputError(f"{name} must be >= 1, got {value}")
     if s.pca_dims is not None and s.pca_dims < 1:
         raise InputError(f"{option('pca_dims')} must be >= 1, got {s.pca_dims}")
+    if s.chat_template is not None:
+        read_chat_template(s.chat_template)
 
 
 def _finite(x):
@@ -140,7 +146,8 @@ def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: st
     path and the model name.
     """
     record = {k: v for k, v in asdict(settings).items()
-              if k != "overwrite" and (settings.in_domain or not k.startswith("in_domain"))}
+              if k != "overwrite" and (settings.in_domain or not k.startswith("in_domain"))
+              and (k != "chat_template" or v is not None)}
     record.update(dataset=dataset, items_sha256=_items_digest(items),
                   macro_ckpt=str(Path(macro_ckpt).resolve()), model=model)
     return OutputDir(out, "ret-forecast", record, files=FORECAST_FILES, overwrite=settings.overwrite)
@@ -194,12 +201,19 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
         raise InputError(f"{macro_ckpt}: RET checkpoint does not record its layers (source_layers)")
     name = _dataset_name(dataset, dataset_name)
     od = forecast_output_dir(out, settings, name, items, macro_ckpt, loaded.name if loaded else model_name(model_spec))
+    source = module.hparams.source_model
+    if source and loaded is None and model_name(model_spec) != source:  # refused before the model is loaded
+        raise InputError(f"{macro_ckpt}: RET checkpoint was trained on {source!r}, not on {model_name(model_spec)!r} "
+                         f"({other_name_hint(source)})")
     if loaded is None:
         from activation_cache.models import load_model
 
         if rank is not None and device_map is None:
             device = rank_device(device, rank)
-        loaded = load_model(model_spec, device=device, dtype=model_dtype, device_map=device_map)
+        loaded = load_model(model_spec, device=device, dtype=model_dtype, device_map=device_map,
+                            chat_template=settings.chat_template, progress=progress)
+    else:
+        use_chat_template(loaded, settings.chat_template)
     if module.hparams.source_model and loaded.name != module.hparams.source_model:
         raise InputError(f"{macro_ckpt}: RET checkpoint was trained on {module.hparams.source_model!r}, "
                          f"not on {loaded.name!r}")
