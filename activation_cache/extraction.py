@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +21,7 @@ import torch
 from tqdm.auto import tqdm
 
 from activation_cache import schema
+from activation_cache.dtype_choice import choose_storage_dtype
 from activation_cache.batching import Window, pad_rows, padding_share, plan_windows
 from activation_cache.errors import InputError, option
 from activation_cache.layers import parse_layers
@@ -70,9 +71,12 @@ class ExtractConfig:
         Applied to the model :meth:`load_model` loads, and to a model passed to
         :func:`extract` (:func:`~activation_cache.models.use_chat_template`).
     limit: use only the first ``limit`` prompts of the source (before sharding).
-    dtype: storage dtype of the hidden states: ``float16`` (default),
-        ``bfloat16`` (exact for bf16 models, whose values can exceed float16's
-        ±65504) or ``float32``.
+    dtype: storage dtype of the hidden states: ``auto`` (default: the model's
+        own dtype when it runs in 16 bits, else float16 when a probe of the
+        first prompt stays within half of float16's ±65504 and bfloat16 when
+        not; see :mod:`activation_cache.dtype_choice`), ``float16`` (11 bits of
+        mantissa, range ±65504), ``bfloat16`` (8 bits, float32's range; exact
+        for bf16 models) or ``float32``.
     device, model_dtype, device_map: where and in what precision the model
         runs (:func:`~activation_cache.models.load_model`'s ``device``,
         ``dtype`` and ``device_map``). The store records the resolved weight
@@ -92,7 +96,7 @@ class ExtractConfig:
     generate: int = 0
     batch_size: int = 8
     batch_tokens: int | None = None
-    dtype: str = "float16"
+    dtype: str = "auto"
     compression: str | None = None
     max_tokens: int = 512
     chat: bool = False
@@ -131,12 +135,17 @@ class ExtractConfig:
             raise InputError(f"{option('max_tokens')} must be >= 1, got {self.max_tokens}")
         if not 0 <= self.shard_index < self.num_shards:
             raise InputError(f"{option('shard_index')} {self.shard_index} is not in 0..{self.num_shards - 1} ({option('num_shards')} {self.num_shards})")
-        if self.dtype not in schema.HIDDEN_DTYPES:
-            raise InputError(f"unknown {option('dtype')} {self.dtype!r}; choose from {', '.join(schema.HIDDEN_DTYPES)}")
-        if self.compression not in schema.COMPRESSIONS:
-            raise InputError(f"unknown {option('compression')} {self.compression!r}; choose from lzf, gzip or none")
+        check_storage(self.dtype, self.compression)
         if self.chat_template is not None:
             read_chat_template(self.chat_template)
+
+
+def check_storage(dtype: str, compression: str | None) -> None:
+    """InputError (one line) for a storage dtype or compression no store can have."""
+    if dtype != "auto" and dtype not in schema.HIDDEN_DTYPES:
+        raise InputError(f"unknown {option('dtype')} {dtype!r}; choose from auto, {', '.join(schema.HIDDEN_DTYPES)}")
+    if compression not in schema.COMPRESSIONS:
+        raise InputError(f"unknown {option('compression')} {compression!r}; choose from lzf, gzip or none")
 
 
 @dataclass
@@ -164,6 +173,7 @@ class Prepared:
     meta_fields: list[str]
     truncated: list[str] = field(default_factory=list)
     batching: dict = field(default_factory=dict)  # plan_windows keywords: batch_size, batch_tokens, ...
+    probe_ids: list[int] = field(default_factory=list)  # the whole source's first prompt: what dtype auto reads
 
     def windows(self, start: int = 0) -> list[Window]:
         """The batch plan from prompt ``start`` on: windows of whole batches (indices into ``ids``)."""
@@ -181,30 +191,51 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> Prepared:
                prompts_from_records(cfg.prompts))[: cfg.limit]
     # Fields from *all* prompts, so every shard has the same /meta layout.
     meta_fields = _meta_fields(prompts, cfg.generate > 0)
+    first = prompts[0] if prompts else None
     prompts = prompts[shard_slice(len(prompts), cfg.num_shards, cfg.shard_index)]
     if not prompts:
         raise InputError(f"shard {cfg.shard_index} of {cfg.num_shards} gets no prompts from "
                          f"{cfg.prompts if isinstance(cfg.prompts, (str, Path)) else 'the in-memory prompts'}")
     layers = parse_layers(cfg.layers, loaded.arch.n_layers, embed=cfg.embed)
-    tok = loaded.tokenizer
     ids, truncated = [], []
     for p in prompts:
-        chat = p.messages is not None or cfg.chat
-        text = render_prompt(p, tok, chat=cfg.chat)
-        # A rendered chat template already contains its special tokens.
-        row = tok(text, add_special_tokens=not chat)["input_ids"]
-        if not row:
-            raise InputError(f"{p.source}: prompt {p.prompt_id!r} tokenises to nothing")
+        row = _tokenise(p, loaded.tokenizer, cfg)
         if len(row) > cfg.max_tokens:
             truncated.append(p.prompt_id)
-            row = row[: cfg.max_tokens]
-        ids.append(list(row))
+        ids.append(row[: cfg.max_tokens])
     if truncated:
         shown = ", ".join(truncated[:10]) + (f" and {len(truncated) - 10} more" if len(truncated) > 10 else "")
         log.warning("truncated %d prompt(s) to %s %d: %s", len(truncated), option("max_tokens"), cfg.max_tokens, shown)
     batching = dict(batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens, generate=cfg.generate,
                     window_tokens=window_tokens(cfg, len(layers), loaded.arch.d_model))
-    return Prepared(prompts, ids, layers, meta_fields, truncated, batching)
+    probe = ids[0] if first is prompts[0] else _tokenise(first, loaded.tokenizer, cfg)[: cfg.max_tokens]
+    return Prepared(prompts, ids, layers, meta_fields, truncated, batching, probe)
+
+
+def _tokenise(p: Prompt, tok, cfg: ExtractConfig) -> list[int]:
+    """Token ids of one prompt as the store holds them (rendered, not yet truncated)."""
+    chat = p.messages is not None or cfg.chat
+    # A rendered chat template already contains its special tokens.
+    row = tok(render_prompt(p, tok, chat=cfg.chat), add_special_tokens=not chat)["input_ids"]
+    if not row:
+        raise InputError(f"{p.source}: prompt {p.prompt_id!r} tokenises to nothing")
+    return list(row)
+
+
+def storage_dtype(cfg: ExtractConfig, loaded: LoadedModel, prep: Prepared) -> tuple[str, str]:
+    """``(dtype, why)`` the store of ``cfg`` holds its hidden states in (resolves ``auto``, probing if needed)."""
+    if cfg.dtype != "auto" or loaded.dtype in ("bfloat16", "float16"):
+        return choose_storage_dtype(cfg.dtype, loaded.dtype)
+    ids = torch.tensor([prep.probe_ids])
+    traced = Tracer(loaded, prep.layers).forward(ids, torch.ones_like(ids))
+    peak = max(float(h.detach().abs().max()) for h in traced.hidden.values())
+    return choose_storage_dtype("auto", loaded.dtype, peak)
+
+
+def resolved(cfg: ExtractConfig, loaded: LoadedModel, prep: Prepared) -> tuple[ExtractConfig, str]:
+    """``cfg`` with its storage dtype resolved (what the store records), and why that dtype."""
+    dtype, why = storage_dtype(cfg, loaded, prep)
+    return replace(cfg, dtype=dtype), why
 
 
 def store_config(cfg: ExtractConfig, loaded: LoadedModel, prep: Prepared) -> dict:
@@ -259,11 +290,12 @@ def extract(cfg: ExtractConfig, loaded: LoadedModel | None = None, progress: boo
     cfg.validate()
     loaded = _model(cfg, loaded, progress)
     prep = prepare(cfg, loaded)
+    cfg, why = resolved(cfg, loaded, prep)
     spec = StoreSpec(
         model=loaded.name, model_revision=loaded.revision, d_model=loaded.arch.d_model,
         n_model_layers=loaded.arch.n_layers, layers=prep.layers, config=store_config(cfg, loaded, prep),
         meta_fields=prep.meta_fields, dtype=cfg.dtype, compression=cfg.compression,
-        tokenizer_json=_tokenizer_json(loaded), model_dtype=loaded.dtype, device=loaded.device,
+        tokenizer_json=_tokenizer_json(loaded), model_dtype=loaded.dtype, device=loaded.device, dtype_choice=why,
     )
     tracer = Tracer(loaded, prep.layers)
     n = len(prep.prompts)
@@ -355,6 +387,7 @@ class StoragePlan:
     layers x d_model x the model's bytes per value); at most three windows are
     in memory at once (one being traced, one queued, one being written).
     ``padding_share``: share of traced token slots that are padding.
+    ``dtype`` / ``dtype_choice``: the storage dtype and why (what ``auto`` chose).
     """
 
     n_prompts: int
@@ -366,6 +399,8 @@ class StoragePlan:
     chunk_bytes: int = 0
     window_bytes: int = 0
     padding_share: float = 0.0
+    dtype: str = "float16"
+    dtype_choice: str = "as asked"
 
     @property
     def estimated_tokens(self) -> int:
@@ -386,6 +421,7 @@ class StoragePlan:
         return (
             f"prompts: {self.n_prompts}\n"
             f"layers: {self.n_layers} x d_model {self.d_model}\n"
+            f"storage dtype: {self.dtype} ({self.dtype_choice})\n"
             f"bytes per token: {self.bytes_per_token}\n"
             f"tokens: {self.prompt_tokens} prompt + up to {self.max_generated_tokens} generated\n"
             f"estimated size: {self.estimated_bytes} bytes ({gib:.3f} GiB, before compression)\n"
@@ -400,6 +436,7 @@ def plan(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> StoragePlan:
     cfg.validate()
     loaded = _model(cfg, loaded)
     prep = prepare(cfg, loaded)
+    cfg, why = resolved(cfg, loaded, prep)
     d, n_layers = loaded.arch.d_model, len(prep.layers)
     itemsize = np.dtype(schema.HIDDEN_DTYPES[cfg.dtype]).itemsize
     per_token = 4 + 1 + n_layers * d * itemsize  # token id + mask + hidden rows
@@ -412,4 +449,4 @@ def plan(cfg: ExtractConfig, loaded: LoadedModel | None = None) -> StoragePlan:
     return StoragePlan(len(prep.prompts), n_layers, d, per_token, sum(lengths), cfg.generate * len(prep.prompts),
                        chunk_bytes=schema.chunk_rows(d * itemsize) * d * itemsize,
                        window_bytes=slots * n_layers * d * model_bytes,
-                       padding_share=padding_share(batches, lengths, cfg.generate))
+                       padding_share=padding_share(batches, lengths, cfg.generate), dtype=cfg.dtype, dtype_choice=why)

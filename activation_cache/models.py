@@ -170,12 +170,12 @@ def _dequantised_dir(gguf: Path, label: str, progress: bool) -> Path:
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 gguf.parent, dtype=torch.float32, **kw)
             tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
-        # Without this the saved config claims GGUF quantisation and reloading
-        # from safetensors would look for a .gguf file again.
-        del model.config.quantization_config
-        model.hf_quantizer = None
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)  # includes the chat template
+            # Without this the saved config claims GGUF quantisation and reloading
+            # from safetensors would look for a .gguf file again.
+            del model.config.quantization_config
+            model.hf_quantizer = None
+            model.save_pretrained(tmp)  # its "Writing model shards" bar is one of transformers' own
+            tokenizer.save_pretrained(tmp)  # includes the chat template
         (tmp / "ret_toolkit_source.txt").write_text(f"{gguf.name}\nsha256:{sha}\n")
         try:
             tmp.rename(final)

@@ -196,6 +196,16 @@ class OutputDir:
                 _remove_if_empty(self.path)  # a failed run leaves no empty directory behind
 
 
+def with_options(record: dict, defaults: dict, values: dict) -> dict:
+    """``record`` plus each of ``values`` that differs from its entry in ``defaults``.
+
+    For options added after a command's first release: a run that leaves them at
+    their defaults records what it recorded before, so its earlier run directory
+    still matches.
+    """
+    return {**record, **{k: v for k, v in values.items() if v != defaults[k]}}
+
+
 def _remove_if_empty(path: Path) -> None:
     try:
         path.rmdir()  # only an empty directory: what the run wrote into it directly (stores) stays
@@ -203,4 +213,5 @@ def _remove_if_empty(path: Path) -> None:
         pass
 
 
-__all__ = ["MANIFEST", "OutputDir", "atomic_path", "differing_keys", "normalise_settings", "write_json", "write_text"]
+__all__ = ["MANIFEST", "OutputDir", "atomic_path", "differing_keys", "normalise_settings", "with_options", "write_json",
+           "write_text"]

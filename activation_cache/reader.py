@@ -23,11 +23,12 @@ class TrajectoryStore:
     """A read-only view of one store (a single file, or a merged virtual store).
 
     Sequence ``s`` covers token rows ``offsets[s]:offsets[s+1]``. Hidden states
-    are returned as stored (float16 by default), shape (T, D); a bfloat16
+    are returned as stored (float16 or float32), shape (T, D); a bfloat16
     store's come back as exact float32 (``read_dtype``).
 
     ``model_dtype`` and ``device`` say how the model ran (``None`` for
-    stores written before format version 2).
+    stores written before format version 2); ``dtype_choice`` why the store
+    holds ``dtype`` (what ``--dtype auto`` chose; ``None`` for older stores).
     """
 
     def __init__(self, path: str | Path):
@@ -46,6 +47,8 @@ class TrajectoryStore:
                 raise InputError(f"{self.path}: unknown storage dtype {self.dtype!r} (a newer toolkit's store?)")
             self.model_dtype: str | None = schema.attr_str(attrs["model_dtype"]) if "model_dtype" in attrs else None
             self.device: str | None = schema.attr_str(attrs["device"]) if "device" in attrs else None
+            self.dtype_choice: str | None = (schema.attr_str(attrs["dtype_choice"]) if "dtype_choice" in attrs
+                                             else None)
             self.config: dict[str, Any] = schema.read_config(self.h5)
             self.refresh()
         except (OSError, RuntimeError, KeyError, ValueError) as e:

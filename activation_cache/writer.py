@@ -48,6 +48,7 @@ class StoreSpec:
     tokenizer_json: str | None = None
     model_dtype: str | None = None
     device: str | None = None
+    dtype_choice: str | None = None  # why this dtype (activation_cache.dtype_choice); an attribute, not config
 
     def __post_init__(self) -> None:
         if self.dtype not in schema.HIDDEN_DTYPES:
@@ -237,7 +238,8 @@ class StoreWriter:
             "n_committed": np.int64(0),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        attrs.update({k: v for k, v in (("model_dtype", spec.model_dtype), ("device", spec.device)) if v})
+        attrs.update({k: v for k, v in (("model_dtype", spec.model_dtype), ("device", spec.device),
+                                        ("dtype_choice", spec.dtype_choice)) if v})
         for k, v in attrs.items():
             f.attrs[k] = v
         f.flush()

@@ -19,9 +19,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from activation_cache.extraction import ExtractConfig, extract
+from activation_cache.extraction import ExtractConfig, check_storage, extract
 from activation_cache.layers import layer_spec, parse_layers
-from activation_cache.outputs import OutputDir, write_json
+from activation_cache.outputs import OutputDir, with_options, write_json
 from activation_cache.prompts import Prompt, read_prompts
 from ret_toolkit.macro.pipeline import MACRO_FILES
 
@@ -58,14 +58,15 @@ def demo_prompts(n: int) -> list[Prompt]:
 def run_demo(out: str | Path, quick: bool = False, model_spec: str | None = None, settings: DemoSettings | None = None,
              progress: bool = True, overwrite: bool = False, *, device: str | None = "auto",
              model_dtype: str | None = "auto", device_map: str | dict | None = None,
-             chat_template: str | None = None) -> dict:
+             chat_template: str | None = None, dtype: str = "auto", compression: str | None = None) -> dict:
     """Run the whole pipeline into ``out``; returns the metrics dict.
 
     ``model_spec`` names the model (a hub id or local path; None: the embedded
     SmolLM2). ``device``, ``model_dtype`` and ``device_map`` place the model as
     :func:`~activation_cache.models.load_model` does; RET trains on
     Lightning's ``auto`` accelerator. ``chat_template`` (a Jinja file or the
-    template text) renders the prompts for a model whose tokenizer has none.
+    template text) renders the prompts for a model whose tokenizer has none;
+    ``dtype`` and ``compression`` are the store's (as ``ret-extract``'s flags).
 
     Rerunning with the same settings resumes the extraction and retrains. A
     directory that holds a demo run with other settings (``--quick`` vs the
@@ -78,9 +79,10 @@ def run_demo(out: str | Path, quick: bool = False, model_spec: str | None = None
 
     s = settings or (DemoSettings.quick() if quick else DemoSettings())
     out = Path(out)
-    record = {**asdict(s), "model": model_spec, "model_dtype": model_dtype}
-    if chat_template is not None:
-        record["chat_template"] = chat_template
+    check_storage(dtype, compression)
+    record = with_options({**asdict(s), "model": model_spec, "model_dtype": model_dtype},
+                          {"chat_template": None, "dtype": "auto", "compression": None},
+                          {"chat_template": chat_template, "dtype": dtype, "compression": compression})
     od = OutputDir(out, "ret-demo", record, files=DEMO_FILES, overwrite=overwrite)
     t0 = time.perf_counter()
 
@@ -91,7 +93,7 @@ def run_demo(out: str | Path, quick: bool = False, model_spec: str | None = None
     store = out / "trajectories.h5"
     cfg = ExtractConfig(prompts=demo_prompts(s.n_prompts), out=str(store), model=model_spec, layers=layer,
                         generate=s.generate, batch_size=s.batch_size, chat=True, chat_template=chat_template,
-                        overwrite=overwrite)
+                        dtype=dtype, compression=compression, overwrite=overwrite)
     runs = out / "runs"
     with od:
         if overwrite and runs.is_dir():

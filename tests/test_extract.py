@@ -388,6 +388,8 @@ def test_nan_hidden_states_raise_and_keep_committed(tiny, tmp_path, txt_prompts,
 
     def poisoned(self, input_ids, attention_mask):
         traced = real_forward(self, input_ids, attention_mask)
+        if input_ids.shape[0] == 1:  # dtype auto's probe of the first prompt, not a stored batch
+            return traced
         calls.append(1)
         if len(calls) == 2:  # second batch: prompts 3 and 4
             poisoned_h = traced.hidden["1"].clone()

@@ -167,7 +167,7 @@ def test_a_resume_in_another_precision_is_refused(llama_dir, tmp_path):
     out = tmp_path / "s.h5"
     extract(ExtractConfig(prompts=PROMPTS, out=str(out), model=str(llama_dir), limit=2), progress=False)
     before = file_digests(out)
-    with pytest.raises(InputError, match="differs in model_dtype"):
+    with pytest.raises(InputError, match="differs in (dtype, )?model_dtype"):
         extract(ExtractConfig(prompts=PROMPTS, out=str(out), model=str(llama_dir), limit=2, model_dtype="bfloat16"),
                 progress=False)
     assert file_digests(out) == before
@@ -227,21 +227,49 @@ def test_a_failed_run_with_nothing_committed_leaves_nothing_that_blocks_its_fix(
     prompts = tmp_path / "hot_first.txt"
     prompts.write_text(f"{PROMPTS[2]}\n{PROMPTS[0]}\n")  # the overflowing prompt is in the first batch
     args = ["--model", str(hot_bf16_dir), "--model-dtype", "bfloat16", "--prompts", str(prompts), "--batch-size", "1",
-            "--out", str(tmp_path / "s.h5"), "--quiet"]
+            "--out", str(tmp_path / "s.h5"), "--quiet", "--dtype", "float16"]
     existing = tmp_path / "keep.h5"
     existing.write_bytes(b"not a store, but not ours to remove")
     assert extract_main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "exceed the float16 range" in err and "store them with --dtype bfloat16 (or float32)" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hot_first.txt", "keep.h5"]  # no empty store, no lock
-    assert extract_main(args + ["--dtype", "bfloat16"]) == 0  # the fix, without --overwrite
+    assert extract_main(args[:-1] + ["bfloat16"]) == 0  # the fix, without --overwrite
     with open_store(tmp_path / "s.h5") as s:
         assert s.n_sequences == 2 and s.dtype == "bfloat16"
     # a failed resume of a store that existed before keeps it byte for byte
     before = file_digests(tmp_path / "s.h5")
-    assert extract_main(args + ["--dtype", "bfloat16", "--limit", "1"]) == 2
+    assert extract_main(args[:-1] + ["bfloat16", "--limit", "1"]) == 2
     capsys.readouterr()
     assert file_digests(tmp_path / "s.h5") == before
+
+
+def test_dtype_auto_stores_a_16_bit_model_exactly_and_probes_a_float32_one(hot_bf16_dir, llama_dir, tmp_path, capsys):
+    from ret_toolkit.cli.extract import main as extract_main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    cases = [  # (model, weight dtype, stored dtype, why)
+        (hot_bf16_dir, "bfloat16", "bfloat16", "auto: the model runs in bfloat16, stored exactly"),
+        (hot_bf16_dir, "float32", "bfloat16", "passes half of float16's range"),  # 3e5 on prompt 2 ...
+        (llama_dir, "float32", "float16", "within half of float16's range"),
+    ]
+    for i, (model, weights, stored, why) in enumerate(cases):
+        # ... but the probe reads the first prompt: put the hot one first for the float32 case
+        lines = [PROMPTS[2], *PROMPTS[:2]] if i == 1 else PROMPTS
+        prompts.write_text("\n".join(lines) + "\n")
+        out = tmp_path / f"auto{i}.h5"
+        base = ["--model", str(model), "--model-dtype", weights, "--prompts", str(prompts), "--out", str(out), "--quiet"]
+        assert extract_main(base + ["--dry-run"]) == 0
+        assert f"storage dtype: {stored} (" in capsys.readouterr().out
+        assert extract_main(base) == 0
+        with open_store(out) as s:
+            assert s.dtype == stored and why in s.dtype_choice and s.config["dtype"] == stored
+        capsys.readouterr()
+        assert extract_main(["info", str(out)]) == 0
+        assert f"hidden states stored as {stored} (auto: " in capsys.readouterr().out
+        assert extract_main(base + ["--dtype", stored]) == 0  # the same store: auto recorded what it chose
+        assert "0 new tokens" in capsys.readouterr().out
 
 
 def test_bf16_stores_read_through_windows_stats_merge_and_ret_training(hot_bf16_dir, tmp_path):

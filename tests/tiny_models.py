@@ -16,6 +16,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
 ARCHS = ("llama", "gpt2", "qwen2", "gpt_neox", "phi")
+#: The families users bring today, beside ARCHS: Gemma 2 and 3 (scaled embeddings, extra norms, sliding
+#: windows), GPT-OSS (mixture of experts, attention sinks) and Qwen3-MoE. tests/test_families.py runs the
+#: extraction, steering and RET data paths on each.
+FAMILIES = ("gemma2", "gemma3", "gpt_oss", "qwen3_moe")
 
 # Expected layout per arch, so tests can check discovery against ground truth.
 EXPECTED = {
@@ -24,6 +28,8 @@ EXPECTED = {
     "qwen2": dict(block_path="model.layers", embed_path="model.embed_tokens", n_layers=2, d_model=32),
     "gpt_neox": dict(block_path="gpt_neox.layers", embed_path="gpt_neox.embed_in", n_layers=3, d_model=64),
     "phi": dict(block_path="model.layers", embed_path="model.embed_tokens", n_layers=2, d_model=32),
+    **{arch: dict(block_path="model.layers", embed_path="model.embed_tokens", n_layers=2, d_model=32)
+       for arch in FAMILIES},
 }
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<pad>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
@@ -99,14 +105,25 @@ def _config(arch: str, vocab_size: int, ids: dict) -> transformers.PretrainedCon
         return transformers.GPTNeoXConfig(
             hidden_size=64, intermediate_size=128, num_hidden_layers=3,
             num_attention_heads=4, **common)
+    attention = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    if arch == "gemma2":
+        return transformers.Gemma2Config(intermediate_size=64, sliding_window=16, **attention, **common)
+    if arch == "gemma3":
+        return transformers.Gemma3TextConfig(intermediate_size=64, sliding_window=16, **attention, **common)
+    if arch == "gpt_oss":  # YaRN's factor 32 over 4096 original positions: declare the long context it implies
+        return transformers.GptOssConfig(intermediate_size=32, num_local_experts=4, num_experts_per_tok=2,
+                                         sliding_window=16, **attention, **{**common, "max_position_embeddings": 131072})
+    if arch == "qwen3_moe":
+        return transformers.Qwen3MoeConfig(intermediate_size=64, moe_intermediate_size=32, num_experts=4,
+                                           num_experts_per_tok=2, **attention, **common)
     if arch == "gpt2":
         return transformers.GPT2Config(
             vocab_size=vocab_size, n_positions=256, n_embd=48, n_layer=3, n_head=4, **ids)
-    raise ValueError(f"unknown tiny arch {arch!r}; choose from {ARCHS}")
+    raise ValueError(f"unknown tiny arch {arch!r}; choose from {ARCHS + FAMILIES}")
 
 
 def make_tiny_model(arch: str, seed: int = 0):
-    """Build ``(model, tokenizer)`` for ``arch`` in :data:`ARCHS`.
+    """Build ``(model, tokenizer)`` for ``arch`` in :data:`ARCHS` or :data:`FAMILIES`.
 
     The model is randomly initialised (``torch.manual_seed(seed)``), float32,
     in eval mode; sizes are in :data:`EXPECTED`. Each call returns new objects,

@@ -105,6 +105,22 @@ def add_placement_arguments(p: argparse.ArgumentParser) -> None:
                         "a JSON object {\"module.path\": device} or a .json file holding one")
 
 
+def add_storage_arguments(p: argparse.ArgumentParser) -> None:
+    """``--dtype`` and ``--compression``: the same on every command that writes a trajectory store."""
+    g = p.add_argument_group("how the store keeps the hidden states")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
+                   help="storage dtype: auto (default: the model's own when it runs in 16 bits; for a float32 model "
+                        "float16 when the first prompt stays within half of float16's range ±65504, else bfloat16), "
+                        "float16 (finer, range ±65504), bfloat16 (coarser, float32's range) or float32")
+    g.add_argument("--compression", default="none", choices=["none", "lzf", "gzip"],
+                   help="HDF5 compression of the store (default none)")
+
+
+def storage(a: argparse.Namespace) -> dict:
+    """The ``dtype`` / ``compression`` keywords of the storage settings from parsed flags."""
+    return dict(dtype=a.dtype, compression=None if a.compression == "none" else a.compression)
+
+
 def add_chat_template_argument(p: argparse.ArgumentParser) -> None:
     """``--chat-template FILE``: the same on every command that renders chat (checked at parse time)."""
     from activation_cache.prompts import read_chat_template

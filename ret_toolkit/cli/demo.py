@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, add_chat_template_argument, add_placement_arguments, run_cli
+from ret_toolkit.cli.base import (OneLineParser, add_chat_template_argument, add_placement_arguments,
+                                  add_storage_arguments, run_cli, storage)
 
 
 def parser() -> OneLineParser:
@@ -16,6 +17,7 @@ def parser() -> OneLineParser:
     p.add_argument("--model", default=None, help="model spec (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_chat_template_argument(p)
+    add_storage_arguments(p)
     add_placement_arguments(p)
     return p
 
@@ -27,7 +29,8 @@ def _run(argv: Sequence[str]) -> int:
     a = parser().parse_args(argv)
     out = a.out or ("demo_quick" if a.quick else "demo_out")
     m = run_demo(out, quick=a.quick, model_spec=a.model, progress=not a.quiet, overwrite=a.overwrite,
-                 device=a.device, model_dtype=a.model_dtype, device_map=a.device_map, chat_template=a.chat_template)
+                 device=a.device, model_dtype=a.model_dtype, device_map=a.device_map, chat_template=a.chat_template,
+                 **storage(a))
     print(format_metrics(m))
     return 0
 

@@ -15,7 +15,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, add_chat_template_argument, add_placement_arguments, run_cli, say
+from ret_toolkit.cli.base import (OneLineParser, add_chat_template_argument, add_placement_arguments,
+                                  add_storage_arguments, run_cli, say, storage)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -34,9 +35,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--pipeline", default="auto", choices=["auto", "on", "off"],
                    help="write on a background thread while the model traces the next batch "
                         "(auto, the default: on when the model runs on a GPU)")
-    p.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"],
-                   help="storage dtype of hidden states (default float16; bfloat16 keeps a bf16 model's values exactly)")
-    p.add_argument("--compression", default="none", choices=["none", "lzf", "gzip"])
     p.add_argument("--max-tokens", type=int, default=512, help="truncate longer prompts (with a warning naming them)")
     p.add_argument("--chat", action="store_true", help="render plain-text prompts through the tokenizer's chat template")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="use only the first N prompts")
@@ -56,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--embed-path", default=None, help="dotted path of the token embedding module")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_chat_template_argument(p)
+    add_storage_arguments(p)
     add_placement_arguments(p)
     return p
 
@@ -67,7 +66,7 @@ def _extract(argv: Sequence[str]) -> int:
     a = parser().parse_args(argv)
     cfg = ExtractConfig(
         prompts=a.prompts, out=a.out, model=a.model, layers=a.layers, embed=a.embed, generate=a.generate,
-        batch_size=a.batch_size, batch_tokens=a.batch_tokens, dtype=a.dtype, compression=None if a.compression == "none" else a.compression,
+        batch_size=a.batch_size, batch_tokens=a.batch_tokens, **storage(a),
         max_tokens=a.max_tokens, chat=a.chat, chat_template=a.chat_template, limit=a.limit, sample=a.sample, temperature=a.temperature, top_p=a.top_p,
         seed=a.seed, num_shards=a.num_shards, shard_index=a.shard_index, overwrite=a.overwrite,
         block_path=a.block_path, embed_path=a.embed_path,
@@ -121,7 +120,8 @@ def _info(argv: Sequence[str]) -> int:
         print(f"generated tokens: {n_gen}; layers: {', '.join(s.layers)}")
         print(f"meta fields: {', '.join(s.meta_fields)}")
         if s.model_dtype:  # format 2 on
-            print(f"model ran in {s.model_dtype} on {s.device}; hidden states stored as {s.dtype}")
+            why = f" ({s.dtype_choice})" if s.dtype_choice and s.dtype_choice != "as asked" else ""
+            print(f"model ran in {s.model_dtype} on {s.device}; hidden states stored as {s.dtype}{why}")
         if s.n_sequences and s.tokenizer is not None:
             print(f"first sequence: {s.text(0)!r}")
     return 0

@@ -31,7 +31,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, add_chat_template_argument, add_placement_arguments, run_cli
+from ret_toolkit.cli.base import (OneLineParser, add_chat_template_argument, add_placement_arguments,
+                                  add_storage_arguments, run_cli, storage)
 
 
 def _ks(text: str) -> tuple[int, ...]:
@@ -71,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
                         "only where their extraction config differs, the others are reused")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_chat_template_argument(p)
+    add_storage_arguments(p)
     add_placement_arguments(p)
     return p
 
@@ -87,7 +89,7 @@ def _run(argv: Sequence[str]) -> int:
                          pushbacks=a.pushbacks, seed=a.seed, batch_size=a.batch_size, folds=a.folds,
                          repeats=a.repeats, n_boot=a.bootstrap, pca_dims=a.pca_dims, in_domain=a.in_domain,
                          in_domain_epochs=a.in_domain_epochs, in_domain_stride=a.in_domain_stride,
-                         chat_template=a.chat_template, overwrite=a.overwrite)
+                         chat_template=a.chat_template, **storage(a), overwrite=a.overwrite)
     check_settings(s)
     # Read the dataset before loading any model, so a malformed file fails in a second.
     from ret_toolkit.sycophancy.dataset import load_dataset

@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, add_placement_arguments, run_cli
+from ret_toolkit.cli.base import OneLineParser, add_placement_arguments, add_storage_arguments, run_cli, storage
 
 
 def parser() -> argparse.ArgumentParser:
@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of a ret-planning run with other settings in --out")
     p.add_argument("--quiet", action="store_true")
+    add_storage_arguments(p)
     add_placement_arguments(p)
     return p
 
@@ -49,7 +50,8 @@ def _run(argv: Sequence[str]) -> int:
     s = ProbeSettings(prefix_positions=a.prefix_positions, max_tau=a.max_tau, epochs=a.epochs,
                       n_permutations=a.permutations, n_boot=a.bootstrap, seed=a.seed)
     r = run_planning(a.model, a.task, a.out, n=a.n, path_nodes=a.path_nodes, settings=s, progress=not a.quiet,
-                     overwrite=a.overwrite, device=a.device, model_dtype=a.model_dtype, device_map=a.device_map)
+                     overwrite=a.overwrite, device=a.device, model_dtype=a.model_dtype, device_map=a.device_map,
+                     **storage(a))
     print("ret-planning: " + r.table())
     print(f"ret-planning: {a.out}/planning.json, {a.out}/planning.html")
     return 0

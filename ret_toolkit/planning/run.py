@@ -20,9 +20,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from activation_cache.errors import InputError, option
-from activation_cache.extraction import ExtractConfig, extract
+from activation_cache.extraction import ExtractConfig, check_storage, extract
 from activation_cache.models import load_model
-from activation_cache.outputs import OutputDir, write_json
+from activation_cache.outputs import OutputDir, with_options, write_json
 from ret_toolkit.planning.analysis import (
     ProbeSettings,
     branch_on_store,
@@ -57,7 +57,8 @@ def planning_settings(model_dir: str | Path, task_name: str, n: int, path_nodes:
 def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000, path_nodes: int = 4,
                  settings: ProbeSettings | None = None, seed: int = 1000, progress: bool = True,
                  overwrite: bool = False, *, device: str | None = "auto", model_dtype: str | None = "auto",
-                 device_map: str | dict | None = None) -> PlanningResult:
+                 device_map: str | dict | None = None, dtype: str = "auto",
+                 compression: str | None = None) -> PlanningResult:
     """Run the planning analyses of ``task_name`` on the model in ``model_dir``; returns its :class:`PlanningResult`.
 
     ``out`` receives ``trajectories.h5``, ``planning.json`` and ``planning.html``. A
@@ -66,7 +67,8 @@ def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000,
     loaded, unless ``overwrite``: then its results are replaced. A rerun with the
     same settings recomputes and replaces them. Nothing in ``out`` changes unless
     the whole run succeeds. ``device``, ``model_dtype`` and ``device_map`` place
-    the model as :func:`~activation_cache.models.load_model` does.
+    the model as :func:`~activation_cache.models.load_model` does; ``dtype`` and
+    ``compression`` are the store's (as ``ret-extract``'s flags).
     """
     s = settings or ProbeSettings()
     out = Path(out)
@@ -75,8 +77,10 @@ def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000,
         raise InputError(f"{option('n')} must be >= 1, got {n}")
     # a model trained on reversed paths (task.json of its export) is scored and analysed backwards
     task = make_task(task_name, path_nodes, reverse=bool(task_settings(model_dir).get("reverse", False)))
-    od = OutputDir(out, "ret-planning", planning_settings(model_dir, task_name, n, path_nodes, s, seed),
-                   files=PLANNING_FILES, overwrite=overwrite)
+    check_storage(dtype, compression)
+    record = with_options(planning_settings(model_dir, task_name, n, path_nodes, s, seed),
+                          {"dtype": "auto", "compression": None}, {"dtype": dtype, "compression": compression})
+    od = OutputDir(out, "ret-planning", record, files=PLANNING_FILES, overwrite=overwrite)
     samples = task.samples(n, seed)
     loaded = load_model(model_dir, device=device, dtype=model_dtype, device_map=device_map)
     if loaded.arch.n_layers < 2:
@@ -88,7 +92,8 @@ def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000,
         # path-finding: the model generates its own path; grammar: forward mode over whole sentences
         paths = task_name == "pathfinding"
         cfg = ExtractConfig(prompts=prompt_records(samples if paths else sentences(samples)), out=str(store),
-                            model=model_dir, layers="all", generate=path_nodes + 2 if paths else 0, batch_size=64)
+                            model=model_dir, layers="all", generate=path_nodes + 2 if paths else 0, batch_size=64,
+                            dtype=dtype, compression=compression)
         log.info("extract %d %s samples -> %s", n, task_name, od.final("trajectories.h5"))
         extract(cfg, loaded=loaded, progress=progress)
         if task_name == "pathfinding":

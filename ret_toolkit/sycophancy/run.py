@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import Sequence
 
 from activation_cache.errors import InputError, option, other_name_hint
+from activation_cache.extraction import check_storage
 from activation_cache.layers import layer_spec, parse_layers
 from activation_cache.models import model_name, use_chat_template
 from activation_cache.prompts import read_chat_template
-from activation_cache.outputs import OutputDir, write_json
+from activation_cache.outputs import OutputDir, with_options, write_json
 from activation_cache.ranks import Rank, rank_device
 from ret_toolkit.sycophancy.features import KS, extract_features
 from ret_toolkit.sycophancy.result import ForecastResult
@@ -67,6 +68,8 @@ class ForecastSettings:
     in_domain_epochs, in_domain_stride: its training epochs and window stride.
     chat_template: a Jinja chat template (a file path, or the template text) used instead of
     the tokenizer's own, e.g. to forecast on a base model, which has none.
+    dtype, compression: how the stores keep the hidden states (as ``ret-extract``'s
+    ``--dtype``, default ``auto``, and ``--compression``).
     overwrite: replace the results of a run with other settings in the output directory
     (refused otherwise). The stores are re-traced only where their extraction config
     differs from this run's (other items, model, layers, tokens, pushbacks, seed, batch
@@ -88,7 +91,13 @@ class ForecastSettings:
     in_domain_epochs: int = 3
     in_domain_stride: int = 4
     chat_template: str | None = None
+    dtype: str = "auto"
+    compression: str | None = None
     overwrite: bool = False
+
+
+#: Options added after the first release, recorded only when set (earlier run directories still match).
+_LATE_OPTIONS = {"chat_template": None, "dtype": "auto", "compression": None}
 
 
 def check_settings(s: ForecastSettings) -> None:
@@ -112,6 +121,7 @@ def check_settings(s: ForecastSettings) -> None:
         raise InputError(f"{option('pca_dims')} must be >= 1, got {s.pca_dims}")
     if s.chat_template is not None:
         read_chat_template(s.chat_template)
+    check_storage(s.dtype, s.compression)
 
 
 def _finite(x):
@@ -145,9 +155,11 @@ def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: st
     dataset (name or resolved path) and a digest of the items used, the resolved checkpoint
     path and the model name.
     """
-    record = {k: v for k, v in asdict(settings).items()
-              if k != "overwrite" and (settings.in_domain or not k.startswith("in_domain"))
-              and (k != "chat_template" or v is not None)}
+    values = asdict(settings)
+    late = {k: values.pop(k) for k in _LATE_OPTIONS}
+    record = with_options({k: v for k, v in values.items()
+                           if k != "overwrite" and (settings.in_domain or not k.startswith("in_domain"))},
+                          _LATE_OPTIONS, late)
     record.update(dataset=dataset, items_sha256=_items_digest(items),
                   macro_ckpt=str(Path(macro_ckpt).resolve()), model=model)
     return OutputDir(out, "ret-forecast", record, files=FORECAST_FILES, overwrite=settings.overwrite)
@@ -223,7 +235,8 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
     raw_layer = raw[0]
     layers = layer_spec(dict.fromkeys(ret_layers + raw))
     trace_settings = TraceSettings(max_new_tokens=settings.max_new_tokens, pushbacks=settings.pushbacks,
-                                   seed=settings.seed, batch_size=settings.batch_size, overwrite=settings.overwrite)
+                                   seed=settings.seed, batch_size=settings.batch_size, dtype=settings.dtype,
+                                   compression=settings.compression, overwrite=settings.overwrite)
     if rank is not None and rank.rank != 0:  # rank 0 alone writes the run record and the results
         trace_dataset(items, out, loaded, layers, trace_settings, model_spec=model_spec, progress=progress, rank=rank)
         return None

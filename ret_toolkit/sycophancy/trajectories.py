@@ -46,7 +46,7 @@ from activation_cache import schema
 from activation_cache.annotate import add_meta
 from activation_cache.distributed import extract_distributed, shard_config
 from activation_cache.errors import InputError
-from activation_cache.extraction import ExtractConfig, extract, prepare, store_config
+from activation_cache.extraction import ExtractConfig, extract, prepare, resolved, store_config
 from activation_cache.ranks import Rank, barrier, require_torchrun
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.sycophancy.conversation import first_turn, second_turn_record
@@ -80,7 +80,8 @@ class TraceSettings:
             ``"all"``: every template for every item (more sequences per conversation).
         seed: pushback assignment seed.
         batch_size: sequences per traced batch.
-        dtype: storage dtype of hidden states.
+        dtype: storage dtype of hidden states (``auto``: see :mod:`activation_cache.dtype_choice`).
+        compression: HDF5 compression of the stores (None, ``lzf`` or ``gzip``).
         overwrite: re-trace a store that was extracted with another config (other items,
             model, layers, settings) instead of refusing it. A store with the same config
             is resumed or reused either way (greedy tracing would give the same sequences).
@@ -90,7 +91,8 @@ class TraceSettings:
     pushbacks: str = "seeded"
     seed: int = 0
     batch_size: int = 16
-    dtype: str = "float16"
+    dtype: str = "auto"
+    compression: str | None = None
     overwrite: bool = False
 
 
@@ -199,7 +201,8 @@ def _store_matches(cfg: ExtractConfig, loaded) -> bool:
             stored = schema.read_config(f)
     except (InputError, OSError, KeyError, ValueError):
         return False
-    return stored == store_config(cfg, loaded, prepare(cfg, loaded))
+    prep = prepare(cfg, loaded)
+    return stored == store_config(resolved(cfg, loaded, prep)[0], loaded, prep)
 
 
 def _extract(records: list[dict], out_dir: Path, name: str, loaded, model_spec: str | None, layers: str,
@@ -211,7 +214,8 @@ def _extract(records: list[dict], out_dir: Path, name: str, loaded, model_spec: 
     is traced and, when every rank returns, the merged store is at the same path.
     """
     cfg = ExtractConfig(prompts=records, out=str(out_dir / f"{name}.h5"), model=model_spec, layers=layers,
-                        generate=s.max_new_tokens, batch_size=s.batch_size, dtype=s.dtype, chat=True)
+                        generate=s.max_new_tokens, batch_size=s.batch_size, dtype=s.dtype, compression=s.compression,
+                        chat=True)
     mine = cfg if rank is None else shard_config(cfg, rank)
     if s.overwrite and Path(mine.out).exists() and not _store_matches(mine, loaded):
         log.info("%s: extraction config differs: re-tracing", mine.out)
