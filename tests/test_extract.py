@@ -18,7 +18,7 @@ from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from activation_cache.tracer import Tracer
 from file_checks import file_digests
-from tiny_models import ARCHS, EXPECTED, save_tiny_model
+from tiny_models import ARCHS, EXPECTED, saved_models
 
 PROMPTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -38,18 +38,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """tiny(arch) -> (model dir, LoadedModel, plain HF model, HF tokenizer), built once per arch."""
-    root = tmp_path_factory.mktemp("tiny-models")
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            path = save_tiny_model(arch, root / arch)
-            plain = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
-            tok = transformers.AutoTokenizer.from_pretrained(path)
-            cache[arch] = (path, load_model(str(path)), plain, tok)
-        return cache[arch]
-
-    return get
+    return saved_models(tmp_path_factory.mktemp("tiny-models"))
 
 
 @pytest.fixture

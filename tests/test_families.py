@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from activation_cache.arch import ArchInfo, find_architecture
 from activation_cache.extraction import ExtractConfig, extract
@@ -14,7 +13,7 @@ from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from ret_toolkit.macro import train
 from ret_toolkit.steering import SteeringVector, steer
-from tiny_models import EXPECTED, FAMILIES, save_tiny_model
+from tiny_models import EXPECTED, FAMILIES, saved_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -24,16 +23,8 @@ PROMPTS = ["What is 2 + 3?", "The quick brown fox jumps over the lazy dog.", "Ar
 
 @pytest.fixture(scope="module")
 def family(tmp_path_factory):
-    root = tmp_path_factory.mktemp("families")
-    cache = {}
-
-    def get(arch):
-        if arch not in cache:
-            path = save_tiny_model(arch, root / arch)
-            cache[arch] = (path, load_model(str(path)), transformers.AutoModelForCausalLM.from_pretrained(path).eval())
-        return cache[arch]
-
-    return get
+    """family(arch) -> (model dir, LoadedModel, plain HF model, HF tokenizer), built once per arch."""
+    return saved_models(tmp_path_factory.mktemp("families"))
 
 
 @torch.no_grad()
@@ -53,7 +44,7 @@ def hooked_block_outputs(model, ids: list[int]) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_discovery_and_extraction_equal_plain_hooks(family, arch, tmp_path):
-    path, loaded, plain = family(arch)
+    path, loaded, plain, _ = family(arch)
     assert loaded.arch == ArchInfo(**EXPECTED[arch])
     out = tmp_path / "s.h5"
     # batches of 3 with padding: what the store holds must not depend on the batch
@@ -71,7 +62,7 @@ def test_discovery_and_extraction_equal_plain_hooks(family, arch, tmp_path):
 
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_steering_moves_the_logits_and_a_zero_vector_does_not(family, arch):
-    _, loaded, _ = family(arch)
+    _, loaded, _, _ = family(arch)
     model = loaded.model
     ids = torch.tensor([loaded.tokenizer("What is 2 + 3?")["input_ids"]])
     with torch.no_grad():
@@ -88,7 +79,7 @@ def test_steering_moves_the_logits_and_a_zero_vector_does_not(family, arch):
 
 @pytest.mark.parametrize("arch", FAMILIES)
 def test_a_store_of_each_family_trains_a_ret_encoder(family, arch, tmp_path):
-    path, loaded, _ = family(arch)
+    path, loaded, _, _ = family(arch)
     out = tmp_path / "gen.h5"
     extract(ExtractConfig(prompts="reasoning", limit=24, out=str(out), model=str(path), layers="1", generate=6,
                           batch_size=8), loaded=loaded, progress=False)

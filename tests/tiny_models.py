@@ -151,3 +151,19 @@ def save_tiny_model(arch: str, path, seed: int = 0, chat_template: bool = True) 
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+def saved_models(root: Path):
+    """``get(arch) -> (model dir, LoadedModel, plain HF model, HF tokenizer)``, each saved and loaded once under ``root``."""
+    from activation_cache.models import load_model
+
+    cache = {}
+
+    def get(arch: str):
+        if arch not in cache:
+            path = save_tiny_model(arch, Path(root) / arch)
+            plain = transformers.AutoModelForCausalLM.from_pretrained(path).eval()
+            cache[arch] = (path, load_model(str(path)), plain, transformers.AutoTokenizer.from_pretrained(path))
+        return cache[arch]
+
+    return get
