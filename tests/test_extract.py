@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import transformers
 
 from activation_cache.errors import InputError, cli_words
 from activation_cache.extraction import ExtractConfig, extract, plan
 from activation_cache.layers import parse_layers
-from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from activation_cache.tracer import Tracer
 from file_checks import file_digests
