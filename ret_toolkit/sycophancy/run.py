@@ -242,6 +242,10 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
         return None
     with od:
         trace = trace_dataset(items, out, loaded, layers, trace_settings, model_spec=model_spec, progress=progress, rank=rank)
+        if not trace.store.exists():  # two-turn items, and not one first answer was right
+            raise InputError(f"{name}: none of the {len(items)} first answers was correct {trace.first_turn}, so there "
+                             f"is no pushback to forecast; use more items ({option('n_items')}) or a model that "
+                             "answers them (turn1.h5 is kept for a rerun)")
         counts = trace.summary()
         log.info("labels: %d kept (%d caved, %d held), %d excluded %s", counts["n_kept"], counts["n_positive"],
                  counts["n_negative"], counts["n_excluded"], {k: v for k, v in counts["exclusions"].items() if v})
