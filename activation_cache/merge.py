@@ -4,7 +4,9 @@ The token-axis datasets (``/tokens``, ``/generated``, ``/hidden/*``) of the
 merged file are views onto the shard files: nothing is copied, so merging
 terabytes takes milliseconds. Source paths are stored relative to the merged
 file, so the directory can be moved as a whole. Small per-sequence data
-(``/offsets``, ``/meta``) is copied.
+(``/offsets``, ``/meta``) is copied. The merged file records each shard's
+identity (:func:`~activation_cache.schema.shard_record`); the reader refuses it
+when a shard is missing beside it or is not the file it was merged from.
 """
 
 from __future__ import annotations
@@ -113,4 +115,8 @@ def _write_virtual_file(tmp: Path, out: Path, stores: list[TrajectoryStore]) -> 
         config["merged_from"] = [os.path.relpath(s.path.resolve(), out.resolve().parent) for s in stores]
         config["n_prompts"] = int(len(offsets) - 1)
         f.attrs["config_json"] = json.dumps(config, sort_keys=True)
+        # what the reader checks each shard against (schema.shard_record), so a moved, replaced
+        # or shrunken shard is refused rather than read as fill values or another file's data
+        f.attrs["merged_shards"] = json.dumps([{"path": p, **schema.shard_record(s.h5)}
+                                               for p, s in zip(config["merged_from"], stores)])
         f.attrs["n_committed"] = np.int64(len(offsets) - 1)

@@ -26,6 +26,8 @@ from typing import Any, Iterator, Sequence
 from activation_cache.errors import InputError, option
 
 MANIFEST = "ret_runs.json"
+#: Prefix of a run's staging folder: ``.staging-<pid>-<random>``.
+STAGING = ".staging-"
 
 
 @contextmanager
@@ -78,6 +80,18 @@ def _jsonable(x: Any) -> Any:
     if hasattr(x, "tolist"):
         return x.tolist()
     return str(x)
+
+
+def check_not_an_input(out: str | Path, inputs: dict[str, str | Path | None]) -> None:
+    """InputError if output ``out`` is one of a command's ``inputs`` ({option name: path}).
+
+    A command never writes over what it reads, ``overwrite`` or not.
+    """
+    out = Path(out).resolve()
+    for name, path in inputs.items():
+        if path is not None and Path(path).resolve() == out:
+            raise InputError(f"{out} is this command's {option(name)} as well as its output; "
+                             "choose another output path")
 
 
 def differing_keys(old: dict, new: dict, ignore: tuple[str, ...] = ()) -> list[str]:
@@ -157,7 +171,8 @@ class OutputDir:
         self.check()  # again: the directory may have changed since construction
         self._created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        self._stage = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.path))
+        _remove_stale_stages(self.path)
+        self._stage = Path(tempfile.mkdtemp(prefix=f"{STAGING}{os.getpid()}-", dir=self.path))
         self._staged = []
         return self
 
@@ -206,6 +221,24 @@ def with_options(record: dict, defaults: dict, values: dict) -> dict:
     return {**record, **{k: v for k, v in values.items() if v != defaults[k]}}
 
 
+def _remove_stale_stages(path: Path) -> None:
+    """Remove the staging folders that killed runs left in ``path`` (their process is gone)."""
+    for stage in path.glob(f"{STAGING}*"):
+        pid = stage.name[len(STAGING):].split("-")[0]
+        if stage.is_dir() and not (pid.isdigit() and _alive(int(pid))):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
 def _remove_if_empty(path: Path) -> None:
     try:
         path.rmdir()  # only an empty directory: what the run wrote into it directly (stores) stays
@@ -213,5 +246,5 @@ def _remove_if_empty(path: Path) -> None:
         pass
 
 
-__all__ = ["MANIFEST", "OutputDir", "atomic_path", "differing_keys", "normalise_settings", "with_options", "write_json",
+__all__ = ["MANIFEST", "OutputDir", "atomic_path", "check_not_an_input", "differing_keys", "normalise_settings", "with_options", "write_json",
            "write_text"]

@@ -50,7 +50,9 @@ class TrajectoryStore:
             self.dtype_choice: str | None = (schema.attr_str(attrs["dtype_choice"]) if "dtype_choice" in attrs
                                              else None)
             self.config: dict[str, Any] = schema.read_config(self.h5)
+            self._check_shards()
             self.refresh()
+            self._check_tokenizer_record()
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             self.h5.close()
             if isinstance(e, InputError):
@@ -70,9 +72,45 @@ class TrajectoryStore:
             self.h5.close()
             self.h5 = schema.open_h5(self.path, "r")
         self.n_sequences = int(self.h5.attrs["n_committed"])
+        if self.n_sequences < 0:
+            raise InputError(f"{self.path}: corrupt store: n_committed is {self.n_sequences}")
         self.offsets: np.ndarray = self.h5["offsets"][: self.n_sequences + 1].astype(np.int64)
+        schema.check_offsets(self.offsets, self.h5, self.path)
         self.n_tokens = int(self.offsets[-1])
         return self.n_sequences
+
+    def _check_tokenizer_record(self) -> None:
+        """A cheap look at ``/tokenizer`` (one JSON object as UTF-8 bytes); :attr:`tokenizer` parses it."""
+        if "tokenizer" not in self.h5:
+            return
+        ds = self.h5["tokenizer"]
+        if ds.ndim != 1 or ds.dtype != np.uint8 or ds.shape[0] < 2 or (ds[0], ds[-1]) != (ord("{"), ord("}")):
+            raise InputError(f"{self.path}: corrupt /tokenizer record (not a tokenizer's JSON)")
+
+    def _check_shards(self) -> None:
+        """A merged store opens only if each shard is beside it and is the file it was merged from."""
+        merged = self.config.get("merged_from")
+        if not merged:
+            return
+        # HDF5 looks for a shard beside the merged file first and then in the working
+        # directory: a shard missing here would be read from there, or as fill values.
+        base = self.path.absolute().parent
+        attrs = self.h5.attrs
+        records = json.loads(attrs["merged_shards"]) if "merged_shards" in attrs else [{"path": p} for p in merged]
+        for rec in records:
+            shard = base / rec["path"]
+            if not shard.is_file():
+                raise InputError(f"{self.path}: its shard {rec['path']} is missing (looked in {base}); "
+                                 "put the shard back beside the merged file, or merge again")
+            if len(rec) == 1:
+                continue  # merged before shard records existed: presence is all we can check
+            with schema.open_h5(shard, "r") as g:
+                schema.check_is_store(g, shard)
+                now = schema.shard_record(g)
+            differ = [k for k in now if rec.get(k) != now[k]]
+            if differ:
+                raise InputError(f"{self.path}: shard {shard} is not the file this store was merged from "
+                                 f"(differs in {', '.join(differ)}); merge the shards again")
 
     def __len__(self) -> int:
         return self.n_sequences
@@ -156,7 +194,11 @@ class TrajectoryStore:
             return None
         from tokenizers import Tokenizer
 
-        return Tokenizer.from_str(self.h5["tokenizer"][()].tobytes().decode())
+        try:
+            return Tokenizer.from_str(self.h5["tokenizer"][()].tobytes().decode())
+        except Exception as e:  # tokenizers raises its own Exception type
+            reason = " ".join(str(e).split())[:200] or type(e).__name__
+            raise InputError(f"{self.path}: corrupt /tokenizer record ({reason})") from None
 
     def decode_tokens(self, s: int, tokenizer: Any = None) -> list[str]:
         """Each token of sequence ``s`` as text (for trajectory views)."""

@@ -213,6 +213,35 @@ def check_is_store(f: h5py.File, path: str | Path) -> None:
         raise InputError(f"{path}: n_committed={n} but /offsets has {f['offsets'].shape[0]} rows (truncated?)")
 
 
+def check_offsets(offsets: np.ndarray, f: h5py.File, path: str | Path) -> None:
+    """InputError unless the committed ``offsets`` (S+1,) start at 0, never decrease and stay
+    within ``/tokens``, ``/generated`` and every ``/hidden/<layer>``."""
+    if len(offsets) == 0 or offsets[0] != 0:
+        raise InputError(f"{path}: corrupt store: /offsets does not start at 0")
+    steps = np.diff(offsets)
+    if (steps < 0).any():
+        s = int(np.argmax(steps < 0))
+        raise InputError(f"{path}: corrupt store: /offsets decrease at sequence {s} "
+                         f"({int(offsets[s])} -> {int(offsets[s + 1])})")
+    names = ["tokens", "generated"] + [f"hidden/{n}" for n in (f["hidden"] if "hidden" in f else ())]
+    for name in names:
+        if f[name].shape[0] < offsets[-1]:
+            raise InputError(f"{path}: corrupt store: the committed sequences need {int(offsets[-1])} rows "
+                             f"but /{name} has {f[name].shape[0]} (truncated?)")
+
+
+def shard_record(f: h5py.File) -> dict[str, Any]:
+    """What identifies one committed store: sequences, tokens, creation time and a hash of its config.
+
+    A merged store records this for each shard and opens only if every shard still matches.
+    """
+    import hashlib
+
+    n = int(f.attrs["n_committed"])
+    return {"n_sequences": n, "n_tokens": int(f["offsets"][n]), "created": attr_str(f.attrs["created"]),
+            "config_sha256": hashlib.sha256(attr_str(f.attrs["config_json"]).encode()).hexdigest()}
+
+
 def read_config(f: h5py.File) -> dict[str, Any]:
     """The extraction config stored in the ``config_json`` root attribute."""
     return json.loads(f.attrs["config_json"])

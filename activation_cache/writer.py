@@ -5,6 +5,11 @@ and only then advances the ``n_committed`` attribute and flushes again. The file
 is in SWMR mode, so a crash at any point (even ``kill -9``) leaves a file whose
 committed part is readable; reopening the same path with the same config
 resumes after the last committed sequence and overwrites the half-written tail.
+
+With ``overwrite`` the new store is written beside the old one, under
+:func:`staging_path`, and renamed over it only when the run completes: until
+then a failure or a kill leaves the old store byte-identical, and a rerun with
+``overwrite`` resumes the staged file.
 """
 
 from __future__ import annotations
@@ -137,6 +142,12 @@ def _string_column(f: h5py.File, name: str, n: int = 0) -> h5py.Dataset:
     return f.create_dataset(f"meta/{name}", (n,), maxshape=(None,), dtype=schema.STR_DTYPE, chunks=(1024,))
 
 
+def staging_path(path: str | Path) -> Path:
+    """Where ``overwrite`` builds the store that replaces ``path``: a hidden file beside it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.new")
+
+
 class StoreWriter:
     """Create, resume and append to a trajectory store.
 
@@ -145,22 +156,28 @@ class StoreWriter:
     committed part stays readable and a rerun resumes. A store this writer
     created and that holds nothing committed is removed on an exception, so a
     corrected rerun (other settings) is not refused by the failed run's empty file.
+
+    With ``overwrite`` the store is built at :func:`staging_path` (resumed
+    there if a killed run of the same config left it) and renamed over
+    ``path`` on a clean exit only; :attr:`path` is the file being written,
+    :attr:`target` the one the caller named.
     """
 
     def __init__(self, path: str | Path, spec: StoreSpec, *, overwrite: bool = False):
-        self.path = Path(path)
+        self.target = Path(path)
+        self.path = staging_path(self.target) if overwrite else self.target
         self.spec = spec
-        parent = self.path.resolve().parent
+        parent = self.target.resolve().parent
         if not parent.is_dir():
             raise InputError(f"output directory does not exist: {parent}")
-        if self.path.is_dir():
-            raise InputError(f"{option('out')} is a directory, expected a file path: {self.path}")
+        if self.target.is_dir():
+            raise InputError(f"{option('out')} is a directory, expected a file path: {self.target}")
         self.resumed = False
         self._created = False
-        self._lock = StoreLock(self.path)
+        self._lock = StoreLock(self.target)
         try:
-            if self.path.exists() and overwrite:
-                self.path.unlink()
+            if overwrite and self.path.exists() and not self._resumable():
+                self.path.unlink()  # a staged store of other settings: start this one afresh
             if self.path.exists():
                 self._f = self._open_existing()
                 self.resumed = True
@@ -244,6 +261,15 @@ class StoreWriter:
             f.attrs[k] = v
         f.flush()
         return f
+
+    def _resumable(self) -> bool:
+        """Whether the file at :attr:`path` is a store of this config (read only; False if unreadable)."""
+        try:
+            with schema.open_h5(self.path, "r") as f:
+                schema.check_is_store(f, self.path)
+                return json.loads(f.attrs["config_json"]) == self.spec.config
+        except (InputError, OSError, KeyError, ValueError):
+            return False
 
     def _check_existing(self) -> None:
         """Refuse a store with another config by reading it only, so a refusal changes no byte."""
@@ -348,35 +374,39 @@ class StoreWriter:
 
     # ----------------------------------------------------------------- close
     def close(self, trim: bool = True, discard: bool = False) -> None:
-        """Close the file; with ``trim`` shrink every dataset to the committed size; with ``discard``
-        remove it (under the lock, so no other writer can open it in between)."""
+        """Close the file; with ``trim`` shrink every dataset to the committed size (and move a
+        staged store over :attr:`target`); with ``discard`` remove it. Both under the lock, so no
+        other writer can open the file in between."""
         if self._f is None:
             return
         f, self._f = self._f, None
-        if discard:
-            if not self._failed:  # closing a failed file would retry its writes (see StoreWriteError)
-                f.close()
-            self.path.unlink(missing_ok=True)
-            self._lock.close()
-            return
-        self._lock.close()  # the kernel drops the flock with the descriptor
-        if self._failed:
-            return  # closing would retry the failed writes (see StoreWriteError)
-        self._ds.clear()
-        trimmed = not trim
         try:
-            if trim:
-                # Trim through the open SWMR handle: reopening the file would fail
-                # while a SWMR reader still has it open (it holds a file lock).
-                _trim(f, self._n_seq, self._n_tok)
-                trimmed = True
-        except (OSError, RuntimeError, ValueError):
-            pass  # HDF5 builds that refuse to shrink in SWMR mode: reopen below
+            if discard:
+                if not self._failed:  # closing a failed file would retry its writes (see StoreWriteError)
+                    f.close()
+                self.path.unlink(missing_ok=True)
+                return
+            if self._failed:
+                return  # closing would retry the failed writes (see StoreWriteError)
+            self._ds.clear()
+            trimmed = not trim
+            try:
+                if trim:
+                    # Trim through the open SWMR handle: reopening the file would fail
+                    # while a SWMR reader still has it open (it holds a file lock).
+                    _trim(f, self._n_seq, self._n_tok)
+                    trimmed = True
+            except (OSError, RuntimeError, ValueError):
+                pass  # HDF5 builds that refuse to shrink in SWMR mode: reopen below
+            finally:
+                f.close()
+            if not trimmed:
+                with schema.open_h5(self.path, "a") as g:
+                    _trim(g, self._n_seq, self._n_tok)
+            if trim and self.path != self.target:
+                os.replace(self.path, self.target)  # complete: the old store goes only now
         finally:
-            f.close()
-        if not trimmed:
-            with schema.open_h5(self.path, "a") as g:
-                _trim(g, self._n_seq, self._n_tok)
+            self._lock.close()
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -400,4 +430,4 @@ def _trim(f: h5py.File, n_seq: int, n_tok: int) -> None:
     f.visititems(visit)
 
 
-__all__ = ["Batch", "StoreSpec", "StoreWriteError", "StoreWriter"]
+__all__ = ["Batch", "StoreSpec", "StoreWriteError", "StoreWriter", "staging_path"]

@@ -71,7 +71,8 @@ def run_demo(out: str | Path, quick: bool = False, model_spec: str | None = None
     Rerunning with the same settings resumes the extraction and retrains. A
     directory that holds a demo run with other settings (``--quick`` vs the
     full run, another model) is refused before anything is written, unless
-    ``overwrite``: then its store and ``runs/`` are replaced.
+    ``overwrite``: then its store and ``runs/`` are replaced once the new run
+    has succeeded (a failed or killed one leaves them as they were).
     """
     from activation_cache.models import load_model
     from ret_toolkit.macro.pipeline import build_macrostates
@@ -95,9 +96,9 @@ def run_demo(out: str | Path, quick: bool = False, model_spec: str | None = None
                         generate=s.generate, batch_size=s.batch_size, chat=True, chat_template=chat_template,
                         dtype=dtype, compression=compression, overwrite=overwrite)
     runs = out / "runs"
+    # --overwrite: earlier training runs go only once this run has succeeded
+    earlier = sorted(runs.glob("*/version_*")) if overwrite else []
     with od:
-        if overwrite and runs.is_dir():
-            shutil.rmtree(runs)
         r = extract(cfg, loaded=loaded, progress=progress)
         log.info("   %d sequences, %d tokens -> %s", r.n_sequences, r.n_tokens, store)
 
@@ -109,5 +110,7 @@ def run_demo(out: str | Path, quick: bool = False, model_spec: str | None = None
         res.metrics["demo"] = {"quick": quick, "settings": asdict(s), "seconds": time.perf_counter() - t0,
                                "checkpoint": str(res.checkpoint)}
         write_json(od.stage("metrics.json"), res.metrics)
+    for run in earlier:
+        shutil.rmtree(run, ignore_errors=True)
     log.info("done in %.0f s: %s, %s", time.perf_counter() - t0, out / "report.html", out / "metrics.json")
     return res.metrics

@@ -110,3 +110,39 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path, batching):
         assert s.meta_fields == r.meta_fields
         assert s.config == r.config
         assert int(s.h5["generated"][:].sum()) > 0
+
+
+def test_kill_9_during_overwrite_keeps_the_old_store_and_the_rerun_resumes_the_new_one(tmp_path):
+    """``--overwrite`` builds the new store beside the old one: a kill leaves the old one byte-identical."""
+    import hashlib
+
+    from activation_cache.writer import staging_path
+
+    model = save_tiny_model("llama", tmp_path / "tiny-llama")
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i:03d}", "text": f"What is {i} + {2 * i}? " * (1 + i % 3)})
+                               + "\n" for i in range(N_PROMPTS)))
+    out = tmp_path / "store.h5"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    base = [RET_EXTRACT, "--model", str(model), "--prompts", str(prompts), "--out", str(out), "--quiet"]
+    subprocess.run(base + ["--limit", "3"], env=env, check=True, capture_output=True, timeout=300)
+    old = hashlib.sha256(out.read_bytes()).hexdigest()
+
+    cmd = base + ["--generate", "8", "--batch-size", "2", "--overwrite"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = _wait_for_commit(staging_path(out), proc)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    assert seen > 0 and hashlib.sha256(out.read_bytes()).hexdigest() == old  # the old store, untouched
+    with open_store(out) as s:
+        assert s.n_sequences == 3
+
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)  # the same command again
+    assert p.returncode == 0, p.stderr
+    assert "resumed" in p.stdout and f"{N_PROMPTS} sequences" in p.stdout
+    assert not staging_path(out).exists()
+    with open_store(out) as s:
+        assert s.n_sequences == N_PROMPTS and s.config["generate"] == 8
+        assert s.meta_column("prompt_id") == [f"q{i:03d}" for i in range(N_PROMPTS)]

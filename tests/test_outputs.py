@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -43,6 +44,25 @@ def test_output_dir_failed_run_leaves_earlier_outputs_and_no_staging(tmp_path):
             write_json(od.stage("a.json"), {"x": 2})
             raise RuntimeError("boom")
     assert file_digests(out) == before and sorted(p.name for p in out.iterdir()) == ["a.json", MANIFEST]
+
+
+def test_output_dir_removes_the_staging_folders_of_killed_runs_only(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    with OutputDir(out, "cmd", {"k": 1}, files=["a.json"]) as od:
+        write_json(od.stage("a.json"), {"x": 1})
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = out / f".staging-{int(dead.stdout)}-abc"  # a run killed mid-write left this
+    (killed / "big").mkdir(parents=True)
+    (killed / "big" / "macrostates.h5").write_bytes(b"x" * 1000)
+    running = out / f".staging-{os.getpid()}-xyz"  # a run still going (this process)
+    running.mkdir()
+    with OutputDir(out, "cmd", {"k": 1}, files=["a.json"]) as od:
+        write_json(od.stage("a.json"), {"x": 2})
+    assert not killed.exists() and running.is_dir()
+    assert json.loads((out / "a.json").read_text()) == {"x": 2}
 
 
 def test_output_dir_refuses_foreign_files_a_file_path_and_a_bad_record(tmp_path):

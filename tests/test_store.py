@@ -19,7 +19,7 @@ from activation_cache.errors import InputError, cli_words
 from activation_cache.h5clear import clear_status_flags, lookup3
 from activation_cache.merge import merge_shards
 from activation_cache.reader import open_store
-from activation_cache.writer import Batch, StoreSpec, StoreWriter
+from activation_cache.writer import Batch, StoreSpec, StoreWriter, staging_path
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -302,6 +302,49 @@ def test_different_config_refused_unless_overwrite(tmp_path):
         assert s.n_sequences == 0 and s.config["run"] == 2
 
 
+def _sha(path):
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def test_overwrite_replaces_only_when_complete_and_resumes_its_staged_store(tmp_path):
+    rng = np.random.default_rng(7)
+    path = tmp_path / "o.h5"
+    old = make_batch(rng, [4, 5, 3])
+    with StoreWriter(path, make_spec(config={"run": 1, "layers": "all"})) as w:
+        w.append(old)
+    before = _sha(path)
+    new1, new2 = make_batch(rng, [2, 6], first_id=10), make_batch(rng, [3], first_id=12)
+    spec2 = make_spec(config={"run": 2, "layers": "all"})
+    # A run that fails before committing anything: the old store is untouched, nothing is staged.
+    with pytest.raises(RuntimeError), StoreWriter(path, spec2, overwrite=True):
+        raise RuntimeError("boom")
+    assert _sha(path) == before and not staging_path(path).exists()
+    # A run that commits one batch and then fails: the old store is untouched, the new one is staged.
+    with pytest.raises(RuntimeError), StoreWriter(path, spec2, overwrite=True) as w:
+        assert w.path == staging_path(path) and w.target == path
+        w.append(new1)
+        raise RuntimeError("killed")
+    assert _sha(path) == before and staging_path(path).exists()
+    assert_store_equals(path, expected_rows([old]))
+    # The rerun resumes the staged store and swaps it in when it completes.
+    with StoreWriter(path, spec2, overwrite=True) as w:
+        assert w.resumed and w.n_committed == 2
+        w.append(new2)
+    assert not staging_path(path).exists() and not path.with_name("o.h5.lock").exists()
+    assert_store_equals(path, expected_rows([new1, new2]))
+    # A staged store of other settings is not resumed: it is started afresh.
+    with pytest.raises(RuntimeError), StoreWriter(path, make_spec(config={"run": 3, "layers": "all"}),
+                                                  overwrite=True) as w:
+        w.append(new1)
+        raise RuntimeError("killed")
+    with StoreWriter(path, make_spec(config={"run": 4, "layers": "all"}), overwrite=True) as w:
+        assert not w.resumed and w.n_committed == 0
+    with open_store(path) as s:
+        assert s.n_sequences == 0 and s.config["run"] == 4
+
+
 def test_output_path_errors(tmp_path):
     with pytest.raises(InputError, match="output directory does not exist"):
         StoreWriter(tmp_path / "missing" / "x.h5", make_spec())
@@ -581,6 +624,59 @@ def test_merge_shards_equals_single_extraction_and_survives_a_move(shard_setup, 
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     _assert_same_content(_content(moved / "merged.h5"), single)
+
+
+def test_merged_store_whose_shard_is_missing_or_replaced_does_not_open(shard_setup, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    shards = [Path(shutil.copy(p, run)) for p in shard_setup["shards"]]
+    merged = merge_shards(run / "merged.h5", shards)
+    # A shard moved away, and a decoy of the same name in the working directory: HDF5 would
+    # read the decoy (or fill values); the store refuses to open instead.
+    (tmp_path / "cwd").mkdir()
+    shutil.copy(shard_setup["odd"], tmp_path / "cwd" / "shard1.h5")
+    monkeypatch.chdir(tmp_path / "cwd")
+    shutil.move(shards[1], tmp_path / "away.h5")
+    with pytest.raises(InputError, match=r"its shard shard1\.h5 is missing \(looked in .*run\)") as err:
+        open_store(merged)
+    assert "\n" not in str(err.value)
+    # Another file under the shard's name (same layout, other data): refused, naming what differs.
+    shutil.copy(shard_setup["shards"][0], shards[1])
+    with pytest.raises(InputError, match=r"shard .*shard1\.h5 is not the file this store was merged from "
+                                         r"\(differs in .*config_sha256.*\); merge the shards again"):
+        open_store(merged)
+    shutil.copy(tmp_path / "away.h5", shards[1])  # the right shard back: it opens and reads as before
+    _assert_same_content(_content(merged), _content(shard_setup["single"]))
+
+
+def test_store_with_broken_offsets_or_tokenizer_does_not_open(shard_setup, tmp_path):
+    def broken(name, edit):
+        path = Path(shutil.copy(shard_setup["single"], tmp_path / name))
+        with h5py.File(path, "a") as f:
+            edit(f)
+        return path
+
+    def swap_offsets(f):
+        o = f["offsets"][:]
+        o[2], o[3] = o[3], o[2]
+        f["offsets"][:] = o
+
+    def beyond_data(f):
+        f["offsets"][-1] = f["tokens"].shape[0] + 5
+
+    def garbage_tokenizer(f):
+        del f["tokenizer"]
+        f.create_dataset("tokenizer", data=np.frombuffer(b"\x00garbage", np.uint8))
+
+    for name, edit, match in [("order.h5", swap_offsets, r"/offsets decrease at sequence 2"),
+                              ("beyond.h5", beyond_data, r"need \d+ rows but /tokens has \d+"),
+                              ("tok.h5", garbage_tokenizer, r"corrupt /tokenizer record"),
+                              ("neg.h5", lambda f: f.attrs.__setitem__("n_committed", np.int64(-3)),
+                               "n_committed is -3")]:
+        path = broken(name, edit)
+        with pytest.raises(InputError, match=match) as err:
+            open_store(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
 
 
 def test_merge_refuses_bad_shard_sets(shard_setup, tmp_path):

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from activation_cache.errors import InputError, option
-from activation_cache.outputs import atomic_path, differing_keys, normalise_settings
+from activation_cache.outputs import atomic_path, check_not_an_input, differing_keys, normalise_settings
 from activation_cache.reader import TrajectoryStore
 from activation_cache.schema import open_h5
 from ret_toolkit.checkpoint import load_checkpoint
@@ -95,7 +95,13 @@ def encode_store_blocks(
     ds = StoreBlocks(store_path, block, anchors)
     loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate_cells)
     module = module.eval()
-    out = [module.codes(b).cpu().numpy() for b in tqdm(loader, desc="vq codes", unit="batch", disable=not progress)]
+    out = []
+    for b in tqdm(loader, desc="vq codes", unit="batch", disable=not progress):
+        finite = torch.isfinite(b["cells"]).flatten(1).all(1)
+        if not finite.all():  # a NaN block would otherwise get a code like any other
+            s, t = anchors[int(b["index"][int(torch.argmin(finite.int()))])]
+            raise InputError(f"{store_path}: non-finite hidden states in the block of sequence {s} at token {t}")
+        out.append(module.codes(b).cpu().numpy())
     return (np.concatenate(out) if out else np.zeros(0, np.int64)), anchors
 
 
@@ -127,6 +133,7 @@ def check_codes_out(path: str | Path, settings: dict, overwrite: bool = False) -
     the same ``settings``. Nothing is written.
     """
     path = Path(path)
+    check_not_an_input(path, {"store": settings.get("store"), "ckpt": settings.get("checkpoint")})
     if not path.resolve().parent.is_dir():
         raise InputError(f"output directory does not exist: {path.resolve().parent}")
     if path.is_dir():
