@@ -181,18 +181,21 @@ class ConcatChunked(ConcatDataset):
 
 
 def standardization_stats(
-    path: str | Path, layers: Sequence[int | str], sequences: Sequence[int] | None = None
+    path: str | Path, layers: Sequence[int | str], sequences: Sequence[int] | None = None,
+    check_sequences: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature mean and std over the chosen sequences' tokens, float32 (D * len(layers),) each.
 
     One streaming pass in chunk-sized blocks, accumulated in float64. Raises
-    InputError if there are no tokens or a value is not finite.
+    InputError if there are no tokens or a value is not finite, in ``sequences``
+    or in ``check_sequences`` (e.g. the validation split, read in the same pass).
     """
     with TrajectoryStore(path) as store:
         names = [store.check_layer(x) for x in layers]
         rows = sequence_rows(store.offsets, sequences)
         if not rows.any():
             raise InputError(f"{path}: no tokens to compute standardisation statistics from (empty store or split)")
+        checked = rows | sequence_rows(store.offsets, check_sequences) if check_sequences is not None else rows
         means, stds = [], []
         for name in names:
             ds = store.hidden_dataset(name)
@@ -201,13 +204,17 @@ def standardization_stats(
             s2 = np.zeros(ds.shape[1], np.float64)
             for lo in range(0, store.n_tokens, step):
                 hi = min(lo + step, store.n_tokens)
-                m = rows[lo:hi]
-                if not m.any():
+                need = checked[lo:hi]
+                if not need.any():
                     continue
-                x = ds[lo:hi][m].astype(np.float64)
-                if not np.isfinite(x).all():
-                    bad = lo + int(np.argwhere(~np.isfinite(x).all(1))[0, 0])
-                    raise InputError(f"{path}: non-finite hidden state in /hidden/{name} near token row {bad}")
+                block = ds[lo:hi]
+                finite = np.isfinite(block[need]).all(1)
+                if not finite.all():
+                    bad = lo + int(np.flatnonzero(need)[np.argmin(finite)])
+                    seq = int(np.searchsorted(store.offsets, bad, side="right")) - 1
+                    raise InputError(f"{path}: non-finite hidden state in /hidden/{name} at token row {bad} "
+                                     f"(sequence {seq})")
+                x = block[rows[lo:hi]].astype(np.float64)
                 s1 += x.sum(0)
                 s2 += (x * x).sum(0)
             n = rows.sum()

@@ -26,6 +26,7 @@ from activation_cache.batching import Window, pad_rows, padding_share, plan_wind
 from activation_cache.errors import InputError, option
 from activation_cache.layers import parse_layers
 from activation_cache.models import LoadedModel, load_model, use_chat_template
+from activation_cache.outputs import check_not_an_input
 from activation_cache.pipeline import (
     BackgroundWriter,
     HostBatch,
@@ -40,7 +41,7 @@ from activation_cache.prompts import (
     read_chat_template,
     render_prompt,
 )
-from activation_cache.tracer import Sampling, Traced, Tracer
+from activation_cache.tracer import Sampling, Traced, Tracer, check_sampling
 from activation_cache.writer import Batch, StoreSpec, StoreWriter
 
 log = logging.getLogger(__name__)
@@ -135,6 +136,9 @@ class ExtractConfig:
             raise InputError(f"{option('max_tokens')} must be >= 1, got {self.max_tokens}")
         if not 0 <= self.shard_index < self.num_shards:
             raise InputError(f"{option('shard_index')} {self.shard_index} is not in 0..{self.num_shards - 1} ({option('num_shards')} {self.num_shards})")
+        check_sampling(temperature=self.temperature, top_p=self.top_p)
+        if isinstance(self.prompts, (str, Path)):
+            check_not_an_input(self.out, {"prompts": self.prompts})
         check_storage(self.dtype, self.compression)
         if self.chat_template is not None:
             read_chat_template(self.chat_template)
@@ -197,19 +201,32 @@ def prepare(cfg: ExtractConfig, loaded: LoadedModel) -> Prepared:
         raise InputError(f"shard {cfg.shard_index} of {cfg.num_shards} gets no prompts from "
                          f"{cfg.prompts if isinstance(cfg.prompts, (str, Path)) else 'the in-memory prompts'}")
     layers = parse_layers(cfg.layers, loaded.arch.n_layers, embed=cfg.embed)
+    max_tokens, why = prompt_budget(cfg, loaded)
     ids, truncated = [], []
     for p in prompts:
         row = _tokenise(p, loaded.tokenizer, cfg)
-        if len(row) > cfg.max_tokens:
+        if len(row) > max_tokens:
             truncated.append(p.prompt_id)
-        ids.append(row[: cfg.max_tokens])
+        ids.append(row[:max_tokens])
     if truncated:
         shown = ", ".join(truncated[:10]) + (f" and {len(truncated) - 10} more" if len(truncated) > 10 else "")
-        log.warning("truncated %d prompt(s) to %s %d: %s", len(truncated), option("max_tokens"), cfg.max_tokens, shown)
+        log.warning("truncated %d prompt(s) to %d tokens (%s): %s", len(truncated), max_tokens, why, shown)
     batching = dict(batch_size=cfg.batch_size, batch_tokens=cfg.batch_tokens, generate=cfg.generate,
                     window_tokens=window_tokens(cfg, len(layers), loaded.arch.d_model))
     probe = ids[0] if first is prompts[0] else _tokenise(first, loaded.tokenizer, cfg)[: cfg.max_tokens]
     return Prepared(prompts, ids, layers, meta_fields, truncated, batching, probe)
+
+
+def prompt_budget(cfg: ExtractConfig, loaded: LoadedModel) -> tuple[int, str]:
+    """``(tokens, why)``: the longest prompt a sequence may keep, ``max_tokens`` or less so that
+    prompt plus ``generate`` fits the model's context (``max_position_embeddings``)."""
+    context = getattr(getattr(loaded.model, "config", None), "max_position_embeddings", None)
+    if not isinstance(context, int) or cfg.max_tokens + cfg.generate <= context:
+        return cfg.max_tokens, f"{option('max_tokens')} {cfg.max_tokens}"
+    if cfg.generate >= context:
+        raise InputError(f"{option('generate')} {cfg.generate} leaves no room for a prompt in the context of "
+                         f"{loaded.name} ({context} tokens)")
+    return context - cfg.generate, f"the model's context of {context} tokens less {option('generate')} {cfg.generate}"
 
 
 def _tokenise(p: Prompt, tok, cfg: ExtractConfig) -> list[int]:

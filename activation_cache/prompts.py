@@ -224,8 +224,42 @@ def _parse_record(rec, stem: str, lineno: int, where: str) -> Prompt:
             raise InputError(f'{where}: "text" must be a non-empty string')
     else:
         messages = _check_messages(rec["messages"], where)
-    return Prompt(prompt_id=_prompt_id(rec, stem, lineno, where), text=text,
-                  messages=messages, meta=_meta(rec), source=where)
+    prompt = Prompt(prompt_id=_prompt_id(rec, stem, lineno, where), text=text,
+                    messages=messages, meta=_meta(rec), source=where)
+    _check_storable(prompt, where)
+    return prompt
+
+
+def _check_storable(prompt: Prompt, where: str) -> None:
+    """InputError naming the prompt and field if a string cannot go into the store.
+
+    HDF5 stores UTF-8 strings that end at a NUL, and a lone surrogate (which JSON's
+    ``\\udXXX`` escapes can produce) has no UTF-8 form: such input is refused, not altered.
+    Field names become ``/meta/<field>`` datasets, so they may not hold ``/`` either.
+    """
+    fields = [("id", prompt.prompt_id), ("text", prompt.text or "")]
+    fields += [(f"messages[{i}].content", m["content"]) for i, m in enumerate(prompt.messages or ())]
+    fields += [(name, value) for name, value in prompt.meta.items()]
+    for name in prompt.meta:
+        if not name.strip() or "/" in name or name == "." or _unstorable(name):
+            raise InputError(f"{where}: prompt {prompt.prompt_id!r} has a field named {name!r}; field names "
+                             "must be non-empty, without '/', NUL characters or lone surrogates")
+    for name, value in fields:
+        bad = _unstorable(value)
+        if bad:
+            raise InputError(f"{where}: prompt {prompt.prompt_id!r}: field {name!r} contains {bad}, "
+                             "which HDF5 strings cannot hold; remove it from the input")
+
+
+def _unstorable(text: str) -> str | None:
+    """What in ``text`` HDF5 cannot store as UTF-8 ("a NUL character", "a lone surrogate"), or None."""
+    if "\x00" in text:
+        return "a NUL character (\\u0000)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"a lone surrogate (\\u{ord(text[e.start]):04x})"
+    return None
 
 
 def prompts_from_records(records: Sequence[str | dict | Prompt], name: str = "prompts") -> list[Prompt]:
@@ -240,10 +274,12 @@ def prompts_from_records(records: Sequence[str | dict | Prompt], name: str = "pr
         where = f"{name}[{i}]"
         if isinstance(rec, Prompt):
             prompt = rec
+            _check_storable(prompt, where)
         elif isinstance(rec, str):
             if not rec.strip():
                 raise InputError(f"{where}: empty prompt")
             prompt = Prompt(prompt_id=f"{name}:{i + 1}", text=rec, messages=None, meta={}, source=where)
+            _check_storable(prompt, where)
         else:
             prompt = _parse_record(rec, name, i + 1, where)
         if prompt.prompt_id in first_seen:

@@ -19,6 +19,7 @@ import nnsight
 import torch
 
 from activation_cache.devices import input_device
+from activation_cache.errors import InputError, option
 from activation_cache.models import LoadedModel
 from activation_cache.schema import EMBED, layer_name
 
@@ -31,6 +32,25 @@ class Sampling:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_sampling(temperature=self.temperature, top_p=self.top_p)
+
+
+def check_sampling(temperature: float | None = None, top_p: float | None = None, top_k: int | None = None) -> None:
+    """InputError (one line) unless each given sampling value is one ``generate`` can use.
+
+    temperature: finite and > 0; top_p: in (0, 1]; top_k: an integer >= 0 (0 = off).
+    ``None`` is "not set" and always accepted.
+    """
+    import math
+
+    if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+        raise InputError(f"{option('temperature')} must be a finite number > 0, got {temperature}")
+    if top_p is not None and not (0 < top_p <= 1):  # NaN fails both comparisons
+        raise InputError(f"{option('top_p')} must be in (0, 1], got {top_p}")
+    if top_k is not None and (isinstance(top_k, float) or top_k < 0):
+        raise InputError(f"{option('top_k')} must be an integer >= 0, got {top_k}")
 
 
 @dataclass

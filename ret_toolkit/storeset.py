@@ -84,10 +84,13 @@ class StoreSet:
         return cls(paths, model, d_model, n_layers, available, [i[4] for i in infos], splits)
 
     def train_standardization(self, layer_names: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token-weighted mean/std over the training sequences of all stores, (len(layers) * D,) each."""
+        """Token-weighted mean/std over the training sequences of all stores, (len(layers) * D,) each.
+
+        InputError if a training or validation sequence holds a non-finite value."""
         total, s1, s2 = 0, 0.0, 0.0
-        for path, (train, _) in zip(self.paths, self.splits):
-            mean, std = standardization_stats(path, layer_names, train)
+        for path, (train, val) in zip(self.paths, self.splits):
+            # the validation split is checked for NaN/inf in the same pass (it is not used for the statistics)
+            mean, std = standardization_stats(path, layer_names, train, check_sequences=val)
             with TrajectoryStore(path) as st:
                 n = int(st.lengths()[train].sum())
             total += n

@@ -237,6 +237,24 @@ def test_max_tokens_truncates_with_warning_naming_prompts(tiny, tmp_path, caplog
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
+def test_prompts_longer_than_the_context_are_cut_to_it_with_a_line(tiny, tmp_path, caplog):
+    path, loaded, _, tok = tiny("llama")
+    context = loaded.model.config.max_position_embeddings
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "huge", "text": "one two three " * context}) + "\n")
+    out = tmp_path / "t.h5"
+    with caplog.at_level(logging.WARNING, logger="activation_cache.extraction"):
+        extract(ExtractConfig(prompts=str(prompts), out=str(out), model=str(path), max_tokens=10 * context,
+                              generate=3, layers="0"), loaded=loaded, progress=False)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "huge" in warnings[0] and f"context of {context} tokens" in warnings[0]
+    with open_store(out) as s:
+        assert len(s.tokens(0)) <= context and int((~s.generated(0)).sum()) == context - 3
+    with pytest.raises(InputError, match=f"leaves no room for a prompt in the context .*{context} tokens"):
+        extract(ExtractConfig(prompts=str(prompts), out=str(tmp_path / "u.h5"), model=str(path), generate=context,
+                              layers="0"), loaded=loaded, progress=False)
+
+
 def test_chat_prompts_go_through_the_template(tiny, tmp_path):
     path, loaded, _, tok = tiny("llama")
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2 + 3?"}]
@@ -415,14 +433,19 @@ def test_config_validation_errors(tiny, tmp_path, txt_prompts):
     cases = [({"batch_size": 0}, "--batch-size", "batch_size"), ({"generate": -1}, "--generate", "generate"),
              ({"max_tokens": 0}, "--max-tokens", "max_tokens"),
              ({"num_shards": 2, "shard_index": 2}, "--shard-index 2", "shard_index 2"),
-             ({"dtype": "int8"}, "--dtype", "dtype"), ({"compression": "zip"}, "--compression", "compression")]
+             ({"dtype": "int8"}, "--dtype", "dtype"), ({"compression": "zip"}, "--compression", "compression"),
+             ({"sample": True, "temperature": float("nan")}, "--temperature", "temperature"),
+             ({"temperature": -1.0}, "--temperature", "temperature"),
+             ({"temperature": float("inf")}, "--temperature", "temperature"),
+             ({"top_p": 1.5}, "--top-p", "top_p"), ({"top_p": 0.0}, "--top-p", "top_p"),
+             ({"out": str(txt_prompts)}, "--prompts", "prompts")]
     for kw, flag, keyword in cases:
         # Python callers read the keyword they passed; a console command names its flag.
         with pytest.raises(InputError, match=keyword) as err:
-            extract(ExtractConfig(**base, **kw), loaded=loaded, progress=False)
+            extract(ExtractConfig(**{**base, **kw}), loaded=loaded, progress=False)
         assert "--" not in str(err.value)
         with cli_words(), pytest.raises(InputError, match=flag.replace("-", r"\-")):
-            extract(ExtractConfig(**base, **kw), loaded=loaded, progress=False)
+            extract(ExtractConfig(**{**base, **kw}), loaded=loaded, progress=False)
     assert not Path(base["out"]).exists()
 
 

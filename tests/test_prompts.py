@@ -131,6 +131,14 @@ def test_bad_utf8(tmp_path):
     ('{"messages": [{"role": "user", "content": 3}]}', "content"),
     ('{"id": [1], "text": "x"}', '"id"'),
     ('{"id": "", "text": "x"}', '"id"'),
+    # strings HDF5 cannot hold: refused with the prompt id and the field
+    ('{"id": "q7", "text": "a\\u0000b"}', "'q7': field 'text' contains a NUL character"),
+    ('{"id": "a\\u0000", "text": "x"}', "field 'id' contains a NUL character"),
+    ('{"id": "q7", "text": "x", "note": "\\ud800"}', "'q7': field 'note' contains a lone surrogate (\\ud800)"),
+    ('{"id": "q7", "text": "\\udfff"}', "field 'text' contains a lone surrogate"),
+    ('{"id": "q7", "messages": [{"role": "user", "content": "\\u0000"}]}', "field 'messages[0].content'"),
+    ('{"id": "q7", "text": "x", "a/b": "y"}', "field named 'a/b'"),
+    ('{"id": "q7", "text": "x", "": "y"}', "field named ''"),
 ])
 def test_bad_record_names_file_and_line(tmp_path, bad, fragment):
     p = jsonl(tmp_path / "r.jsonl", {"text": "good"}, bad)

@@ -13,6 +13,7 @@ import torch
 from activation_cache.data import ConcatChunked, TokenWindows
 from activation_cache.errors import InputError
 from activation_cache.layers import select_layers
+from ret_toolkit.hparams import check_hparams
 from ret_toolkit.storeset import StoreDataModule, StoreSet
 
 
@@ -49,6 +50,8 @@ class TrajectoryDataModule(StoreDataModule):
         sequences: list[int] | None = None,
     ):
         super().__init__()
+        check_hparams("data", locals(), {"window": "count", "max_horizon": "count", "batch_size": "count",
+                                         "val_fraction": "fraction", "stride": "count", "num_workers": "index"})
         self.save_hyperparameters()
         self.store_set = StoreSet.open(stores, val_fraction, split_seed, sequences)
         self.stores, self.splits = self.store_set.paths, self.store_set.splits

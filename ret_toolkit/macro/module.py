@@ -28,6 +28,7 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from activation_cache.errors import InputError
+from ret_toolkit.hparams import check_hparams
 from ret_toolkit.macro.encoder import (
     CausalWindowEncoder,
     HorizonPredictor,
@@ -112,10 +113,13 @@ class RETModule(pl.LightningModule):
         source_layers: str = "",
     ):
         super().__init__()
-        if window < 1 or max_horizon < 1 or z_dim < 1 or d_input < 1:
-            raise ValueError("d_input, window, z_dim and max_horizon must all be >= 1")
-        if not 0.0 <= ema_start <= ema_end <= 1.0:
-            raise ValueError(f"need 0 <= ema_start <= ema_end <= 1, got {ema_start}, {ema_end}")
+        check_hparams("model", locals(), {
+            "d_input": "count", "window": "count", "z_dim": "count", "hidden": "count", "max_horizon": "count",
+            "predictor_hidden": "count", "ema_start": "unit", "ema_end": "unit", "lr": "positive",
+            "weight_decay": "non_negative", "var_weight": "non_negative", "cov_weight": "non_negative",
+            "collapse_threshold": "non_negative", "rank_samples": "count"})
+        if ema_start > ema_end:
+            raise InputError(f"model.ema_start must be <= model.ema_end, got {ema_start} > {ema_end}")
         self.save_hyperparameters()
 
         self.online = CausalWindowEncoder(d_input, window, hidden, z_dim)

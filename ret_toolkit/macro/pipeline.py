@@ -84,6 +84,9 @@ def checkpoint_split(ckpt: str | Path, n_sequences: int) -> tuple[np.ndarray, np
                            dm.get("sequences"), where=str(ckpt))
 
 
+#: Held-out sequences the evaluation needs (the closure gap fits on half and scores on the other half).
+MIN_HELD_OUT = 2
+
 #: Files :func:`build_macrostates` writes into its output directory.
 MACRO_FILES = ("macrostates.h5", "ret_macro.ckpt", "summary.json", "metrics.json", "report.html")
 
@@ -124,14 +127,18 @@ def build_macrostates(
     module = load_ret(ckpt)
     with TrajectoryStore(store_path) as store:
         check_store(module, store)
+        train, held = checkpoint_split(ckpt, store.n_sequences)
+    if len(held) == 0:
+        held = train  # no validation split: evaluate in-sample, and say so
+        log.warning("checkpoint has no held-out sequences; evaluating on training sequences")
+    if len(held) < MIN_HELD_OUT:  # the closure scores fit on half of them and score on the other half
+        raise InputError(f"{store_path}: ret-macro evaluates on at least {MIN_HELD_OUT} held-out sequences, but the "
+                         f"checkpoint's split leaves {len(held)} of the store's {len(train) + len(held)}; "
+                         "extract more prompts (10 or more with the default 20 % split)")
     with nullcontext(out) if isinstance(out_dir, OutputDir) else out:
         macro_file = encode_store(module, store_path, out.stage("macrostates.h5"), progress=progress)
         with TrajectoryStore(store_path) as store:
             check_store(module, store)
-            train, held = checkpoint_split(ckpt, store.n_sequences)
-            if len(held) == 0:
-                held = train  # no validation split: evaluate in-sample, and say so
-                log.warning("checkpoint has no held-out sequences; evaluating on training sequences")
             with open_macro(macro_file) as f:
                 z_train = f["z"][rows_of(store.offsets, train)]
             centroids = fit_centroids(z_train, k, seed)

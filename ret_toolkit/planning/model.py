@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from ret_toolkit.hparams import check_hparams
+
 
 class TaskLM(pl.LightningModule):
     """A small decoder-only language model for a synthetic task.
@@ -62,6 +64,10 @@ class TaskLM(pl.LightningModule):
         eval_samples: int = 200,
     ):
         super().__init__()
+        check_hparams("model", locals(), {
+            "vocab_size": "count", "n_layer": "count", "n_embd": "count", "n_head": "count", "n_positions": "count",
+            "mtp_heads": "index", "mtp_weight": "non_negative", "lr": "positive", "weight_decay": "non_negative",
+            "warmup_steps": "index", "eval_samples": "index"})
         self.save_hyperparameters()
         ids = dict(bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id)
         if arch == "gpt2":

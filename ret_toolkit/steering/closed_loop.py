@@ -196,7 +196,7 @@ def closed_loop_generate(model, inputs, vectors: Vectors, reader: MacrostateRead
         ``groups`` / ``steered`` describe every decoding step.
     """
     from activation_cache.arch import resolve_model
-    from ret_toolkit.steering.nnsight_steer import encode_inputs
+    from ret_toolkit.steering.nnsight_steer import encode_inputs, generate_settings
 
     module, _, tok = resolve_model(model)
     tokenizer = tokenizer if tokenizer is not None else tok
@@ -204,12 +204,7 @@ def closed_loop_generate(model, inputs, vectors: Vectors, reader: MacrostateRead
         raise InputError("string prompts need tokenizer= (or a LoadedModel)")
     encoded = encode_inputs(inputs, tokenizer)
     device = input_device(module)
-    kwargs = {"do_sample": False, **generate_kwargs}
-    if not kwargs["do_sample"]:
-        for key in ("temperature", "top_p", "top_k"):
-            kwargs.setdefault(key, None)
-    if tokenizer is not None and tokenizer.pad_token_id is not None:
-        kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    kwargs = generate_settings(generate_kwargs, tokenizer)
     with torch.inference_mode(), ClosedLoop(model, vectors, reader, groups, alpha, when, model_name=model_name) as loop:
         sequences = module.generate(**{k: v.to(device) for k, v in encoded.items()}, **kwargs)
     return sequences, loop

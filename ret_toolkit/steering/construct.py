@@ -264,8 +264,10 @@ def from_groups(
             x = h[lo : lo + chunk_rows]
             x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
             x = x.astype(np.float64)[use[lo : lo + chunk_rows]]
-            if not np.isfinite(x).all():
-                raise InputError(f"hidden states for layer {key} have non-finite values near row {lo}")
+            finite = np.isfinite(x).all(1)
+            if not finite.all():
+                row = lo + int(np.flatnonzero(use[lo : lo + chunk_rows])[np.argmin(finite)])
+                raise InputError(f"hidden states for layer {key} have non-finite values at row {row}")
             total += x.sum(0)
             total_g += x[in_group[lo : lo + chunk_rows][use[lo : lo + chunk_rows]]].sum(0)
             token_norms.append(np.linalg.norm(x, axis=1).astype(np.float32))

@@ -24,6 +24,22 @@ from ret_toolkit.steering.plan import Vectors, plan_steering
 __all__ = ["language_model", "nnsight_generate"]
 
 
+def generate_settings(generate_kwargs: dict[str, Any], tokenizer=None) -> dict[str, Any]:
+    """``generate`` keywords: greedy unless ``do_sample``, sampling values checked
+    (:func:`~activation_cache.tracer.check_sampling`), padding with the tokenizer's pad id."""
+    from activation_cache.tracer import check_sampling
+
+    kwargs = {"do_sample": False, **generate_kwargs}
+    if kwargs["do_sample"]:
+        check_sampling(**{k: kwargs.get(k) for k in ("temperature", "top_p", "top_k")})
+    else:
+        for key in ("temperature", "top_p", "top_k"):
+            kwargs.setdefault(key, None)
+    if tokenizer is not None and tokenizer.pad_token_id is not None:
+        kwargs.setdefault("pad_token_id", tokenizer.pad_token_id)
+    return kwargs
+
+
 def language_model(model, tokenizer=None):
     """An nnsight ``LanguageModel`` for ``model`` (returned as is if it already is one)."""
     if isinstance(model, nnsight.LanguageModel):
@@ -90,13 +106,7 @@ def nnsight_generate(
     plan = plan_steering(model if not isinstance(model, nnsight.LanguageModel) else lm, vectors, alpha,
                          positions, model_name=model_name, block_path=block_path)
     encoded = encode_inputs(inputs, lm.tokenizer)
-    kwargs = dict(generate_kwargs)
-    if not kwargs.get("do_sample", False):
-        kwargs.setdefault("do_sample", False)
-        for key in ("temperature", "top_p", "top_k"):
-            kwargs.setdefault(key, None)
-    if lm.tokenizer.pad_token_id is not None:
-        kwargs.setdefault("pad_token_id", lm.tokenizer.pad_token_id)
+    kwargs = generate_settings(generate_kwargs, lm.tokenizer)
 
     envoy = lm
     for part in plan.arch.block_path.split("."):

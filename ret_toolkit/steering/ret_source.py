@@ -116,9 +116,12 @@ def group_vector(outputs: RETOutputs | str | Path, group: int, layers: LayerSpec
         for s in left_out:
             mask[store.offsets[s]: store.offsets[s + 1]] = False
         name = model_name if model_name is not None else (None if model is not None else store.model)
-        vec = from_groups(hidden, groups.astype(np.int64), int(group), mask=mask, scale=scale, model=model,
-                          model_name=name, meta={"macro_file": str(outputs.macro_file), "store": str(outputs.store),
-                                **({"excluded_sequences": left_out} if left_out else {})})
+        try:
+            vec = from_groups(hidden, groups.astype(np.int64), int(group), mask=mask, scale=scale, model=model,
+                              model_name=name, meta={"macro_file": str(outputs.macro_file), "store": str(outputs.store),
+                                    **({"excluded_sequences": left_out} if left_out else {})})
+        except InputError as e:
+            raise InputError(f"{outputs.store}: {e}") from None  # name the file the rows are in
     if model is None and not vec.n_layers:
         vec.n_layers = store.n_model_layers
     return vec

@@ -13,6 +13,7 @@ import numpy as np
 from activation_cache.data import ConcatChunked
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
+from ret_toolkit.hparams import check_hparams
 from ret_toolkit.storeset import StoreDataModule, StoreSet
 from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, block_anchors, collate_cells
 
@@ -55,8 +56,8 @@ class BlockDataModule(StoreDataModule):
         # Blocks as plain dicts in the hyperparameters: checkpoints load with weights_only=True.
         self.save_hyperparameters(ignore=["block", "align_with"])
         self.hparams.update(block=block.to_dict(), align_with=[b.to_dict() for b in align_with])
-        if anchor_stride < 1:
-            raise InputError(f"anchor_stride must be >= 1, got {anchor_stride}")
+        check_hparams("data", locals(), {"anchor_stride": "count", "batch_size": "count",
+                                         "val_fraction": "fraction", "num_workers": "index"})
         self.store_set = StoreSet.open(stores, val_fraction, split_seed)
         self.block, self.align_with = block, tuple(align_with)
         with TrajectoryStore(self.store_set.paths[0]) as st:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from activation_cache.errors import InputError
+from ret_toolkit.hparams import check_hparams
 from ret_toolkit.vq.codebook import Codebook, all_reduce_sum, usage_entropy_loss
 from ret_toolkit.vq.encoder import CellDecoder, SetEncoder
 
@@ -77,8 +78,13 @@ class VQModule(pl.LightningModule):
         block_info: dict | None = None,
     ):
         super().__init__()
-        if d_input < 1 or n_layers < 1 or num_codes < 2:
-            raise ValueError(f"need d_input >= 1, n_layers >= 1, num_codes >= 2; got {d_input}, {n_layers}, {num_codes}")
+        check_hparams("model", locals(), {
+            "d_input": "count", "n_layers": "count", "max_offset": "count", "dim": "count", "depth": "count",
+            "heads": "count", "code_dim": "count", "decay": "unit", "dead_threshold": "non_negative",
+            "commitment_weight": "non_negative", "cosine_weight": "non_negative", "entropy_weight": "non_negative",
+            "entropy_temperature": "positive", "lr": "positive", "weight_decay": "non_negative"})
+        if num_codes < 2:
+            raise InputError(f"model.num_codes must be an integer >= 2, got {num_codes!r}")
         self.save_hyperparameters()
         self.encoder = SetEncoder(d_input, n_layers, max_offset, dim, depth, heads, code_dim)
         self.codebook = Codebook(num_codes, code_dim, decay if ema else 1.0, dead_threshold, seed)
