@@ -13,6 +13,7 @@ A message that names a setting spells it the way the caller set it:
 from __future__ import annotations
 
 import contextvars
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -61,3 +62,23 @@ def option(name: str, value: object = _UNSET, *, flag: str | None = None) -> str
         spelled = flag or "--" + name.replace("_", "-")
         return spelled if value is _UNSET or value is True else f"{spelled} {value}"
     return name if value is _UNSET else f"{name}={value!r}"
+
+
+def environment_error(e: BaseException) -> InputError | None:
+    """One line for a failure of the machine rather than of the code, or None.
+
+    Covers a full disk, a read-only or missing location and a denied
+    permission (any :class:`OSError` with an errno), and torch's checkpoint
+    writer failing for the same reasons (a RuntimeError naming its stream writer).
+    """
+    text = " ".join(str(e).split())
+    m = re.search(r"errno = (\d+), error message = '([^']*)'", text)
+    if isinstance(e, OSError) and m:  # h5py: "Unable to create file (unable to open file: name = ..., errno = 13, ...)"
+        name = re.search(r"name = '([^']*)'", text)
+        return InputError(f"{m[2]} (errno {m[1]}){': ' + name[1] if name else ''}")
+    if isinstance(e, OSError) and e.errno is not None:
+        where = f": {e.filename}" if e.filename else ""
+        return InputError(f"{e.strerror or 'I/O error'} (errno {e.errno}){where}")
+    if isinstance(e, RuntimeError) and ("PytorchStreamWriter" in text or "file write failed" in text):
+        return InputError(f"cannot write a checkpoint (disk full or not writable?): {text[:200]}")
+    return None

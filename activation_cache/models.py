@@ -167,9 +167,12 @@ def _dequantised_dir(gguf: Path, label: str, progress: bool) -> Path:
     try:
         kw = dict(gguf_file=gguf.name)
         with no_transformers_bars(), gguf_conversion_bar(progress):
-            model = transformers.AutoModelForCausalLM.from_pretrained(
-                gguf.parent, dtype=torch.float32, **kw)
-            tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
+            try:
+                model = transformers.AutoModelForCausalLM.from_pretrained(
+                    gguf.parent, dtype=torch.float32, **kw)
+                tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
+            except Exception as exc:  # not a GGUF file, truncated, or an architecture transformers cannot read
+                raise InputError(f"cannot convert {gguf}: {_first_line(exc)}") from None
             # Without this the saved config claims GGUF quantisation and reloading
             # from safetensors would look for a .gguf file again.
             del model.config.quantization_config
@@ -226,7 +229,7 @@ def _from_pretrained(source, torch_dtype, trust_remote_code: bool, local: bool, 
         with no_transformers_bars():
             model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **placement, **kw)
             tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kw)
-    except (OSError, ValueError, KeyError, ImportError, RuntimeError) as exc:
+    except Exception as exc:  # corrupt weights raise safetensors' own error type, not an OSError
         raise InputError(f"cannot load {what}: {_first_line(exc)}") from exc
     return model, tokenizer
 

@@ -15,7 +15,7 @@ import re
 import sys
 from typing import Callable
 
-from activation_cache.errors import InputError, cli_words
+from activation_cache.errors import InputError, cli_words, environment_error
 from activation_cache.quiet import quiet_libraries
 
 
@@ -29,17 +29,22 @@ class OneLineParser(argparse.ArgumentParser):
 def run_cli(prog: str, body: Callable[[], int | None]) -> int:
     """Run a CLI body: InputError -> one line + exit 2; Ctrl-C -> exit 130.
 
+    A failure of the machine (disk full, read-only or missing location, permission
+    denied: :func:`~activation_cache.errors.environment_error`) is one line and exit 2 too.
+
     Messages name command-line flags (:func:`~activation_cache.errors.cli_words`),
     and a reader that goes away (``ret-extract info s.h5 | head -1``) ends the
     command quietly with status 0.
     """
-    handler = logging.StreamHandler()
+    handler = logging.StreamHandler()  # to this command's stderr, each line led by its name
     handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
-    for name in ("activation_cache", "ret_toolkit"):  # ours only: Lightning logs for itself
-        logger = logging.getLogger(name)
+    loggers = [logging.getLogger(name) for name in ("activation_cache", "ret_toolkit")]  # Lightning logs for itself
+    for logger in loggers:
         logger.setLevel(logging.INFO)
-        if not logger.handlers:
-            logger.addHandler(handler)
+        for old in [h for h in logger.handlers if getattr(h, "ret_cli", False)]:
+            logger.removeHandler(old)  # an earlier command's, in the same process (a notebook, a test)
+        handler.ret_cli = True
+        logger.addHandler(handler)
     quiet_libraries()
     try:
         with cli_words():
@@ -58,6 +63,12 @@ def run_cli(prog: str, body: Callable[[], int | None]) -> int:
         # /dev/null so the interpreter's final flush does not fail as well.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (OSError, RuntimeError) as e:
+        error = environment_error(e)
+        if error is None:
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; committed data is kept, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -23,6 +23,7 @@ from typing import Sequence
 from lightning.pytorch.cli import LightningCLI
 
 from activation_cache.errors import InputError
+from ret_toolkit.checkpoint import check_family
 from ret_toolkit.cli.base import run_cli
 from ret_toolkit.training import trainer_defaults
 
@@ -35,6 +36,10 @@ FAMILIES = {
     "task": ("ret_toolkit.planning.model:TaskLM", "ret_toolkit.planning.datamodule:TaskDataModule",
              "ret_toolkit.planning.train"),
 }
+
+
+#: family -> its checkpoints' name in messages
+KINDS = {"macro": "RET", "vq": "VQ", "task": "task"}
 
 
 def _load(spec: str):
@@ -52,11 +57,21 @@ class WiredCLI(LightningCLI):
 
     wiring = None  # the family's train module: wired_arguments(datamodule) and WIRED_KEYS
     default_root = None  # the family's default log root (runs/<family>)
+    kind = ""  # the family's checkpoints as messages name them (ret_toolkit.checkpoint.FAMILY_KEYS)
 
     def add_arguments_to_parser(self, parser) -> None:
         for key in self.wiring.WIRED_KEYS:
             parser.link_arguments("data", f"model.{key}", apply_on="instantiate",
                                   compute_fn=partial(_wired_value, self.wiring.wired_arguments, key))
+
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then check ``--ckpt_path``: Lightning reads the checkpoint's hyperparameters into the
+        config next, and a file of another family (or none at all) should fail with what it is."""
+        super().parse_arguments(parser, args)
+        sub = self.config.get("subcommand")
+        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
+        if ckpt_path:
+            check_family(ckpt_path, self.kind)
 
     def before_instantiate_classes(self) -> None:
         """``--trainer.default_root_dir DIR`` alone moves the whole run (logs and checkpoints) to DIR.
@@ -83,7 +98,8 @@ def family_cli(family: str, args: Sequence[str], run: bool = True) -> LightningC
 
     module, datamodule, wiring = (_load(spec) for spec in FAMILIES[family])
     cli_class = type(f"{family.capitalize()}CLI", (WiredCLI,),
-                     {"wiring": wiring, "default_root": trainer_defaults(family)["default_root_dir"]})
+                     {"wiring": wiring, "default_root": trainer_defaults(family)["default_root_dir"],
+                      "kind": KINDS[family]})
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*args parameter is intended.*")
         try:
