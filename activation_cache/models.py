@@ -262,6 +262,25 @@ def model_name(spec: str | None) -> str:
     return str(path.resolve()) if path.exists() else spec
 
 
+def model_revision(spec: str | None) -> str:
+    """The revision a model spec loads under (:attr:`LoadedModel.revision`), without loading or converting it.
+
+    ``""`` where it cannot be known offline (a hub id that is not cached, or with the hub on).
+    """
+    if spec is None or spec.strip().lower() in _EMBEDDED_ALIASES:
+        return "sha256:" + _file_sha256(_embedded_gguf())[:16]
+    path = Path(spec).expanduser()
+    if path.exists():
+        path = path.resolve()
+        if path.is_dir():
+            return _dir_revision(path) if (path / "config.json").is_file() else ""
+        return "sha256:" + _file_sha256(path)[:16] if path.suffix.lower() == ".gguf" else ""
+    if _hub_offline() and not _looks_like_path(spec):
+        cached = _hub_cache_snapshot(spec)
+        return cached.name if cached is not None else ""
+    return ""
+
+
 def _resolve(spec: str | None, progress: bool) -> tuple[object, str, str, bool]:
     """Map a spec to ``(source for from_pretrained, name, revision, local_only)``."""
     if spec is None or spec.strip().lower() in _EMBEDDED_ALIASES:

@@ -166,6 +166,10 @@ class OutputDir:
         if present:
             raise InputError(f"{self.path / present[0]} exists and was not written by {self.command}; {how}")
 
+    def holds_this_run(self) -> bool:
+        """Whether the directory already records a run of this command with these settings."""
+        return self.path.is_dir() and (self._records().get(self.command) or {}).get("settings") == self.settings
+
     # ----------------------------------------------------------------- write
     def __enter__(self) -> "OutputDir":
         self.check()  # again: the directory may have changed since construction

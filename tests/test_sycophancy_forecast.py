@@ -502,9 +502,17 @@ def test_cli_refuses_other_settings_before_writing_and_reuses_stores(tiny, tmp_p
     assert "holds a ret-forecast run with other settings (differs in n_boot)" in line and "--overwrite" in line
     assert _checksums(out) == before and not calls
 
-    # the same settings: rerun, the stores reused
+    # the same settings, checkpoint, model and stores: the results are reused, nothing is traced or written
+    assert forecast_cmd.main(base) == 0
+    assert not calls and _checksums(out) == before
+    first = json.loads((out / "forecast.json").read_text())
+    assert set(first["inputs"]) == {"macro_ckpt_sha256", "model_revision", "stores"}
+    assert set(first["inputs"]["stores"]) == {"turn1.h5", "turn2.h5"}
+    # ... but not once an input differs from what the results record: the stores are reused, the rest reruns
+    (out / "forecast.json").write_text(json.dumps({**first, "inputs": {**first["inputs"], "macro_ckpt_sha256": "x"}}))
     assert forecast_cmd.main(base) == 0
     assert calls == [("turn1.h5", False, 0), ("turn2.h5", False, 0)]
+    assert json.loads((out / "forecast.json").read_text())["inputs"] == first["inputs"]
     calls.clear()
 
     # --overwrite replaces the results; stores whose extraction config matches are still reused ...

@@ -28,7 +28,7 @@ from typing import Sequence
 from activation_cache.errors import InputError, option, other_name_hint
 from activation_cache.extraction import check_storage
 from activation_cache.layers import layer_spec, parse_layers
-from activation_cache.models import model_name, use_chat_template
+from activation_cache.models import model_name, model_revision, use_chat_template
 from activation_cache.prompts import read_chat_template
 from activation_cache.outputs import OutputDir, with_options, write_json
 from activation_cache.ranks import Rank, rank_device
@@ -146,6 +146,37 @@ def _items_digest(items: Sequence) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _inputs(out: Path, macro_ckpt: str | Path, revision: str) -> dict | None:
+    """What the results depend on beyond the recorded settings: the checkpoint's bytes, the model's
+    revision and the stores in ``out`` (:func:`~activation_cache.schema.shard_record` of each); None
+    when the model's revision cannot be known (then results are never reused)."""
+    from activation_cache import schema
+
+    if not revision:
+        return None
+    stores = {}
+    for path in sorted(Path(out).glob("*.h5")):
+        try:
+            with schema.open_h5(path, "r") as f:
+                stores[path.name] = schema.shard_record(f)
+        except (InputError, KeyError, OSError):
+            stores[path.name] = None
+    digest = hashlib.sha256(Path(macro_ckpt).read_bytes()).hexdigest()
+    return {"macro_ckpt_sha256": digest, "model_revision": revision, "stores": stores}
+
+
+def _reusable_result(od: OutputDir, inputs: dict | None) -> dict | None:
+    """The ``forecast.json`` of an earlier run in ``od`` with these settings and ``inputs``, else None."""
+    path = od.final("forecast.json")
+    if inputs is None or od.overwrite or not od.holds_this_run() or not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("inputs") == inputs else None
+
+
 def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: str, items: Sequence,
                         macro_ckpt: str | Path, model: str) -> OutputDir:
     """The checked output directory of a ``ret-forecast`` run: refuses, before anything is
@@ -217,6 +248,11 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
     if source and loaded is None and model_name(model_spec) != source:  # refused before the model is loaded
         raise InputError(f"{macro_ckpt}: RET checkpoint was trained on {source!r}, not on {model_name(model_spec)!r} "
                          f"({other_name_hint(source)})")
+    inputs = None if rank is not None else _inputs(out, macro_ckpt, loaded.revision if loaded else model_revision(model_spec))
+    reused = _reusable_result(od, inputs)
+    if reused is not None:
+        log.info("same settings and inputs as the run in %s: its results are reused", out)
+        return ForecastResult(reused)
     if loaded is None:
         from activation_cache.models import load_model
 
@@ -274,6 +310,8 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
                        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(settings).items()}},
             "seconds": time.perf_counter() - t0,
         }
+        if rank is None:  # what a rerun with the same settings compares before reusing these results
+            result["inputs"] = _inputs(out, macro_ckpt, loaded.revision)
         result = _finite(result)
         write_json(od.stage("forecast.json"), result)
         write_forecast_report(od.stage("forecast.html"), result)
