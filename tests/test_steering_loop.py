@@ -508,3 +508,22 @@ def test_generate_api_is_what_ret_steer_prints(ret_dir, capsys):
     assert not torch.allclose(left_out[left_out.layers[0]], vec[vec.layers[0]])
     with pytest.raises(InputError, match="sequences must be in"):
         ret.group_vector(d, group=1, model=model, exclude=[10**6])
+
+
+def test_group_vector_on_a_store_with_nan_names_the_store_and_the_first_bad_row(ret_dir, tmp_path):
+    import re
+    import shutil
+
+    import h5py
+
+    from ret_toolkit.steering.ret_source import RETOutputs, group_vector
+
+    d = Path(ret_dir["ret"])
+    store = Path(shutil.copy(d / "trajectories.h5", tmp_path / "nan.h5"))
+    with h5py.File(store, "a") as f:
+        firsts = set(f["offsets"][:-1].tolist())  # first tokens are not read: the first NaN row after them is
+        bad = next(r for r in range(30, 60) if r not in firsts)
+        f["hidden/0"][bad : bad + 5] = np.nan
+    with pytest.raises(InputError, match=rf"^{re.escape(str(store))}: hidden states for layer 0 have non-finite "
+                                         rf"values at row {bad}$"):
+        group_vector(RETOutputs(d / "ret_macro.ckpt", d / "macrostates.h5", store), 1)
