@@ -32,6 +32,7 @@ from ret_toolkit.cli import steer as steer_cmd
 from ret_toolkit.cli import train as train_cmd
 from ret_toolkit.cli import vq_codes as vq_codes_cmd
 from file_checks import file_digests, one_error_line
+from store_edits import edited, garbage_tokenizer, swap_offsets
 from tiny_models import save_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -93,27 +94,10 @@ def _copy(world, tmp, key="store", name=None) -> Path:
     return Path(shutil.copy(world[key], tmp / (name or Path(world[key]).name)))
 
 
-def _edit(path: Path, edit: Callable[[h5py.File], None]) -> Path:
-    with h5py.File(path, "a") as f:
-        edit(f)
-    return path
-
-
 def _nan_rows(rows: slice, layer: str = "1", value: float = float("nan")):
     def edit(f):
         f[f"hidden/{layer}"][rows] = value
     return edit
-
-
-def _swap_offsets(f):
-    o = f["offsets"][:]
-    o[2], o[3] = o[3], o[2]
-    f["offsets"][:] = o
-
-
-def _garbage_tokenizer(f):
-    del f["tokenizer"]
-    f.create_dataset("tokenizer", data=np.frombuffer(b"\x00\x01garbage", np.uint8))
 
 
 def _jsonl(tmp, *records: str) -> Path:
@@ -221,14 +205,14 @@ CASES = [
     # --- stores that are not whole
     Case("merged-shard-moved", "ret-extract", _merged_shard_moved, r"merged\.h5: its shard shard1\.h5 is missing"),
     Case("merged-shard-decoy-in-cwd", "ret-extract", _merged_decoy_in_cwd, r"its shard shard1\.h5 is missing"),
-    Case("offsets-out-of-order-info", "ret-extract", lambda w, t: ["info", str(_edit(_copy(w, t), _swap_offsets))],
+    Case("offsets-out-of-order-info", "ret-extract", lambda w, t: ["info", str(edited(_copy(w, t), swap_offsets))],
          r"store\.h5: corrupt store: /offsets decrease at sequence 2"),
-    Case("offsets-out-of-order-train", "ret-train", lambda w, t: _train(w, t, store=_edit(_copy(w, t), _swap_offsets)),
+    Case("offsets-out-of-order-train", "ret-train", lambda w, t: _train(w, t, store=edited(_copy(w, t), swap_offsets)),
          r"corrupt store: /offsets decrease"),
     Case("offsets-out-of-order-macro", "ret-macro",
-         lambda w, t: ["--ckpt", str(w["ret"]), "--store", str(_edit(_copy(w, t), _swap_offsets)), "--out",
+         lambda w, t: ["--ckpt", str(w["ret"]), "--store", str(edited(_copy(w, t), swap_offsets)), "--out",
                        str(t / "m"), "--quiet"], r"store\.h5: corrupt store: /offsets decrease"),
-    Case("garbage-tokenizer", "ret-extract", lambda w, t: ["info", str(_edit(_copy(w, t), _garbage_tokenizer))],
+    Case("garbage-tokenizer", "ret-extract", lambda w, t: ["info", str(edited(_copy(w, t), garbage_tokenizer))],
          r"store\.h5: corrupt /tokenizer record"),
     # --- non-finite values anywhere a command reads
     Case("nan-in-a-validation-sequence", "ret-train", lambda w, t: _train(w, t, store=_nan_in_validation(w, t)),
@@ -237,7 +221,7 @@ CASES = [
          lambda w, t: ["--ckpt", str(w["ret"]), "--store", str(_nan_in_validation(w, t)), "--out", str(t / "m"),
                        "--quiet"], r"store\.h5: non-finite hidden states in sequence \d+"),
     Case("nan-block-vq-codes", "ret-vq-codes",
-         lambda w, t: ["--ckpt", str(w["vq"]), "--store", str(_edit(_copy(w, t), _nan_rows(slice(None), "0"))),
+         lambda w, t: ["--ckpt", str(w["vq"]), "--store", str(edited(_copy(w, t), _nan_rows(slice(None), "0"))),
                        "--out", str(t / "codes.h5"), "--quiet"], r"store\.h5: non-finite hidden states in the block of sequence 0"),
     Case("vq-codes-over-its-store", "ret-vq-codes",
          lambda w, t: ["--ckpt", str(w["vq"]), "--store", str(_copy(w, t)), "--out", str(t / "store.h5"),

@@ -422,3 +422,15 @@ def test_generate_without_kv_cache_warns_for_prompt_or_generated():
     with pytest.warns(UserWarning, match="use_cache=False"):
         with steer(model, zero, positions="generated"):
             _generate(model, tok, n=2, use_cache=False)
+
+
+def test_generate_settings_check_sampling_values_only_when_sampling():
+    from ret_toolkit.steering.nnsight_steer import generate_settings
+
+    greedy = generate_settings({"temperature": -1.0})  # ignored without do_sample, as generate ignores it
+    assert greedy["do_sample"] is False and greedy["top_p"] is None
+    for bad, needle in (({"temperature": 0.0}, "temperature"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k"),
+                        ({"temperature": float("nan")}, "temperature")):
+        with pytest.raises(InputError, match=needle):
+            generate_settings({"do_sample": True, **bad})
+    assert generate_settings({"do_sample": True, "top_k": 0, "top_p": 1.0})["top_k"] == 0

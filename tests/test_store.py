@@ -650,30 +650,17 @@ def test_merged_store_whose_shard_is_missing_or_replaced_does_not_open(shard_set
 
 
 def test_store_with_broken_offsets_or_tokenizer_does_not_open(shard_setup, tmp_path):
-    def broken(name, edit):
-        path = Path(shutil.copy(shard_setup["single"], tmp_path / name))
-        with h5py.File(path, "a") as f:
-            edit(f)
-        return path
-
-    def swap_offsets(f):
-        o = f["offsets"][:]
-        o[2], o[3] = o[3], o[2]
-        f["offsets"][:] = o
+    from store_edits import edited, garbage_tokenizer, swap_offsets
 
     def beyond_data(f):
         f["offsets"][-1] = f["tokens"].shape[0] + 5
-
-    def garbage_tokenizer(f):
-        del f["tokenizer"]
-        f.create_dataset("tokenizer", data=np.frombuffer(b"\x00garbage", np.uint8))
 
     for name, edit, match in [("order.h5", swap_offsets, r"/offsets decrease at sequence 2"),
                               ("beyond.h5", beyond_data, r"need \d+ rows but /tokens has \d+"),
                               ("tok.h5", garbage_tokenizer, r"corrupt /tokenizer record"),
                               ("neg.h5", lambda f: f.attrs.__setitem__("n_committed", np.int64(-3)),
                                "n_committed is -3")]:
-        path = broken(name, edit)
+        path = edited(Path(shutil.copy(shard_setup["single"], tmp_path / name)), edit)
         with pytest.raises(InputError, match=match) as err:
             open_store(path)
         assert str(path) in str(err.value) and "\n" not in str(err.value)

@@ -146,10 +146,10 @@ def _items_digest(items: Sequence) -> str:
     return hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _inputs(out: Path, macro_ckpt: str | Path, revision: str) -> dict | None:
-    """What the results depend on beyond the recorded settings: the checkpoint's bytes, the model's
-    revision and the stores in ``out`` (:func:`~activation_cache.schema.shard_record` of each); None
-    when the model's revision cannot be known (then results are never reused)."""
+def _inputs(out: Path, ckpt_sha256: str, revision: str) -> dict | None:
+    """What the results depend on beyond the recorded settings: the checkpoint's bytes (their sha256),
+    the model's revision and the stores in ``out`` (:func:`~activation_cache.schema.shard_record` of
+    each); None when the model's revision cannot be known (then results are never reused)."""
     from activation_cache import schema
 
     if not revision:
@@ -161,8 +161,7 @@ def _inputs(out: Path, macro_ckpt: str | Path, revision: str) -> dict | None:
                 stores[path.name] = schema.shard_record(f)
         except (InputError, KeyError, OSError):
             stores[path.name] = None
-    digest = hashlib.sha256(Path(macro_ckpt).read_bytes()).hexdigest()
-    return {"macro_ckpt_sha256": digest, "model_revision": revision, "stores": stores}
+    return {"macro_ckpt_sha256": ckpt_sha256, "model_revision": revision, "stores": stores}
 
 
 def _reusable_result(od: OutputDir, inputs: dict | None) -> dict | None:
@@ -248,7 +247,9 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
     if source and loaded is None and model_name(model_spec) != source:  # refused before the model is loaded
         raise InputError(f"{macro_ckpt}: RET checkpoint was trained on {source!r}, not on {model_name(model_spec)!r} "
                          f"({other_name_hint(source)})")
-    inputs = None if rank is not None else _inputs(out, macro_ckpt, loaded.revision if loaded else model_revision(model_spec))
+    with open(macro_ckpt, "rb") as f:
+        ckpt_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
+    inputs = None if rank is not None else _inputs(out, ckpt_sha256, loaded.revision if loaded else model_revision(model_spec))
     reused = _reusable_result(od, inputs)
     if reused is not None:
         log.info("same settings and inputs as the run in %s: its results are reused", out)
@@ -311,7 +312,7 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
             "seconds": time.perf_counter() - t0,
         }
         if rank is None:  # what a rerun with the same settings compares before reusing these results
-            result["inputs"] = _inputs(out, macro_ckpt, loaded.revision)
+            result["inputs"] = _inputs(out, ckpt_sha256, loaded.revision)
         result = _finite(result)
         write_json(od.stage("forecast.json"), result)
         write_forecast_report(od.stage("forecast.html"), result)
