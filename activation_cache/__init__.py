@@ -16,7 +16,7 @@ from activation_cache.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     # extraction
-    "ExtractConfig": "activation_cache.extraction",
+    "ExtractConfig": "activation_cache.extract_config",
     "ExtractResult": "activation_cache.extraction",
     "extract": "activation_cache.extraction",
     "prepare": "activation_cache.extraction",

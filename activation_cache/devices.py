@@ -96,6 +96,11 @@ def resolve_model_dtype(spec: str | torch.dtype | None, on_gpu: bool) -> torch.d
     return MODEL_DTYPES[text]
 
 
+def check_model_dtype(spec: str | torch.dtype | None) -> None:
+    """InputError (one line) for a weight dtype no load accepts (what ``--model-dtype`` checks at parse time)."""
+    resolve_model_dtype(spec, on_gpu=False)
+
+
 def parse_device_map(spec: str | dict | None) -> str | dict[str, Any] | None:
     """``None``, a strategy name for ``accelerate`` (``auto``, ``balanced``...), or a checked ``{module: device}`` map.
 

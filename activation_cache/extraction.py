@@ -24,9 +24,9 @@ from activation_cache import schema
 from activation_cache.dtype_choice import choose_storage_dtype
 from activation_cache.batching import Window, pad_rows, padding_share, plan_windows
 from activation_cache.errors import InputError, option
+from activation_cache.extract_config import ExtractConfig
 from activation_cache.layers import parse_layers
-from activation_cache.models import LoadedModel, load_model, use_chat_template
-from activation_cache.outputs import check_not_an_input
+from activation_cache.models import LoadedModel, use_chat_template
 from activation_cache.pipeline import (
     BackgroundWriter,
     HostBatch,
@@ -38,118 +38,12 @@ from activation_cache.prompts import (
     Prompt,
     prompts_from_records,
     read_prompts,
-    read_chat_template,
     render_prompt,
 )
-from activation_cache.tracer import Sampling, Traced, Tracer, check_sampling
+from activation_cache.tracer import Sampling, Traced, Tracer
 from activation_cache.writer import Batch, StoreSpec, StoreWriter
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class ExtractConfig:
-    """Settings of one extraction (each is a ``ret-extract`` flag).
-
-    prompts: a ``.txt`` / ``.jsonl`` path or built-in set name, or prompts in
-        memory: a list of strings, JSONL-style dicts or :class:`~activation_cache.prompts.Prompt`
-        (see :func:`~activation_cache.prompts.prompts_from_records`). The store
-        records their digest, so a resume with other prompts is refused.
-    layers: ``"all"``, or a comma list of block indices / ranges (``"0,5,10-12"``,
-        negative counts from the end), optionally including ``"embed"``.
-    generate: 0 = forward mode (prompt tokens only); N > 0 = generate mode,
-        prompt plus up to N generated tokens per sequence.
-    batch_size: prompts per batch, in prompt order.
-    batch_tokens: instead of ``batch_size``, batches by a token budget: prompts
-        are grouped by length so little padding is computed (see
-        :mod:`activation_cache.batching`); the store still holds them in prompt order.
-    max_tokens: prompts longer than this (in tokens) are truncated, with a warning.
-    chat: render plain-text prompts through the chat template (``messages``
-        prompts always are).
-    chat_template: a Jinja chat template (a file path, or the template text)
-        used instead of the tokenizer's own, e.g. for a base model or a GGUF
-        file that has none (:func:`~activation_cache.prompts.read_chat_template`).
-        Applied to the model :meth:`load_model` loads, and to a model passed to
-        :func:`extract` (:func:`~activation_cache.models.use_chat_template`).
-    limit: use only the first ``limit`` prompts of the source (before sharding).
-    dtype: storage dtype of the hidden states: ``auto`` (default: the model's
-        own dtype when it runs in 16 bits, else float16 when a probe of the
-        first prompt stays within half of float16's ±65504 and bfloat16 when
-        not; see :mod:`activation_cache.dtype_choice`), ``float16`` (11 bits of
-        mantissa, range ±65504), ``bfloat16`` (8 bits, float32's range; exact
-        for bf16 models) or ``float32``.
-    device, model_dtype, device_map: where and in what precision the model
-        runs (:func:`~activation_cache.models.load_model`'s ``device``,
-        ``dtype`` and ``device_map``). The store records the resolved weight
-        dtype in its config (a resume in another precision is refused) and the
-        device in its attributes (a resume on another device is allowed).
-    pipeline: write on a background thread while the model traces the next
-        batch (:mod:`activation_cache.pipeline`). ``None`` (default): on when
-        the model runs on a GPU; on a CPU the thread would compete with the
-        model's own threads for the cores.
-    """
-
-    prompts: str | Sequence
-    out: str
-    model: str | None = None
-    layers: str = "all"
-    embed: bool = False
-    generate: int = 0
-    batch_size: int = 8
-    batch_tokens: int | None = None
-    dtype: str = "auto"
-    compression: str | None = None
-    max_tokens: int = 512
-    chat: bool = False
-    chat_template: str | None = None
-    limit: int | None = None
-    sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    num_shards: int = 1
-    shard_index: int = 0
-    overwrite: bool = False
-    block_path: str | None = None
-    embed_path: str | None = None
-    device: str | None = "auto"
-    model_dtype: str | None = "auto"
-    device_map: str | dict | None = None
-    pipeline: bool | None = None
-
-    def load_model(self, progress: bool = True) -> LoadedModel:
-        """The model these settings name, on their device and in their precision."""
-        return load_model(self.model, device=self.device, dtype=self.model_dtype, device_map=self.device_map,
-                          block_path=self.block_path, embed_path=self.embed_path, chat_template=self.chat_template,
-                          progress=progress)
-
-    def validate(self) -> None:
-        if self.batch_size < 1:
-            raise InputError(f"{option('batch_size')} must be >= 1, got {self.batch_size}")
-        if self.batch_tokens is not None and self.batch_tokens < 1:
-            raise InputError(f"{option('batch_tokens')} must be >= 1, got {self.batch_tokens}")
-        if self.generate < 0:
-            raise InputError(f"{option('generate')} must be >= 0, got {self.generate}")
-        if self.limit is not None and self.limit < 1:
-            raise InputError(f"{option('limit')} must be >= 1, got {self.limit}")
-        if self.max_tokens < 1:
-            raise InputError(f"{option('max_tokens')} must be >= 1, got {self.max_tokens}")
-        if not 0 <= self.shard_index < self.num_shards:
-            raise InputError(f"{option('shard_index')} {self.shard_index} is not in 0..{self.num_shards - 1} ({option('num_shards')} {self.num_shards})")
-        check_sampling(temperature=self.temperature, top_p=self.top_p)
-        if isinstance(self.prompts, (str, Path)):
-            check_not_an_input(self.out, {"prompts": self.prompts})
-        check_storage(self.dtype, self.compression)
-        if self.chat_template is not None:
-            read_chat_template(self.chat_template)
-
-
-def check_storage(dtype: str, compression: str | None) -> None:
-    """InputError (one line) for a storage dtype or compression no store can have."""
-    if dtype != "auto" and dtype not in schema.HIDDEN_DTYPES:
-        raise InputError(f"unknown {option('dtype')} {dtype!r}; choose from auto, {', '.join(schema.HIDDEN_DTYPES)}")
-    if compression not in schema.COMPRESSIONS:
-        raise InputError(f"unknown {option('compression')} {compression!r}; choose from lzf, gzip or none")
 
 
 @dataclass

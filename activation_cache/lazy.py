@@ -11,6 +11,7 @@ imported the first time one of its names is asked for.
 from __future__ import annotations
 
 import sys
+import types
 from importlib import import_module
 from typing import Callable
 
@@ -40,4 +41,22 @@ def lazy_exports(package: str, names: dict[str, str], eager: dict[str, object] |
     def __dir__() -> list[str]:
         return public
 
+    face = sys.modules[package]
+    face._lazy_names = frozenset(names)
+    face.__class__ = _Face
     return __getattr__, __dir__, public
+
+
+class _Face(types.ModuleType):
+    """A package face whose exported name is not replaced by the submodule of the same name.
+
+    Importing ``pkg.train`` binds ``pkg.train`` to that module; where the face exports the
+    function ``train`` (defined in ``pkg/train.py``), the function must stay what the name means,
+    as it did when faces imported their names eagerly.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if (isinstance(value, types.ModuleType) and value.__name__ == f"{self.__name__}.{name}"
+                and name in self.__dict__.get("_lazy_names", ())):
+            return
+        super().__setattr__(name, value)

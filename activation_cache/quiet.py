@@ -33,11 +33,23 @@ _LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.f
 
 
 def quiet_libraries() -> None:
-    """For console commands: mute library tips, weight-loading bars and internal deprecations."""
-    import transformers
+    """For console commands: mute library tips, weight-loading bars and internal deprecations.
 
-    transformers.utils.logging.disable_progress_bar()  # our own bars say what is happening
-    transformers.utils.logging.set_verbosity_error()
+    Does not import transformers (a command answers ``--help`` without it): the
+    switches are its environment variables, read when it is first imported, or
+    its setters when it already is (a notebook, a test).
+    """
+    import os
+    import sys
+
+    # our own bars say what is happening
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    if "transformers" in sys.modules:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
     for pattern in _LIBRARY_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     for name in _LIGHTNING_INFO_LOGGERS:  # its warnings and errors still show

@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, add_threads_arg, report, untrained_task_model  # noqa: E402
 
 from ret_toolkit.planning import (  # noqa: E402
+    PlanningInputs,
     ProbeSettings,
     run_planning,  # noqa: E402
     task_settings,
@@ -86,20 +87,21 @@ def main() -> None:
             model_dir = args.models[key]
         else:
             model_dir, timing[key] = train(task, nodes, args, work / key)
-        r = run_planning(model_dir, task, work / key / "analysis", n=args.n, path_nodes=nodes, settings=settings,
-                         progress=False)
+        r = run_planning(PlanningInputs(model=model_dir, task=task, out=str(work / key / "analysis"), n=args.n,
+                                        path_nodes=nodes), settings, progress=False)
         results.append(r)
         if task == "pathfinding":
-            b = run_planning(untrained_task_model(task, nodes, args.layers, args.width, work / key / "untrained"), task, work / key / "analysis_untrained",
-                             n=args.n, path_nodes=nodes, settings=settings, progress=False)
+            untrained = untrained_task_model(task, nodes, args.layers, args.width, work / key / "untrained")
+            b = run_planning(PlanningInputs(model=untrained, task=task, out=str(work / key / "analysis_untrained"),
+                                            n=args.n, path_nodes=nodes), settings, progress=False)
             baselines[key] = b["branch"]
         print(f"  accuracy {r['accuracy']['accuracy']:.3f}, analyses {r['seconds']:.0f} s", flush=True)
     regimes = {}
     for name, model_dir in args.regime_models.items():
         nodes = int(task_settings(model_dir).get("path_nodes", 4))
         print(f"regime {name} (path-finding {nodes}):", flush=True)
-        r = run_planning(model_dir, "pathfinding", work / f"regime_{name}" / "analysis", n=args.n, path_nodes=nodes,
-                         settings=settings, progress=False)
+        r = run_planning(PlanningInputs(model=model_dir, task="pathfinding", out=str(work / f"regime_{name}" / "analysis"),
+                                        n=args.n, path_nodes=nodes), settings, progress=False)
         regimes[name] = {"model": model_dir, "path_nodes": nodes, "accuracy": r["accuracy"], "branch": r["branch"]}
         print(f"  accuracy {r['accuracy']['accuracy']:.3f}, analyses {r['seconds']:.0f} s", flush=True)
 

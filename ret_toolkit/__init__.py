@@ -7,7 +7,7 @@ The verbs of the main job, from one import (loaded on first use, so
 
     ret.extract(ret.ExtractConfig(prompts="reasoning", out="gen.h5", generate=32, chat=True, layers="15"))
     run = ret.train_ret(["gen.h5"], layers="15", max_epochs=8)        # RET encoder (Lightning)
-    res = ret.build_macrostates(run.checkpoint, "gen.h5", "macro", k=12)
+    res = ret.build_macrostates(run.checkpoint, "gen.h5", "macro", n_macrostates=12)
     with ret.open_store("gen.h5") as store:
         print(store)
     loaded = ret.load_model()                                          # embedded SmolLM2-135M-Instruct
@@ -30,7 +30,7 @@ from activation_cache.lazy import lazy_exports
 
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "load_model": "activation_cache.models",
-    "ExtractConfig": "activation_cache.extraction",
+    "ExtractConfig": "activation_cache.extract_config",
     "extract": "activation_cache.extraction",
     "open_store": "activation_cache.reader",
     "train_ret": "ret_toolkit.macro.train:train",

@@ -89,7 +89,7 @@ def test_ret_steering_and_a_quick_forecast_run_through_a_template(gemma):
     extract(ExtractConfig(prompts="reasoning", limit=48, out=str(store), model=gguf, layers="9", generate=16),
             loaded=loaded, progress=False)
     run = train([store], layers="9", max_epochs=3, root_dir=root / "runs", progress=False)
-    res = build_macrostates(run.checkpoint, store, root / "macro", k=6, progress=False)
+    res = build_macrostates(run.checkpoint, store, root / "macro", n_macrostates=6, progress=False)
     print(f"gemma3: {res.headline()}")
     vec = group_vector(root / "macro", group=0, model=loaded)
     use = load_model(gguf, chat_template=TEMPLATE, progress=False)

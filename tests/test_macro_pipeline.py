@@ -131,7 +131,7 @@ def test_resume_from_ckpt_path(trained, stores, tmp_path):
 
 def test_macrostates_contract(trained, stores, tmp_path):
     ckpt, _ = trained
-    res = build_macrostates(ckpt, stores["llama"], tmp_path, k=5, progress=False)
+    res = build_macrostates(ckpt, stores["llama"], tmp_path, n_macrostates=5, progress=False)
     m = json.loads((tmp_path / "metrics.json").read_text())
     for key in ("n_train_sequences", "n_heldout_sequences", "k", "effective_rank"):
         assert isinstance(m[key], (int, float))
@@ -156,15 +156,18 @@ def test_macrostates_contract(trained, stores, tmp_path):
 def test_ret_macro_cli_and_report(trained, stores, tmp_path, capsys):
     ckpt, _ = trained
     args = ["--ckpt", str(ckpt), "--store", str(stores["llama"]), "--out", str(tmp_path / "o"), "--quiet"]
-    rc = macro_cmd.main([*args, "--k", "4"])
+    rc = macro_cmd.main([*args, "--n-macrostates", "4"])
     assert rc == 0
     html = (tmp_path / "o" / "report.html").read_text()
     assert "Trajectories" in html and "P(same next)" in html
     assert "held-out P(same next)" in capsys.readouterr().out
-    # another --k into the same --out: refused before anything is written
+    # another number of macrostates into the same --out (through the deprecated --k): refused before
+    # anything is written
     before = file_digests(tmp_path)
     assert macro_cmd.main([*args, "--k", "3"]) == 2
-    line = one_error_line(capsys.readouterr().err, "ret-macro")
+    deprecation, err = capsys.readouterr().err.split("\n", 1)
+    assert deprecation == "ret-macro: --k is deprecated and will be removed; use --n-macrostates"
+    line = one_error_line(err, "ret-macro")
     assert "other settings" in line and "k" in line and "--overwrite" in line, line
     assert file_digests(tmp_path) == before
 
@@ -193,12 +196,12 @@ def test_second_fit_refused_by_bad_input_leaves_the_runs_directory(trained, stor
 
 def test_ret_demo_with_other_settings_is_refused_before_writing(stores, tmp_path, capsys):
     from ret_toolkit.cli import demo as demo_cmd
-    from ret_toolkit.demo import DemoSettings, run_demo
+    from ret_toolkit.demo import DemoInputs, DemoSettings, run_demo
 
     model = str(stores["llama"].parent / "llama")
     out = tmp_path / "demo"
     small = DemoSettings(n_prompts=8, generate=4, epochs=1, batch_size=4, k=2, layer="middle")
-    metrics = run_demo(out, model_spec=model, settings=small, progress=False)
+    metrics = run_demo(DemoInputs(out=str(out), model=model), small, progress=False).metrics
     assert metrics["k"] == 2 and (out / "report.html").is_file() and (out / "trajectories.h5").is_file()
     assert not list(out.rglob("*.lock")) and not list(out.glob(".staging-*"))
     capsys.readouterr()

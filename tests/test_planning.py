@@ -19,7 +19,7 @@ from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from ret_toolkit.cli import planning as planning_cmd
 from ret_toolkit.cli.train import task_cli
-from ret_toolkit.planning import ProbeSettings, TaskDataModule, TaskLM, export_task_model
+from ret_toolkit.planning import PlanningInputs, ProbeSettings, TaskDataModule, TaskLM, export_task_model
 from ret_toolkit.planning.analysis import layer_groups, path_variables
 from ret_toolkit.planning.run import run_planning, sentences
 from ret_toolkit.tasks import write_prompts_jsonl
@@ -161,7 +161,8 @@ def test_layer_groups():
 def test_run_planning_writes_every_analysis_with_cis_and_nulls(trained, tmp_path):
     model_dir, _ = trained
     s = ProbeSettings(epochs=1, batch_size=64, num_codes=8, dim=16, n_permutations=10, n_boot=10, history_blocks=2)
-    r = run_planning(str(model_dir), "pathfinding", tmp_path / "plan", n=160, settings=s, progress=False)
+    job = PlanningInputs(model=str(model_dir), task="pathfinding", out=str(tmp_path / "plan"), n=160)
+    r = run_planning(job, s, progress=False)
     saved = json.loads((tmp_path / "plan" / "planning.json").read_text())
     assert saved["accuracy"]["n"] == 160 and (tmp_path / "plan" / "planning.html").stat().st_size > 10_000
     curve = r["horizon"]["curve"]
@@ -197,7 +198,7 @@ def test_ret_planning_refuses_other_settings_before_writing(trained, tmp_path, c
                         functools.partial(ProbeSettings, num_codes=8, dim=16, batch_size=64, history_blocks=1))
     out = tmp_path / "plan"
     base = ["--model", str(model_dir), "--task", "pathfinding", "--out", str(out), "--n", "100", "--epochs", "1",
-            "--max-tau", "3", "--permutations", "5", "--bootstrap", "5", "--quiet"]
+            "--max-tau", "3", "--n-permutations", "5", "--n-boot", "5", "--quiet"]
     assert planning_cmd.main(base) == 0
     before = _checksums(out)
     assert set(before) == {"trajectories.h5", "planning.json", "planning.html", "ret_runs.json"}  # no prompts.jsonl
@@ -208,7 +209,7 @@ def test_ret_planning_refuses_other_settings_before_writing(trained, tmp_path, c
 
     with monkeypatch.context() as m:
         m.setattr("ret_toolkit.planning.run.load_model", no_model)
-        rc = planning_cmd.main(base + ["--permutations", "6"])
+        rc = planning_cmd.main(base + ["--n-permutations", "6"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1, err
     assert "holds a ret-planning run with other settings (differs in probe)" in err[0] and "--overwrite" in err[0]
@@ -216,7 +217,7 @@ def test_ret_planning_refuses_other_settings_before_writing(trained, tmp_path, c
 
     assert planning_cmd.main(base) == 0  # the same settings: rerun
     assert set(_checksums(out)) == set(before)
-    assert planning_cmd.main(base + ["--permutations", "6", "--overwrite"]) == 0
+    assert planning_cmd.main(base + ["--n-permutations", "6", "--overwrite"]) == 0
     assert json.loads((out / "planning.json").read_text())["settings"]["n_permutations"] == 6
     runs = json.loads((out / "ret_runs.json").read_text())
     assert runs["ret-planning"]["settings"]["probe"]["n_permutations"] == 6

@@ -435,7 +435,7 @@ def test_cli_writes_forecast_json(tiny, tmp_path, stub_labeller, capsys):
     out = tmp_path / "fc"
     rc = forecast_cmd.main(["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]),
                             "--out", str(out), "--n-items", "20", "--pushbacks", "all", "--ks", "0,1,2",
-                            "--max-new-tokens", "4", "--repeats", "1", "--bootstrap", "50", "--batch-size", "32",
+                            "--max-new-tokens", "4", "--repeats", "1", "--n-boot", "50", "--batch-size", "32",
                             "--quiet"])
     assert rc == 0
     r = json.loads((out / "forecast.json").read_text())
@@ -460,7 +460,7 @@ def test_cli_in_domain_adds_its_row_and_paired_differences(tiny, tmp_path, stub_
     out = tmp_path / "fc"
     rc = forecast_cmd.main(["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]),
                             "--out", str(out), "--n-items", "20", "--pushbacks", "all", "--ks", "0,2",
-                            "--max-new-tokens", "4", "--repeats", "1", "--bootstrap", "50", "--batch-size", "32",
+                            "--max-new-tokens", "4", "--repeats", "1", "--n-boot", "50", "--batch-size", "32",
                             "--in-domain", "--in-domain-epochs", "1", "--quiet"])
     assert rc == 0
     r = json.loads((out / "forecast.json").read_text())
@@ -490,7 +490,7 @@ def test_cli_refuses_other_settings_before_writing_and_reuses_stores(tiny, tmp_p
     out = tmp_path / "fc"
     base = ["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]), "--out", str(out),
             "--n-items", "12", "--pushbacks", "all", "--ks", "0,1", "--max-new-tokens", "3", "--folds", "3",
-            "--repeats", "1", "--bootstrap", "20", "--batch-size", "32", "--quiet"]
+            "--repeats", "1", "--n-boot", "20", "--batch-size", "32", "--quiet"]
     assert forecast_cmd.main(base) == 0
     capsys.readouterr()
     before = _checksums(out)
@@ -498,7 +498,7 @@ def test_cli_refuses_other_settings_before_writing_and_reuses_stores(tiny, tmp_p
     calls.clear()
 
     # other settings: refused in one line before the model is loaded; not a byte changes
-    line = _error_line(capsys, forecast_cmd.main(base + ["--bootstrap", "30"]))
+    line = _error_line(capsys, forecast_cmd.main(base + ["--n-boot", "30"]))
     assert "holds a ret-forecast run with other settings (differs in n_boot)" in line and "--overwrite" in line
     assert _checksums(out) == before and not calls
 
@@ -516,7 +516,7 @@ def test_cli_refuses_other_settings_before_writing_and_reuses_stores(tiny, tmp_p
     calls.clear()
 
     # --overwrite replaces the results; stores whose extraction config matches are still reused ...
-    assert forecast_cmd.main(base + ["--bootstrap", "30", "--overwrite"]) == 0
+    assert forecast_cmd.main(base + ["--n-boot", "30", "--overwrite"]) == 0
     assert calls == [("turn1.h5", False, 0), ("turn2.h5", False, 0)]
     assert json.loads((out / "forecast.json").read_text())["forecast"]["n_boot"] == 30
     calls.clear()

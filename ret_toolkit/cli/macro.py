@@ -1,6 +1,6 @@
 """``ret-macro``: macrostates from a trained RET checkpoint and a store.
 
-    ret-macro --ckpt runs/macro/.../last.ckpt --store traj.h5 --out macro_out --k 12
+    ret-macro --ckpt runs/macro/.../last.ckpt --store traj.h5 --out macro_out --n-macrostates 12
 
 Writes ``macrostates.h5`` (z and group per token), ``ret_macro.ckpt`` (the
 checkpoint with its k-means centroids), ``summary.json``, ``metrics.json``
@@ -14,28 +14,31 @@ import sys
 from typing import Sequence
 
 from ret_toolkit.cli.base import OneLineParser, run_cli
+from ret_toolkit.cli.flags import add_settings, settings_from
+from ret_toolkit.macro.settings import MacroSettings
+
+#: The settings dataclasses whose fields are this command's flags (in --help order).
+SETTINGS = (MacroSettings,)
+#: Flags of how ret-macro runs, not settings of the macrostates.
+COMMAND_FLAGS = ("quiet",)
 
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="ret-macro", description=__doc__.split("\n\n")[0])
-    p.add_argument("--ckpt", required=True, help="RET checkpoint from ret-train macro")
-    p.add_argument("--store", required=True, help="trajectory store (same model and layers as the checkpoint)")
-    p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--k", type=int, default=12, help="number of macrostates (k-means clusters)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-report", action="store_true", help="skip report.html")
-    p.add_argument("--overwrite", action="store_true", help="replace the results of an earlier run with other settings in --out")
-    p.add_argument("--quiet", action="store_true")
+    for settings in SETTINGS:
+        add_settings(p, settings)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def _run(argv: Sequence[str]) -> int:
+    a = parser().parse_args(argv)
+    s = settings_from(MacroSettings, a)
     from ret_toolkit.macro.pipeline import build_macrostates
 
-    a = parser().parse_args(argv)
-    r = build_macrostates(a.ckpt, a.store, a.out, k=a.k, seed=a.seed, progress=not a.quiet, report=not a.no_report,
-                          overwrite=a.overwrite)
-    print(f"ret-macro: {a.out}: {r.headline()}")
+    r = build_macrostates(s.ckpt, s.store, s.out, n_macrostates=s.n_macrostates, seed=s.seed, progress=not a.quiet,
+                          report=s.report, overwrite=s.overwrite)
+    print(f"ret-macro: {s.out}: {r.headline()}")
     return 0
 
 

@@ -18,42 +18,32 @@ import argparse
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, add_placement_arguments, add_storage_arguments, run_cli, storage
+from ret_toolkit.cli.base import OneLineParser, run_cli
+from ret_toolkit.cli.flags import add_settings, settings_from
+from ret_toolkit.planning.settings import PlanningInputs, ProbeSettings
+
+#: The settings dataclasses whose fields are this command's flags (in --help order).
+SETTINGS = (PlanningInputs, ProbeSettings)
+#: Flags of how ret-planning runs, not settings of the analysis.
+COMMAND_FLAGS = ("quiet",)
 
 
 def parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="ret-planning", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="model directory from ret-train task (or any GPT-style transformers dir)")
-    p.add_argument("--task", required=True, choices=["pathfinding", "grammar"])
-    p.add_argument("--path-nodes", type=int, default=4, help="path-finding: nodes per path (4 short, 6 long)")
-    p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--n", type=int, default=2000, help="held-out task samples to trace")
-    p.add_argument("--epochs", type=int, default=10, help="epochs of each VQ probe")
-    p.add_argument("--max-tau", type=int, default=10)
-    p.add_argument("--prefix-positions", type=int, default=4)
-    p.add_argument("--permutations", type=int, default=200)
-    p.add_argument("--bootstrap", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the results of a ret-planning run with other settings in --out")
-    p.add_argument("--quiet", action="store_true")
-    add_storage_arguments(p)
-    add_placement_arguments(p)
+    for settings in SETTINGS:
+        add_settings(p, settings)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
 
 def _run(argv: Sequence[str]) -> int:
-    from ret_toolkit.planning.analysis import ProbeSettings
+    a = parser().parse_args(argv)
+    job, s = settings_from(PlanningInputs, a), settings_from(ProbeSettings, a)
     from ret_toolkit.planning.run import run_planning
 
-    a = parser().parse_args(argv)
-    s = ProbeSettings(prefix_positions=a.prefix_positions, max_tau=a.max_tau, epochs=a.epochs,
-                      n_permutations=a.permutations, n_boot=a.bootstrap, seed=a.seed)
-    r = run_planning(a.model, a.task, a.out, n=a.n, path_nodes=a.path_nodes, settings=s, progress=not a.quiet,
-                     overwrite=a.overwrite, device=a.device, model_dtype=a.model_dtype, device_map=a.device_map,
-                     **storage(a))
+    r = run_planning(job, s, progress=not a.quiet)
     print("ret-planning: " + r.table())
-    print(f"ret-planning: {a.out}/planning.json, {a.out}/planning.html")
+    print(f"ret-planning: {job.out}/planning.json, {job.out}/planning.html")
     return 0
 
 

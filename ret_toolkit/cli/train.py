@@ -18,14 +18,15 @@ import sys
 import warnings
 from functools import partial
 from importlib import import_module
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from lightning.pytorch.cli import LightningCLI
-
+from activation_cache._version import __version__
 from activation_cache.errors import InputError
-from ret_toolkit.checkpoint import check_family
 from ret_toolkit.cli.base import run_cli
 from ret_toolkit.training import trainer_defaults
+
+if TYPE_CHECKING:
+    from lightning.pytorch.cli import LightningCLI
 
 
 #: family -> (module class, data-module class, the module that owns its wiring), as "module:name"
@@ -48,53 +49,12 @@ def _load(spec: str):
     return getattr(mod, name) if name else mod
 
 
-class WiredCLI(LightningCLI):
-    """LightningCLI whose model arguments that the data decides are linked through the family's ``wired_arguments``.
-
-    The same function wires the model in the Python API (``ret_toolkit.macro.train`` etc.),
-    so a YAML config and a notebook build the same model.
-    """
-
-    wiring = None  # the family's train module: wired_arguments(datamodule) and WIRED_KEYS
-    default_root = None  # the family's default log root (runs/<family>)
-    kind = ""  # the family's checkpoints as messages name them (ret_toolkit.checkpoint.FAMILY_KEYS)
-
-    def add_arguments_to_parser(self, parser) -> None:
-        for key in self.wiring.WIRED_KEYS:
-            parser.link_arguments("data", f"model.{key}", apply_on="instantiate",
-                                  compute_fn=partial(_wired_value, self.wiring.wired_arguments, key))
-
-    def parse_arguments(self, parser, args) -> None:
-        """Parse, then check ``--ckpt_path``: Lightning reads the checkpoint's hyperparameters into the
-        config next, and a file of another family (or none at all) should fail with what it is."""
-        super().parse_arguments(parser, args)
-        sub = self.config.get("subcommand")
-        ckpt_path = self.config[sub].get("ckpt_path") if sub else None
-        if ckpt_path:
-            check_family(ckpt_path, self.kind)
-
-    def before_instantiate_classes(self) -> None:
-        """``--trainer.default_root_dir DIR`` alone moves the whole run (logs and checkpoints) to DIR.
-
-        Our default CSV logger names its own ``save_dir`` (runs/<family>), and Lightning puts the
-        checkpoints under the logger's directory, so without this the flag would be ignored.
-        """
-        trainer = (self.config[self.subcommand] if self.subcommand else self.config).trainer
-        logger = trainer.get("logger")
-        init = logger.get("init_args") if hasattr(logger, "get") else None
-        if (trainer.get("default_root_dir") not in (None, self.default_root) and init is not None
-                and init.get("save_dir") == self.default_root):
-            init.save_dir = trainer.default_root_dir
-
-
-def _wired_value(wired_arguments, key, data):
-    return wired_arguments(data)[key]
-
-
 def family_cli(family: str, args: Sequence[str], run: bool = True) -> LightningCLI:
     """Build (and by default run) the ``ret-train <family>`` CLI on ``args`` (``fit ...``)."""
     from jsonargparse import ArgumentError
     from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from ret_toolkit.cli.wired_cli import WiredCLI
 
     module, datamodule, wiring = (_load(spec) for spec in FAMILIES[family])
     cli_class = type(f"{family.capitalize()}CLI", (WiredCLI,),
@@ -162,8 +122,15 @@ COMMANDS = {"macro": _macro, "vq": _vq, "task": _task}
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    usage = f"usage: ret-train {{{','.join(COMMANDS)}}} fit [options]  (ret-train macro fit --help)"
+    if argv[:1] in (["-h"], ["--help"]):
+        print(f"{usage}\n\n{__doc__.strip()}")
+        return 0
+    if argv[:1] == ["--version"]:
+        print(f"ret-train {__version__}")
+        return 0
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: ret-train {{{','.join(COMMANDS)}}} fit [options]  (ret-train macro fit --help)", file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     name = argv[0]
     return run_cli(f"ret-train {name}", lambda: COMMANDS[name](argv[1:]))

@@ -2,19 +2,29 @@
 
     from ret_toolkit.macro import build_macrostates, load_ret, train
     run = train(["gen.h5"], layers="15", max_epochs=8)            # Lightning, CSV logs + checkpoint
-    res = build_macrostates(run.checkpoint, "gen.h5", "macro_out", k=12)
+    res = build_macrostates(run.checkpoint, "gen.h5", "macro_out", n_macrostates=12)
     ret = load_ret(res.checkpoint)                                 # RETModule with its centroids
 """
 
-from ret_toolkit.macro.assign import load_ret, open_macro
-from ret_toolkit.macro.datamodule import TrajectoryDataModule
-from ret_toolkit.macro.evaluate import consistency_difference
-from ret_toolkit.macro.heldout import HeldOutEvaluation, evaluate_sequences
-from ret_toolkit.macro.module import RETModule
-from ret_toolkit.macro.pipeline import MacroResult, build_macrostates, checkpoint_split, format_metrics
-from ret_toolkit.macro.rank import RepresentationCollapsed, effective_rank
-from ret_toolkit.macro.train import TrainResult, train, wire_model
+from activation_cache.lazy import lazy_exports
 
-__all__ = ["HeldOutEvaluation", "MacroResult", "RETModule", "RepresentationCollapsed", "TrainResult", "TrajectoryDataModule",
-           "build_macrostates", "checkpoint_split", "consistency_difference", "effective_rank", "evaluate_sequences", "format_metrics", "load_ret", "open_macro",
-           "train", "wire_model"]
+# Names load their module on first use: importing a settings module of this package stays light.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "HeldOutEvaluation": "ret_toolkit.macro.heldout",
+    "MacroResult": "ret_toolkit.macro.pipeline",
+    "MacroSettings": "ret_toolkit.macro.settings",
+    "RETModule": "ret_toolkit.macro.module",
+    "RepresentationCollapsed": "ret_toolkit.macro.rank",
+    "TrainResult": "ret_toolkit.macro.train",
+    "TrajectoryDataModule": "ret_toolkit.macro.datamodule",
+    "build_macrostates": "ret_toolkit.macro.pipeline",
+    "checkpoint_split": "ret_toolkit.macro.pipeline",
+    "consistency_difference": "ret_toolkit.macro.evaluate",
+    "effective_rank": "ret_toolkit.macro.rank",
+    "evaluate_sequences": "ret_toolkit.macro.heldout",
+    "format_metrics": "ret_toolkit.macro.pipeline",
+    "load_ret": "ret_toolkit.macro.assign",
+    "open_macro": "ret_toolkit.macro.assign",
+    "train": "ret_toolkit.macro.train",
+    "wire_model": "ret_toolkit.macro.train",
+})

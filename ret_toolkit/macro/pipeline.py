@@ -11,6 +11,7 @@ are on sequences the encoder never saw.
 from __future__ import annotations
 
 import logging
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from ret_toolkit.macro.assign import (
 )
 from ret_toolkit.macro.baselines import BASELINES
 from ret_toolkit.macro.heldout import evaluate_sequences
+from ret_toolkit.macro.settings import N_MACROSTATES
 from ret_toolkit.macro.summaries import summarize_groups, trajectory_records
 from ret_toolkit.storeset import split_sequences
 
@@ -66,7 +68,7 @@ class MacroResult:
                 f"window {tc['kmeans_window']['p_same_next']:.3f}, ema {tc['ema']['p_same_next']:.3f}")
 
     def table(self) -> str:
-        """The held-out comparison table (:func:`format_metrics`)."""
+        """The held-out comparison table (:func:`format_metrics`), as ``ret-demo`` prints it."""
         return format_metrics(self.metrics)
 
     def figure(self):
@@ -103,12 +105,14 @@ def build_macrostates(
     ckpt: str | Path,
     store_path: str | Path,
     out_dir: str | Path | OutputDir,
-    k: int = 12,
+    n_macrostates: int = N_MACROSTATES,
     seed: int = 0,
     n_trajectories: int = 6,
     progress: bool = True,
     report: bool = True,
     overwrite: bool = False,
+    *,
+    k: int | None = None,
 ) -> MacroResult:
     """Encode, cluster, summarise and evaluate; writes into ``out_dir``:
 
@@ -120,9 +124,15 @@ def build_macrostates(
     with other settings is refused unless ``overwrite``. ``out_dir`` may also
     be an :class:`~activation_cache.outputs.OutputDir` that the caller has
     entered (the demo stages its own files beside these).
+
+    ``n_macrostates`` is the number of k-means clusters; ``k`` is its deprecated name.
     """
+    if k is not None:
+        warnings.warn("build_macrostates(k=...) is deprecated; use n_macrostates=", DeprecationWarning, stacklevel=2)
+        n_macrostates = k
+    k = n_macrostates
     if k < 2:
-        raise InputError(f"{option('k')} must be >= 2, got {k}")
+        raise InputError(f"{option('n_macrostates')} must be >= 2, got {k}")
     out = out_dir if isinstance(out_dir, OutputDir) else macro_output_dir(out_dir, ckpt, store_path, k, seed, overwrite)
     module = load_ret(ckpt)
     with TrajectoryStore(store_path) as store:

@@ -22,7 +22,7 @@ its stratified null (:func:`ret_toolkit.info.conditional_permutation_test`).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
@@ -37,6 +37,7 @@ from ret_toolkit.info import (
     permutation_test,
 )
 from ret_toolkit.planning.branch import branch_awareness
+from ret_toolkit.planning.settings import ProbeSettings
 from ret_toolkit.tasks.pathfinding import is_reversed
 from ret_toolkit.vq.blocks import BlockSpec
 from ret_toolkit.vq.codes import encode_store_blocks
@@ -45,41 +46,6 @@ from ret_toolkit.vq.fit import fit_vq_store
 #: the branch test needs this many valid answers per cell of the (prefix code x bucket) table;
 #: below it both MIs are mostly estimator floor (an untrained model's 24 answers over 256 cells)
 MIN_ANSWERS_PER_CELL = 2
-
-
-@dataclass(frozen=True)
-class ProbeSettings:
-    """Sizes of the VQ probes and the resampling.
-
-    prefix_positions: the prefix block is positions [T - prefix_positions, T) ...
-    prefix_layers: ... at these layers (``ret-extract --layers`` syntax; default all blocks).
-    max_tau: horizon τ = 1..max_tau (capped by what the sequences hold).
-    history_block: positions per earlier block in the history heatmap;
-    history_blocks: how many earlier blocks; history_groups: layer groups.
-    max_train_blocks: probes trained at every position use a stride that keeps
-        about this many training blocks (the codes are still computed everywhere).
-    """
-
-    prefix_positions: int = 4
-    prefix_layers: str = "all"
-    max_tau: int = 10
-    history_block: int = 4
-    history_blocks: int = 4
-    history_groups: int = 2
-    num_codes: int = 32
-    epochs: int = 10
-    batch_size: int = 128
-    dim: int = 64
-    depth: int = 1
-    n_permutations: int = 200
-    n_boot: int = 200
-    n_buckets: int = 8
-    max_train_blocks: int = 20000
-    seed: int = 0
-
-    def vq_kwargs(self) -> dict:
-        return {"max_epochs": self.epochs, "batch_size": self.batch_size, "num_codes": self.num_codes,
-                "dim": self.dim, "depth": self.depth, "seed": self.seed}
 
 
 def mi_summary(a: np.ndarray, b: np.ndarray, s: ProbeSettings) -> dict:

@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader, IterableDataset
 from activation_cache.errors import InputError
 from activation_cache.quiet import no_transformers_bars
 from ret_toolkit.planning.decode import is_teacherless, task_accuracy_of
+from ret_toolkit.planning.settings import TASKS
 from ret_toolkit.tasks import GrammarTask, PathTask, TaskSample, task_tokenizer
 
-TASKS = ("pathfinding", "grammar")
 CORRUPT_MODES = ("random", "mask")
 
 

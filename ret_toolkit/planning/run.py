@@ -20,11 +20,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from activation_cache.errors import InputError, option
-from activation_cache.extraction import ExtractConfig, check_storage, extract
+from activation_cache.extract_config import ExtractConfig, check_storage
+from activation_cache.extraction import extract
 from activation_cache.models import load_model
 from activation_cache.outputs import OutputDir, with_options, write_json
+from activation_cache.settings import placement_of
 from ret_toolkit.planning.analysis import (
-    ProbeSettings,
     branch_on_store,
     history_heatmap,
     horizon_curve,
@@ -33,6 +34,7 @@ from ret_toolkit.planning.analysis import (
 from ret_toolkit.planning.datamodule import make_task, task_settings
 from ret_toolkit.planning.decode import task_accuracy_of
 from ret_toolkit.planning.result import PlanningResult
+from ret_toolkit.planning.settings import PlanningInputs, ProbeSettings
 from ret_toolkit.tasks import TaskSample, prompt_records
 
 log = logging.getLogger("ret_toolkit.planning")
@@ -54,24 +56,22 @@ def planning_settings(model_dir: str | Path, task_name: str, n: int, path_nodes:
             "probe": asdict(settings)}
 
 
-def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000, path_nodes: int = 4,
-                 settings: ProbeSettings | None = None, seed: int = 1000, progress: bool = True,
-                 overwrite: bool = False, *, device: str | None = "auto", model_dtype: str | None = "auto",
-                 device_map: str | dict | None = None, dtype: str = "auto",
-                 compression: str | None = None) -> PlanningResult:
-    """Run the planning analyses of ``task_name`` on the model in ``model_dir``; returns its :class:`PlanningResult`.
+def run_planning(job: PlanningInputs, settings: ProbeSettings | None = None, *, seed: int = 1000,
+                 progress: bool = True) -> PlanningResult:
+    """Run the planning analyses of ``job.task`` on the model in ``job.model``; returns its :class:`PlanningResult`.
 
-    ``out`` receives ``trajectories.h5``, ``planning.json`` and ``planning.html``. A
-    directory that holds a ``ret-planning`` run with other settings (model, task,
-    ``n``, ``path_nodes``, ``seed``, probe settings) is refused before the model is
-    loaded, unless ``overwrite``: then its results are replaced. A rerun with the
-    same settings recomputes and replaces them. Nothing in ``out`` changes unless
-    the whole run succeeds. ``device``, ``model_dtype`` and ``device_map`` place
-    the model as :func:`~activation_cache.models.load_model` does; ``dtype`` and
-    ``compression`` are the store's (as ``ret-extract``'s flags).
+    ``job.out`` receives ``trajectories.h5``, ``planning.json`` and ``planning.html``
+    (:class:`~ret_toolkit.planning.settings.PlanningInputs`: also ``n`` samples,
+    ``path_nodes``, where the model runs and the store's format). ``seed`` draws the
+    held-out samples. A directory that holds a ``ret-planning`` run with other settings
+    (model, task, ``n``, ``path_nodes``, ``seed``, probe settings) is refused before the
+    model is loaded, unless ``job.overwrite``: then its results are replaced. A rerun with
+    the same settings recomputes and replaces them. Nothing in ``out`` changes unless the
+    whole run succeeds.
     """
     s = settings or ProbeSettings()
-    out = Path(out)
+    model_dir, task_name, out, n, path_nodes = job.model, job.task, Path(job.out), job.n, job.path_nodes
+    dtype, compression = job.dtype, job.compression
     t0 = time.perf_counter()
     if n < 1:
         raise InputError(f"{option('n')} must be >= 1, got {n}")
@@ -80,9 +80,9 @@ def run_planning(model_dir: str, task_name: str, out: str | Path, n: int = 2000,
     check_storage(dtype, compression)
     record = with_options(planning_settings(model_dir, task_name, n, path_nodes, s, seed),
                           {"dtype": "auto", "compression": None}, {"dtype": dtype, "compression": compression})
-    od = OutputDir(out, "ret-planning", record, files=PLANNING_FILES, overwrite=overwrite)
+    od = OutputDir(out, "ret-planning", record, files=PLANNING_FILES, overwrite=job.overwrite)
     samples = task.samples(n, seed)
-    loaded = load_model(model_dir, device=device, dtype=model_dtype, device_map=device_map)
+    loaded = load_model(model_dir, **placement_of(job))
     if loaded.arch.n_layers < 2:
         raise InputError(f"{model_dir}: the planning analyses need a model with at least 2 layers")
 

@@ -15,19 +15,32 @@
 Layer ℓ is the output of decoder block ℓ (0-based), as ``/hidden/<ℓ>`` in the trajectory store.
 """
 
-from ret_toolkit.steering.closed_loop import ClosedLoop, closed_loop_generate
-from ret_toolkit.steering.construct import from_contrast, from_groups
-from ret_toolkit.steering.detect import MacrostateReader, load_reader
-from ret_toolkit.steering.evaluate import render_prompts, sweep
-from ret_toolkit.steering.generate import Generation, generate
-from ret_toolkit.steering.hooks import Steering, steer
-from ret_toolkit.steering.nnsight_steer import language_model, nnsight_generate
-from ret_toolkit.steering.ret_source import RETOutputs, find_outputs, group_vector
-from ret_toolkit.steering.sweep_result import SweepPoint, SweepResult
-from ret_toolkit.steering.vector import SteeringVector
+from activation_cache.lazy import lazy_exports
 
-__all__ = [
-    "ClosedLoop", "Generation", "MacrostateReader", "RETOutputs", "Steering", "SteeringVector", "SweepPoint",
-    "SweepResult", "closed_loop_generate", "find_outputs", "from_contrast", "from_groups", "generate", "group_vector",
-    "language_model", "load_reader", "nnsight_generate", "render_prompts", "steer", "sweep",
-]
+# Names load their module on first use: importing a settings module of this package stays light.
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "ClosedLoop": "ret_toolkit.steering.closed_loop",
+    "Generation": "ret_toolkit.steering.generate",
+    "GenerationSettings": "ret_toolkit.steering.settings",
+    "MacrostateReader": "ret_toolkit.steering.detect",
+    "RETOutputs": "ret_toolkit.steering.ret_source",
+    "SteerResult": "ret_toolkit.steering.run",
+    "SteerSettings": "ret_toolkit.steering.settings",
+    "Steering": "ret_toolkit.steering.hooks",
+    "SteeringVector": "ret_toolkit.steering.vector",
+    "SweepPoint": "ret_toolkit.steering.sweep_result",
+    "SweepResult": "ret_toolkit.steering.sweep_result",
+    "closed_loop_generate": "ret_toolkit.steering.closed_loop",
+    "find_outputs": "ret_toolkit.steering.ret_source",
+    "from_contrast": "ret_toolkit.steering.construct",
+    "from_groups": "ret_toolkit.steering.construct",
+    "generate": "ret_toolkit.steering.generate",
+    "group_vector": "ret_toolkit.steering.ret_source",
+    "language_model": "ret_toolkit.steering.nnsight_steer",
+    "load_reader": "ret_toolkit.steering.detect",
+    "nnsight_generate": "ret_toolkit.steering.nnsight_steer",
+    "render_prompts": "ret_toolkit.steering.evaluate",
+    "run_steer": "ret_toolkit.steering.run",
+    "steer": "ret_toolkit.steering.hooks",
+    "sweep": "ret_toolkit.steering.evaluate",
+})

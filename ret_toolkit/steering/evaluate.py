@@ -44,6 +44,7 @@ from activation_cache.tracer import eos_ids
 from ret_toolkit.steering.detect import LayerCapture, MacrostateReader
 from ret_toolkit.steering.hooks import steer
 from ret_toolkit.steering.plan import Vectors
+from ret_toolkit.steering.settings import GenerationSettings
 from ret_toolkit.steering.sweep_result import SweepResult, score_point
 
 __all__ = ["generate_continuations", "render_prompts", "reread", "sweep"]
@@ -75,18 +76,18 @@ def render_prompts(tokenizer, prompts: Sequence[Any], chat: bool = True) -> list
 
 @torch.inference_mode()
 def generate_continuations(model, tokenizer, prompt_ids: Sequence[Sequence[int]], vectors: Vectors | None = None,
-                           alpha: float = 0.0, *, positions: str = "all", max_new_tokens: int = 32,
-                           batch_size: int = 8, do_sample: bool = False, seed: int = 0,
-                           model_name: str | None = None) -> list[list[int]]:
-    """Generated ids of each prompt (cut before the first EOS), with ``steer(vectors, alpha, positions)``.
+                           alpha: float = 0.0, *, settings: GenerationSettings | None = None,
+                           model_name: str | None = None, **overrides: Any) -> list[list[int]]:
+    """Generated ids of each prompt (cut before the first EOS), with ``steer(vectors, alpha, settings.positions)``.
 
     ``vectors=None`` or ``alpha == 0`` generates without any hook. Sampling
-    (``do_sample=True``) reseeds torch with ``seed`` first, so every α of a
-    sweep draws from the same random stream.
+    (``sample=True``) reseeds torch with ``seed`` first, so every α of a
+    sweep draws from the same random stream. ``settings`` and ``overrides`` as
+    :func:`~ret_toolkit.steering.generate.generate`'s (``chat`` plays no part: the prompts are ids).
     """
+    g = GenerationSettings.of(settings, overrides)
+    max_new_tokens, batch_size, do_sample, seed = g.max_new_tokens, g.batch_size, g.sample, g.seed
     module, _, _ = resolve_model(model)
-    if max_new_tokens < 1 or batch_size < 1:
-        raise InputError(f"need max_new_tokens >= 1 and batch_size >= 1, got {max_new_tokens}, {batch_size}")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     stop = set(eos_ids(module, tokenizer))
     device = input_device(module)
@@ -97,7 +98,7 @@ def generate_continuations(model, tokenizer, prompt_ids: Sequence[Sequence[int]]
         torch.manual_seed(seed)
     hooked = vectors is not None and alpha != 0.0
     out: list[list[int]] = []
-    with steer(model, vectors, alpha=alpha, positions=positions, model_name=model_name) if hooked else nullcontext():
+    with steer(model, vectors, alpha=alpha, positions=g.positions, model_name=model_name) if hooked else nullcontext():
         for lo in range(0, len(prompt_ids), batch_size):
             batch = left_pad(prompt_ids[lo : lo + batch_size], pad)
             seqs = module.generate(**{k: v.to(device) for k, v in batch.items()}, **kwargs)
@@ -142,9 +143,9 @@ def reread(model, reader: MacrostateReader, prompt_ids: Sequence[Sequence[int]],
 
 
 def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_group: int, alphas: Sequence[float],
-          prompt_ids: Sequence[Sequence[int]], *, positions: str = "all", max_new_tokens: int = 32,
-          batch_size: int = 8, do_sample: bool = False, seed: int = 0, model_name: str | None = None,
-          progress=None, rank: Rank | None = None, max_ppl_ratio: float = 1.5) -> SweepResult:
+          prompt_ids: Sequence[Sequence[int]], *, settings: GenerationSettings | None = None,
+          model_name: str | None = None, progress=None, rank: Rank | None = None, max_ppl_ratio: float = 1.5,
+          **overrides: Any) -> SweepResult:
     """Share of the target group and perplexity for every α (module docstring).
 
     Args:
@@ -154,6 +155,8 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
         vector: the steering vector(s) for ``target_group``.
         alphas: coefficients; 0 is added if missing (the baseline).
         prompt_ids: :func:`render_prompts` output.
+        settings, overrides: how each α generates (:class:`~ret_toolkit.steering.settings.GenerationSettings`;
+            keywords such as ``max_new_tokens=24`` override single fields).
         progress: ``True`` for a progress bar over the α values, or a callable
             ``progress(point)`` called with each :class:`SweepPoint`.
         rank: under torchrun, this process's rank
@@ -168,12 +171,13 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
         :class:`~ret_toolkit.steering.sweep_result.SweepResult`: one point per α
         (ascending), the α = 0 baseline, the best α and its gain with a CI.
     """
+    g = GenerationSettings.of(settings, overrides)
     (target_group,) = reader.check_groups([target_group], "target group")
     reader.check_model(model, model_name=model_name)
     values = sorted({float(a) for a in alphas} | {0.0})
     if not all(math.isfinite(a) for a in values):
         raise InputError(f"alphas must be finite, got {list(alphas)}")
-    mine = list(prompt_ids)[batch_shard(len(prompt_ids), batch_size, rank)]
+    mine = list(prompt_ids)[batch_shard(len(prompt_ids), g.batch_size, rank)]
     bar = None
     if progress is True:  # one bar on the lead rank; a callable is the caller's own report
         from tqdm.auto import tqdm
@@ -184,10 +188,8 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
         progress = None
     local = []  # per α: (per-prompt scores of this rank's prompts, its first continuation, the continuations' ids)
     for alpha in values:
-        gen = generate_continuations(model, tokenizer, mine, vector, alpha, positions=positions,
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
-                                     seed=seed, model_name=model_name)
-        local.append((reread(model, reader, mine, gen, batch_size=batch_size),
+        gen = generate_continuations(model, tokenizer, mine, vector, alpha, settings=g, model_name=model_name)
+        local.append((reread(model, reader, mine, gen, batch_size=g.batch_size),
                       tokenizer.decode(gen[0]) if gen else None, [list(map(int, g)) for g in gen]))
         if progress is not None and rank is None:
             progress(score_point(alpha, target_group, local[-1][0], reader.k, local[-1][1] or "", local[-1][2]))
@@ -206,8 +208,8 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
         if progress is not None and rank is not None:
             progress(points[-1])
     vectors = list(vector) if isinstance(vector, (list, tuple)) else [vector]
-    settings = {"positions": positions, "max_new_tokens": max_new_tokens, "do_sample": do_sample, "seed": seed,
-                "n_prompts": len(prompt_ids), "k": reader.k, "reader_layers": reader.layers,
-                "vector_layers": sorted({x for v in vectors for x in v.layers})}
-    return SweepResult(target_group, points, settings, max_ppl_ratio,
+    record = {"positions": g.positions, "max_new_tokens": g.max_new_tokens, "do_sample": g.sample, "seed": g.seed,
+              "n_prompts": len(prompt_ids), "k": reader.k, "reader_layers": reader.layers,
+              "vector_layers": sorted({x for v in vectors for x in v.layers})}
+    return SweepResult(target_group, points, record, max_ppl_ratio,
                        vectors[0].manifest if len(vectors) == 1 else None)

@@ -23,6 +23,7 @@ from typing import Any
 from activation_cache.errors import InputError
 from ret_toolkit.steering.detect import MacrostateReader
 from ret_toolkit.steering.plan import Vectors
+from ret_toolkit.steering.settings import GenerationSettings
 
 __all__ = ["Generation", "generate", "prompt_words"]
 
@@ -57,19 +58,19 @@ def prompt_words(prompt) -> str:
 
 
 def generate(model, prompts: Sequence[Any], vector: Vectors | None = None, alpha: float = 0.0, *,
-             positions: str = "all", reader: MacrostateReader | None = None, detect: Sequence[int] = (),
-             when: str = "in", max_new_tokens: int = 40, batch_size: int = 8, do_sample: bool = False,
-             seed: int = 0, chat: bool = True) -> list[Generation]:
+             settings: GenerationSettings | None = None, reader: MacrostateReader | None = None,
+             detect: Sequence[int] = (), when: str = "in", **overrides: Any) -> list[Generation]:
     """Continue every prompt, steered by ``alpha * vector`` (open loop) or only while a macrostate holds (closed loop).
 
     Args:
         model: a :class:`~activation_cache.models.LoadedModel` (its tokenizer renders the prompts).
         prompts: strings or :class:`activation_cache.prompts.Prompt` records.
         vector: steering vector(s); None or ``alpha == 0`` generates the plain model's text.
-        positions: open loop: ``"all"``, ``"prompt"`` or ``"generated"`` positions.
+        settings: :class:`~ret_toolkit.steering.settings.GenerationSettings` (tokens, batch size,
+            sampling, chat rendering, open-loop positions); keywords such as ``max_new_tokens=24``
+            override single fields, as ``transformers``' ``generate(**kwargs)`` overrides its config.
         reader, detect, when: closed loop: the RET reader, the groups it watches and
             whether to steer while the macrostate is ``"in"`` or ``"out"`` of them.
-        chat: wrap plain-text prompts as one user turn through the chat template.
 
     Returns:
         One :class:`Generation` per prompt, in order.
@@ -78,16 +79,15 @@ def generate(model, prompts: Sequence[Any], vector: Vectors | None = None, alpha
     from activation_cache.batching import left_pad, until_stop
     from ret_toolkit.steering.evaluate import generate_continuations, render_prompts
 
+    g = GenerationSettings.of(settings, overrides)
     tok = getattr(model, "tokenizer", None)
     if tok is None:
         raise InputError("generate needs a LoadedModel (activation_cache.models.load_model), whose tokenizer "
                          "renders the prompts")
-    prompt_ids = render_prompts(tok, prompts, chat=chat)
+    prompt_ids = render_prompts(tok, prompts, chat=g.chat)
     words = [prompt_words(p) for p in prompts]
     if not detect:
-        gen = generate_continuations(model, tok, prompt_ids, vector, alpha, positions=positions,
-                                     max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
-                                     seed=seed)
+        gen = generate_continuations(model, tok, prompt_ids, vector, alpha, settings=g)
         return [Generation(w, ids, tok.decode(ids, skip_special_tokens=True)) for w, ids in zip(words, gen)]
     if reader is None or vector is None:
         raise InputError("closed-loop generation (detect) needs a reader and a vector")
@@ -95,10 +95,10 @@ def generate(model, prompts: Sequence[Any], vector: Vectors | None = None, alpha
 
     stop = set(eos_ids(model.model, tok))
     out: list[Generation] = []
-    for lo in range(0, len(prompt_ids), batch_size):
-        batch = left_pad(prompt_ids[lo : lo + batch_size], tok.pad_token_id)
+    for lo in range(0, len(prompt_ids), g.batch_size):
+        batch = left_pad(prompt_ids[lo : lo + g.batch_size], tok.pad_token_id)
         seqs, loop = closed_loop_generate(model, batch, vector, reader, detect, alpha, when, tokenizer=tok,
-                                          max_new_tokens=max_new_tokens, do_sample=do_sample)
+                                          max_new_tokens=g.max_new_tokens, do_sample=g.sample)
         width = batch["input_ids"].shape[1]
         for i, (row, s) in enumerate(zip(seqs, loop.steered)):
             ids = until_stop(row[width:].tolist(), stop)

@@ -39,12 +39,11 @@ from tqdm.auto import tqdm
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.macro.assign import check_store, require_centroids, sequence_hidden
+from ret_toolkit.sycophancy.settings import KS
 
 __all__ = ["KS", "FEATURE_SETS", "DESIGN_FACTORS", "ForecastData", "design_features", "forecast_position",
            "sequence_features", "extract_features"]
 
-#: Default lead times: reply tokens read before forecasting.
-KS = (0, 1, 2, 4, 8, 16)
 FEATURE_SETS = ("ret", "raw_pca", "length", "design")
 #: /meta fields one-hot encoded into the ``design`` features (those the store has)
 DESIGN_FACTORS = ("pushback", "kind")

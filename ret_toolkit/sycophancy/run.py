@@ -21,21 +21,19 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Sequence
 
 from activation_cache.errors import InputError, option, other_name_hint
-from activation_cache.extraction import check_storage
 from activation_cache.layers import layer_spec, parse_layers
 from activation_cache.models import model_name, model_revision, use_chat_template
-from activation_cache.prompts import read_chat_template
 from activation_cache.outputs import OutputDir, with_options, write_json
 from activation_cache.ranks import Rank, rank_device
-from ret_toolkit.sycophancy.features import KS, extract_features
+from ret_toolkit.sycophancy.features import extract_features
+from ret_toolkit.sycophancy.settings import UNRECORDED, ForecastSettings, check_settings
 from ret_toolkit.sycophancy.result import ForecastResult
 from ret_toolkit.sycophancy.trajectories import (
-    PUSHBACK_MODES,
     TraceSettings,
     pick_items,
     trace_dataset,
@@ -51,77 +49,8 @@ __all__ = ["ForecastSettings", "run_forecast", "check_settings", "forecast_outpu
 FORECAST_FILES = ("forecast.json", "forecast.html")
 
 
-@dataclass(frozen=True)
-class ForecastSettings:
-    """Everything ``ret-forecast`` can set besides dataset, model, checkpoint and output.
-
-    n_items: use this many items, spread evenly over the dataset (None: all).
-    ks: lead times (reply tokens read before forecasting).
-    max_new_tokens: reply tokens generated per turn (>= max(ks); the labeller reads them all).
-    layer: store layer of the raw baseline (default: the RET checkpoint's layer).
-    pushbacks: "seeded" (one template per item) or "all" (every template).
-    folds, repeats, n_boot: cross-validation and (refitting) bootstrap sizes; pca_dims: raw-baseline PCA
-    dimensions (default: as many as RET features).
-    in_domain: also forecast from an in-domain RET: one encoder per outer fold (first CV
-    repeat), trained on that fold's training conversations only, with the checkpoint's
-    architecture (:mod:`.in_domain`); reported as ``in_domain`` with its paired differences.
-    in_domain_epochs, in_domain_stride: its training epochs and window stride.
-    chat_template: a Jinja chat template (a file path, or the template text) used instead of
-    the tokenizer's own, e.g. to forecast on a base model, which has none.
-    dtype, compression: how the stores keep the hidden states (as ``ret-extract``'s
-    ``--dtype``, default ``auto``, and ``--compression``).
-    overwrite: replace the results of a run with other settings in the output directory
-    (refused otherwise). The stores are re-traced only where their extraction config
-    differs from this run's (other items, model, layers, tokens, pushbacks, seed, batch
-    size); the others are reused.
-    """
-
-    n_items: int | None = None
-    ks: tuple[int, ...] = KS
-    max_new_tokens: int = 40
-    layer: str | None = None
-    pushbacks: str = "seeded"
-    seed: int = 0
-    batch_size: int = 16
-    folds: int = 5
-    repeats: int = 5
-    n_boot: int = 300
-    pca_dims: int | None = None
-    in_domain: bool = False
-    in_domain_epochs: int = 3
-    in_domain_stride: int = 4
-    chat_template: str | None = None
-    dtype: str = "auto"
-    compression: str | None = None
-    overwrite: bool = False
-
-
 #: Options added after the first release, recorded only when set (earlier run directories still match).
 _LATE_OPTIONS = {"chat_template": None, "dtype": "auto", "compression": None}
-
-
-def check_settings(s: ForecastSettings) -> None:
-    """InputError (one line) for settings that cannot work, before anything is loaded."""
-    if s.n_items is not None and s.n_items < 1:
-        raise InputError(f"{option('n_items')} must be >= 1, got {s.n_items}")
-    if not s.ks or min(s.ks) < 0:
-        raise InputError(f"{option('ks')} must be non-negative integers, got {','.join(map(str, s.ks))}")
-    if s.max_new_tokens < max(s.ks) or s.max_new_tokens < 1:
-        raise InputError(f"{option('max_new_tokens')} {s.max_new_tokens} must be >= 1 and >= the largest k ({max(s.ks)})")
-    if s.pushbacks not in PUSHBACK_MODES:
-        raise InputError(f"{option('pushbacks')} must be {' or '.join(PUSHBACK_MODES)}, got {s.pushbacks!r}")
-    for name, value, low in ((option("folds"), s.folds, 2), (option("repeats"), s.repeats, 1),
-                             (option("n_boot", flag="--bootstrap"), s.n_boot, 10), (option("batch_size"), s.batch_size, 1)):
-        if value < low:
-            raise InputError(f"{name} must be >= {low}, got {value}")
-    for name, value in ((option("in_domain_epochs"), s.in_domain_epochs), (option("in_domain_stride"), s.in_domain_stride)):
-        if value < 1:
-            raise InputError(f"{name} must be >= 1, got {value}")
-    if s.pca_dims is not None and s.pca_dims < 1:
-        raise InputError(f"{option('pca_dims')} must be >= 1, got {s.pca_dims}")
-    if s.chat_template is not None:
-        read_chat_template(s.chat_template)
-    check_storage(s.dtype, s.compression)
 
 
 def _finite(x):
@@ -188,7 +117,7 @@ def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: st
     values = asdict(settings)
     late = {k: values.pop(k) for k in _LATE_OPTIONS}
     record = with_options({k: v for k, v in values.items()
-                           if k != "overwrite" and (settings.in_domain or not k.startswith("in_domain"))},
+                           if k not in UNRECORDED and (settings.in_domain or not k.startswith("in_domain"))},
                           _LATE_OPTIONS, late)
     record.update(dataset=dataset, items_sha256=_items_digest(items),
                   macro_ckpt=str(Path(macro_ckpt).resolve()), model=model)
@@ -197,8 +126,7 @@ def forecast_output_dir(out: str | Path, settings: ForecastSettings, dataset: st
 
 def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: str | None = None,
                  settings: ForecastSettings = ForecastSettings(), loaded=None, progress: bool = True,
-                 dataset_name: str | None = None, *, device: str | None = "auto", model_dtype: str | None = "auto",
-                 device_map: str | dict | None = None, rank: Rank | None = None) -> ForecastResult | None:
+                 dataset_name: str | None = None, *, rank: Rank | None = None) -> ForecastResult | None:
     """Run the whole forecast into ``out``; returns its :class:`~ret_toolkit.sycophancy.result.ForecastResult`
     (the ``forecast.json`` record).
 
@@ -206,10 +134,9 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
         dataset: ``"bank"``, a JSONL file (Anthropic format or a bank of one's own), or a list
             of items from :func:`~ret_toolkit.sycophancy.dataset.load_dataset`.
         macro_ckpt: RET checkpoint with macrostate centroids (``ret_macro.ckpt``).
-        model_spec: model spec (None: the embedded SmolLM2); ``loaded`` skips loading it again.
-        device, model_dtype, device_map: where and in what precision the model runs
-            (as :func:`~activation_cache.models.load_model`); the stores record the
-            resolved weight dtype, so a run in another precision re-traces them.
+        model_spec: model spec (None: the embedded SmolLM2); ``loaded`` skips loading it again
+            (else ``settings.device``, ``model_dtype`` and ``device_map`` place it; the stores
+            record the resolved weight dtype, so a run in another precision re-traces them).
         dataset_name: recorded in forecast.json (and the run record) when ``dataset`` is a
             list of items.
         rank: under torchrun, this process's rank
@@ -257,9 +184,10 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
     if loaded is None:
         from activation_cache.models import load_model
 
-        if rank is not None and device_map is None:
+        device = settings.device
+        if rank is not None and settings.device_map is None:
             device = rank_device(device, rank)
-        loaded = load_model(model_spec, device=device, dtype=model_dtype, device_map=device_map,
+        loaded = load_model(model_spec, device=device, dtype=settings.model_dtype, device_map=settings.device_map,
                             chat_template=settings.chat_template, progress=progress)
     else:
         use_chat_template(loaded, settings.chat_template)

@@ -60,13 +60,12 @@ from ret_toolkit.sycophancy.outcomes import (
     label_conversations,
 )
 from ret_toolkit.sycophancy.pushback import TEMPLATES, assign_template
+from ret_toolkit.sycophancy.settings import PUSHBACK_MODES
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TraceSettings", "TraceResult", "trace_dataset", "trace_first_turn", "last_turn_start",
            "pick_items", "read_replies", "PUSHBACK_MODES"]
-
-PUSHBACK_MODES = ("seeded", "all")
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ from activation_cache.schema import open_h5
 from ret_toolkit.checkpoint import load_checkpoint
 from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, block_anchors, collate_cells
 from ret_toolkit.vq.module import VQModule
+from ret_toolkit.vq.settings import CodesSettings
 
 CODES_FORMAT = "ret-vq-codes"
 
@@ -197,3 +198,65 @@ def read_codes(path: str | Path) -> dict:
         out = {k: f[k][()] for k in ("codes", "sequence", "anchor")}
         out.update({k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()})
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class CodesResult:
+    """What :func:`store_codes` wrote: the codes file, its rows and how many of the codebook's codes they use."""
+
+    path: Path
+    n_blocks: int
+    used_codes: int
+    num_codes: int
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.n_blocks} blocks, {self.used_codes} of {self.num_codes} codes used"
+
+
+def _block(module: VQModule, s: CodesSettings) -> BlockSpec:
+    """The checkpoint's block with the settings' overrides."""
+    changes: dict = {}
+    if s.layers is not None:
+        changes["layers"] = s.layers
+    if s.start is not None:
+        try:
+            changes["start"] = None if str(s.start).lower() == "none" else int(s.start)
+        except ValueError:
+            raise InputError(f"{option('start')} {s.start!r}: expected an integer offset or 'none'") from None
+    if s.stop is not None:
+        changes["stop"] = s.stop
+    return dataclasses.replace(checkpoint_block(module), **changes)
+
+
+def _align(spec: str, layers: str) -> BlockSpec:
+    try:
+        start, stop = (int(v) for v in spec.split(":"))
+    except ValueError:
+        raise InputError(f"{option('align')} {spec!r}: expected START:STOP offsets like -8:10") from None
+    return BlockSpec(layers=layers, start=start, stop=stop)
+
+
+def store_codes(s: CodesSettings, progress: bool = True) -> CodesResult:
+    """Encode the blocks of ``s.store`` with the VQ checkpoint ``s.ckpt`` into the codes file ``s.out``.
+
+    Check, then write: ``s.out`` is checked against these settings before the (slow)
+    encoding, which checks the store against the checkpoint first; nothing is written
+    until the codes are complete.
+    """
+    if s.batch_size < 1 or (s.anchor_stride is not None and s.anchor_stride < 1):
+        raise InputError(f"{option('batch_size')} and {option('anchor_stride')} must be >= 1")
+    module = load_vq(s.ckpt)
+    block = _block(module, s)
+    align = [_align(s.align, block.layers)] if s.align else []
+    settings = codes_settings(module, s.ckpt, s.store, block, s.anchor, s.anchor_stride, align)
+    check_codes_out(s.out, settings, overwrite=s.overwrite)
+    codes, anchors = encode_store_blocks(module, s.store, block, s.anchor, s.anchor_stride, align,
+                                         batch_size=s.batch_size, progress=progress)
+    if len(codes) == 0:
+        within = "the block and the --align range lie" if align else "the block lies"
+        raise InputError(f"{s.store}: no anchor ({settings['anchor']}) where {within} inside the sequence; "
+                         "nothing written")
+    write_codes(s.out, codes, anchors, settings=settings, overwrite=s.overwrite, store=str(s.store),
+                checkpoint=str(s.ckpt), model=module.hparams.source_model,
+                block=json.dumps(dataclasses.asdict(block)), num_codes=module.hparams.num_codes)
+    return CodesResult(Path(s.out), len(codes), len(set(codes.tolist())), module.hparams.num_codes)
