@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, run_cli
-from ret_toolkit.cli.flags import add_settings, settings_from
+from ret_toolkit.cli.base import run_cli
+from ret_toolkit.cli.flags import settings_from, settings_parser
 from ret_toolkit.demo_settings import DemoInputs
 
 #: The settings dataclasses whose fields are this command's flags (in --help order).
@@ -15,12 +16,9 @@ SETTINGS = (DemoInputs,)
 COMMAND_FLAGS = ("quiet",)
 
 
-def parser() -> OneLineParser:
-    p = OneLineParser(prog="ret-demo", description="Extract -> train RET -> macrostates -> evaluation -> report.html + metrics.json")
-    for settings in SETTINGS:
-        add_settings(p, settings)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+def parser() -> argparse.ArgumentParser:
+    return settings_parser("ret-demo", "Extract -> train RET -> macrostates -> evaluation -> report.html + metrics.json",
+                           SETTINGS)
 
 
 def _run(argv: Sequence[str]) -> int:

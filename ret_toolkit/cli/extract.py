@@ -17,7 +17,7 @@ from typing import Sequence
 
 from activation_cache.extract_config import ExtractConfig
 from ret_toolkit.cli.base import OneLineParser, run_cli, say
-from ret_toolkit.cli.flags import add_settings, settings_from
+from ret_toolkit.cli.flags import settings_from, settings_parser
 
 #: The settings dataclasses whose fields are this command's flags (in --help order).
 SETTINGS = (ExtractConfig,)
@@ -26,16 +26,13 @@ COMMAND_FLAGS = ("distributed", "dry_run", "quiet")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="ret-extract", description="Trace residual-stream hidden states into an HDF5 trajectory store. "
-                      "Subcommands: 'merge OUT SHARD...' joins shards; 'info STORE' prints a summary.")
-    for settings in SETTINGS:
-        add_settings(p, settings)
+    p = settings_parser("ret-extract", "Trace residual-stream hidden states into an HDF5 trajectory store. "
+                      "Subcommands: 'merge OUT SHARD...' joins shards; 'info STORE' prints a summary.", SETTINGS)
     p.add_argument("--distributed", action="store_true",
                    help="take this process's shard from SLURM (srun: SLURM_PROCID/SLURM_NTASKS; job arrays: "
                         "SLURM_ARRAY_TASK_ID/COUNT); under torchrun this is automatic. Shards go to OUT_STEM.shards/, "
                         "the rank that finds them all complete merges them into --out")
     p.add_argument("--dry-run", action="store_true", help="print the storage plan (bytes per token, estimated size) and exit")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterable, Union
 
 from activation_cache.errors import InputError, cli_words
 from activation_cache.settings import SETTING, Flag, flag_of
+from ret_toolkit.cli.base import OneLineParser
 
 
 def checked(check: Callable[[str], object] | str, default: object = None) -> Callable[[str], str]:
@@ -145,6 +146,15 @@ def add_settings(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[s
         if spec.group and spec.group not in groups:
             groups[spec.group] = parser.add_argument_group(spec.group)
         _add(groups[spec.group] if spec.group else parser, f, hints[f.name])
+
+
+def settings_parser(prog: str, description: str, settings: Iterable[type]) -> argparse.ArgumentParser:
+    """A command's parser: one flag per field of each settings class, then ``--quiet`` (no progress bars)."""
+    p = OneLineParser(prog=prog, description=description)
+    for cls in settings:
+        add_settings(p, cls)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
 
 
 def settings_from(cls: type, args: argparse.Namespace, **given: Any) -> Any:

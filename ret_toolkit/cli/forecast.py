@@ -31,8 +31,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, run_cli
-from ret_toolkit.cli.flags import add_settings, settings_from
+from ret_toolkit.cli.base import run_cli
+from ret_toolkit.cli.flags import settings_from, settings_parser
 from ret_toolkit.sycophancy.settings import ForecastInputs, ForecastSettings, check_settings
 
 #: The settings dataclasses whose fields are this command's flags (in --help order).
@@ -42,11 +42,7 @@ COMMAND_FLAGS = ("quiet",)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="ret-forecast", description=__doc__.split("\n\n")[0])
-    for settings in SETTINGS:
-        add_settings(p, settings)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+    return settings_parser("ret-forecast", __doc__.split("\n\n")[0], SETTINGS)
 
 
 def _run(argv: Sequence[str]) -> int:

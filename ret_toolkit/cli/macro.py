@@ -13,8 +13,8 @@ import argparse
 import sys
 from typing import Sequence
 
-from ret_toolkit.cli.base import OneLineParser, run_cli
-from ret_toolkit.cli.flags import add_settings, settings_from
+from ret_toolkit.cli.base import run_cli
+from ret_toolkit.cli.flags import settings_from, settings_parser
 from ret_toolkit.macro.settings import MacroSettings
 
 #: The settings dataclasses whose fields are this command's flags (in --help order).
@@ -24,11 +24,7 @@ COMMAND_FLAGS = ("quiet",)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="ret-macro", description=__doc__.split("\n\n")[0])
-    for settings in SETTINGS:
-        add_settings(p, settings)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+    return settings_parser("ret-macro", __doc__.split("\n\n")[0], SETTINGS)
 
 
 def _run(argv: Sequence[str]) -> int:
