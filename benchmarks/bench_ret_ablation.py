@@ -64,7 +64,7 @@ MAX_OCCUPANCY = 0.5
 def split(store_path: str, ckpt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(train, tune, test) sequence indices: the checkpoint's validation sequences halved by a seeded permutation."""
     with TrajectoryStore(store_path) as store:
-        tr, held = checkpoint_split(ckpt, store.n_sequences)
+        tr, held = checkpoint_split(ckpt, store_path, store.n_sequences)
     perm = np.random.default_rng(0).permutation(held)
     half = len(perm) // 2
     return tr, np.sort(perm[:half]), np.sort(perm[half:])

@@ -74,7 +74,7 @@ def heldout_prompt_ids(outputs, tokenizer, n: int) -> tuple[list[list[int]], lis
     """Prompt token ids (the stored prompt part of each held-out sequence, chat template included),
     their prompt ids and their store sequence indices."""
     with TrajectoryStore(outputs.store) as store:
-        _, held = checkpoint_split(outputs.checkpoint, store.n_sequences)
+        _, held = checkpoint_split(outputs.checkpoint, outputs.store, store.n_sequences)
         picks = held[np.linspace(0, len(held) - 1, min(n, len(held))).astype(int)]
         ids, names = [], []
         for s in picks:

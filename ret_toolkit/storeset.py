@@ -25,6 +25,11 @@ from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 
 
+#: The by-sequence validation split every data module draws unless told otherwise.
+VAL_FRACTION = 0.2
+SPLIT_SEED = 0
+
+
 def split_sequences(n: int, val_fraction: float, seed: int, sequences: Sequence[int] | None = None,
                     where: str = "") -> tuple[np.ndarray, np.ndarray]:
     """Seeded split of ``range(n)`` into (train, validation) sequence indices, each sorted.
@@ -57,8 +62,13 @@ class StoreSet:
     n_sequences: list[int]
     splits: list[tuple[np.ndarray, np.ndarray]]
 
+    def split_record(self) -> dict[str, dict[str, list[int]]]:
+        """The split as it is kept in a checkpoint: resolved store path -> train / val sequence indices."""
+        return {str(Path(p).resolve()): {"train": tr.tolist(), "val": va.tolist()}
+                for p, (tr, va) in zip(self.paths, self.splits)}
+
     @classmethod
-    def open(cls, paths: Sequence[str] | str, val_fraction: float = 0.2, split_seed: int = 0,
+    def open(cls, paths: Sequence[str] | str, val_fraction: float = VAL_FRACTION, split_seed: int = SPLIT_SEED,
              sequences: Sequence[int] | None = None) -> "StoreSet":
         """Check ``paths`` and split their sequences; ``sequences`` restricts one store to those
         sequence indices (the split is then drawn among them; the others are never read)."""
@@ -104,13 +114,28 @@ class StoreSet:
 class StoreDataModule(pl.LightningDataModule):
     """Loaders shared by the store-backed data modules.
 
-    Subclasses set ``train_set`` / ``val_set`` (:class:`ConcatChunked`) in
-    ``setup`` and have hparams ``batch_size``, ``split_seed``, ``num_workers``.
-    Training batches are chunk-local shuffles (:class:`ChunkShuffleSampler`,
-    DDP-aware); validation is in order.
+    Subclasses set ``store_set`` (:class:`StoreSet`) in ``__init__`` and
+    ``train_set`` / ``val_set`` (:class:`ConcatChunked`) in ``setup``, and have
+    hparams ``batch_size``, ``split_seed``, ``num_workers``. Training batches
+    are chunk-local shuffles (:class:`ChunkShuffleSampler`, DDP-aware);
+    validation is in order. The split travels in every checkpoint
+    (:meth:`state_dict`, under the class name), so the held-out sequences are
+    read back, not recomputed (:func:`recorded_split`).
     """
 
     collate_fn = None
+
+    def state_dict(self) -> dict:
+        return {"splits": self.store_set.split_record()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """A resumed run keeps the split it started with: the one this module drew must be it."""
+        recorded = state_dict.get("splits")
+        # compared store by store in order: a store that moved keeps its split
+        if recorded is not None and list(recorded.values()) != list(self.store_set.split_record().values()):
+            raise InputError("the checkpoint was trained on another train/validation split of these stores "
+                             "(other data.val_fraction, data.split_seed, data.sequences or stores); resume with "
+                             "the data settings it was trained with")
 
     def _loader(self, ds: ConcatChunked, shuffle: bool) -> DataLoader:
         hp = self.hparams
@@ -123,3 +148,26 @@ class StoreDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader(self.val_set, shuffle=False) if len(self.val_set) else []
+
+
+def recorded_split(checkpoint: dict, store_path: str | Path, n_sequences: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) sequence indices of ``store_path`` in the split a checkpoint was trained with.
+
+    Checkpoints written since the split is recorded hold it (the data module's
+    :meth:`StoreDataModule.state_dict`); for a store the checkpoint was not
+    trained on, or an older checkpoint, the split is drawn again from the data
+    module's recorded ``val_fraction``, ``split_seed`` and ``sequences``.
+    """
+    dm = checkpoint.get("datamodule_hyper_parameters") or {}
+    for key, state in checkpoint.items():
+        if isinstance(state, dict) and isinstance(state.get("splits"), dict) and key.endswith("DataModule"):
+            split = state["splits"].get(str(Path(store_path).resolve()))
+            if split is not None:
+                train, val = (np.asarray(split[side], dtype=np.int64) for side in ("train", "val"))
+                if len(train) + len(val) and max(train.max(initial=-1), val.max(initial=-1)) >= n_sequences:
+                    raise InputError(f"{store_path}: the checkpoint's split names sequences up to "
+                                     f"{max(train.max(initial=-1), val.max(initial=-1))}, but the store has "
+                                     f"{n_sequences}; is this the store it was trained on?")
+                return train, val
+    return split_sequences(n_sequences, float(dm.get("val_fraction", VAL_FRACTION)),
+                           int(dm.get("split_seed", SPLIT_SEED)), dm.get("sequences"), where=str(store_path))

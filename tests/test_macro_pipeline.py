@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from activation_cache.errors import InputError
 from activation_cache.extraction import ExtractConfig, extract
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
@@ -21,7 +22,7 @@ from ret_toolkit.cli.train import macro_cli
 from ret_toolkit.macro.assign import load_ret
 from ret_toolkit.macro.datamodule import TrajectoryDataModule
 from ret_toolkit.storeset import split_sequences
-from ret_toolkit.macro.pipeline import build_macrostates
+from ret_toolkit.macro.pipeline import build_macrostates, checkpoint_split
 from file_checks import file_digests, one_error_line
 from tiny_models import save_tiny_model
 
@@ -60,6 +61,37 @@ def trained(stores, tmp_path_factory):
     root = tmp_path_factory.mktemp("runs")
     cli = _fit(stores["llama"], root)
     return Path(cli.trainer.checkpoint_callback.last_model_path), cli
+
+
+def test_the_checkpoint_records_its_split_and_the_pipeline_reads_it_back(trained, stores, tmp_path):
+    ckpt, cli = trained
+    data = torch.load(ckpt, map_location="cpu", weights_only=True)
+    recorded = data["TrajectoryDataModule"]["splits"][str(Path(stores["llama"]).resolve())]
+    tr, va = cli.datamodule.splits[0]
+    assert recorded == {"train": tr.tolist(), "val": va.tolist()}
+    n = len(tr) + len(va)
+    got = checkpoint_split(ckpt, stores["llama"], n)
+    assert [g.tolist() for g in got] == [tr.tolist(), va.tolist()]
+    # known answer: a planted split is what is read back (it is not drawn again from the seed)
+    planted = {"train": list(range(2, n)), "val": [0, 1]}
+    data["TrajectoryDataModule"]["splits"][str(Path(stores["llama"]).resolve())] = planted
+    torch.save(data, tmp_path / "planted.ckpt")
+    got = checkpoint_split(tmp_path / "planted.ckpt", stores["llama"], n)
+    assert [g.tolist() for g in got] == [planted["train"], planted["val"]]
+    # a store of fewer sequences than the split names is refused in one line
+    with pytest.raises(InputError, match="split names sequences up to"):
+        checkpoint_split(tmp_path / "planted.ckpt", stores["llama"], 2)
+    # an older checkpoint without the record: drawn again from val_fraction / split_seed, the same split
+    del data["TrajectoryDataModule"]
+    torch.save(data, tmp_path / "old.ckpt")
+    assert [g.tolist() for g in checkpoint_split(tmp_path / "old.ckpt", stores["llama"], n)] == [tr.tolist(),
+                                                                                               va.tolist()]
+
+
+def test_resuming_with_another_split_is_refused(trained, stores, tmp_path):
+    ckpt, _ = trained
+    with pytest.raises(InputError, match="another train/validation split"):
+        _fit(stores["llama"], tmp_path, "--data.split_seed=7", "--trainer.max_epochs=3", f"--ckpt_path={ckpt}")
 
 
 def test_split_is_by_sequence_and_seeded():

@@ -658,7 +658,7 @@ def test_in_domain_ret_trains_on_training_conversations_only(traced, tiny, tmp_p
         conv, n = st.meta_column("conversation_id"), st.n_sequences
     for j, (_, te) in enumerate(folds):
         ckpt = next((tmp_path / "runs" / f"fold{j}").rglob("last.ckpt"))
-        train, val = checkpoint_split(ckpt, n)
+        train, val = checkpoint_split(ckpt, res.store, n)
         read = {conv[s] for s in np.concatenate([train, val])}
         assert read and not read & set(data.conversations[te])
     with pytest.raises(InputError, match="grouped"):

@@ -14,7 +14,7 @@ from activation_cache.data import ConcatChunked, TokenWindows
 from activation_cache.errors import InputError
 from activation_cache.layers import select_layers
 from ret_toolkit.hparams import check_hparams
-from ret_toolkit.storeset import StoreDataModule, StoreSet
+from ret_toolkit.storeset import SPLIT_SEED, VAL_FRACTION, StoreDataModule, StoreSet
 
 
 class TrajectoryDataModule(StoreDataModule):
@@ -43,8 +43,8 @@ class TrajectoryDataModule(StoreDataModule):
         window: int = 8,
         max_horizon: int = 8,
         batch_size: int = 256,
-        val_fraction: float = 0.2,
-        split_seed: int = 0,
+        val_fraction: float = VAL_FRACTION,
+        split_seed: int = SPLIT_SEED,
         stride: int = 1,
         num_workers: int = 0,
         sequences: list[int] | None = None,

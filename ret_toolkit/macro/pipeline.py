@@ -3,9 +3,9 @@
     encode z (streaming, HDF5) -> k-means on training sequences -> groups
     -> summaries + transitions -> held-out evaluation against baselines
 
-The training/held-out split is the one the checkpoint was trained with
-(``val_fraction`` and ``split_seed`` of its data module), so held-out numbers
-are on sequences the encoder never saw.
+The training/held-out split is the one the checkpoint was trained with (its
+data module records it in the checkpoint), so held-out numbers are on
+sequences the encoder never saw.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ from ret_toolkit.macro.baselines import BASELINES
 from ret_toolkit.macro.heldout import evaluate_sequences
 from ret_toolkit.macro.settings import N_MACROSTATES
 from ret_toolkit.macro.summaries import summarize_groups, trajectory_records
-from ret_toolkit.storeset import split_sequences
+from ret_toolkit.checkpoint import read_checkpoint
+from ret_toolkit.storeset import recorded_split
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,10 @@ class MacroResult:
         return transition_heatmap(self.summary)
 
 
-def checkpoint_split(ckpt: str | Path, n_sequences: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, held-out) sequence indices of the checkpoint's data split."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    dm = state.get("datamodule_hyper_parameters") or {}
-    return split_sequences(n_sequences, float(dm.get("val_fraction", 0.2)), int(dm.get("split_seed", 0)),
-                           dm.get("sequences"), where=str(ckpt))
+def checkpoint_split(ckpt: str | Path, store_path: str | Path, n_sequences: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, held-out) sequence indices of ``store_path`` in the split the checkpoint was trained with
+    (:func:`~ret_toolkit.storeset.recorded_split`)."""
+    return recorded_split(read_checkpoint(ckpt, "RET"), store_path, n_sequences)
 
 
 #: Held-out sequences the evaluation needs (the closure gap fits on half and scores on the other half).
@@ -137,7 +136,7 @@ def build_macrostates(
     module = load_ret(ckpt)
     with TrajectoryStore(store_path) as store:
         check_store(module, store)
-        train, held = checkpoint_split(ckpt, store.n_sequences)
+        train, held = checkpoint_split(ckpt, store_path, store.n_sequences)
     if len(held) == 0:
         held = train  # no validation split: evaluate in-sample, and say so
         log.warning("checkpoint has no held-out sequences; evaluating on training sequences")

@@ -14,7 +14,7 @@ from activation_cache.data import ConcatChunked
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.hparams import check_hparams
-from ret_toolkit.storeset import StoreDataModule, StoreSet
+from ret_toolkit.storeset import SPLIT_SEED, VAL_FRACTION, StoreDataModule, StoreSet
 from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, block_anchors, collate_cells
 
 
@@ -48,8 +48,8 @@ class BlockDataModule(StoreDataModule):
         anchor: str = "prompt_end",
         anchor_stride: int = 1,
         batch_size: int = 256,
-        val_fraction: float = 0.2,
-        split_seed: int = 0,
+        val_fraction: float = VAL_FRACTION,
+        split_seed: int = SPLIT_SEED,
         num_workers: int = 0,
     ):
         super().__init__()
