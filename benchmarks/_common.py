@@ -43,7 +43,8 @@ def report(name: str, key: str, value: float, details: dict) -> None:
 
 def untrained_task_model(task: str, path_nodes: int, n_layer: int, n_embd: int, out: Path) -> str:
     """The baseline of the planning benchmarks: a task model of the trained ones' shape, seed 0, never trained."""
-    from ret_toolkit.planning import TaskDataModule, TaskLM, export_task_model
+    from ret_toolkit.planning import TaskDataModule, TaskLM
+    from ret_toolkit.planning.datamodule import export_task_model
 
     torch.manual_seed(0)
     dm = TaskDataModule(task, path_nodes=path_nodes)

@@ -1,6 +1,6 @@
 """Does a path-finding model read the goal? The goal-swap gate for every training regime.
 
-For each regime of ``ret_toolkit.planning.REGIMES`` (plain next-token training
+For each regime of ``ret_toolkit.planning.regimes.REGIMES`` (plain next-token training
 first; online fresh graphs; corrupted teacher-forced answers; teacherless; the
 reversed-target positive control) this trains a small Llama-style GPT with
 ``train_task`` (cached under ``--work``; ``--models`` reuses trained directories)
@@ -42,14 +42,9 @@ from _common import add_threads_arg, report, untrained_task_model  # noqa: E402
 
 from activation_cache import load_model  # noqa: E402
 from ret_toolkit.info import bootstrap_mean_ci  # noqa: E402
-from ret_toolkit.planning import (  # noqa: E402
-    answers_correct,
-    goal_swap,
-    is_teacherless,
-    make_task,
-    task_settings,
-    train_task,
-)
+from ret_toolkit.planning import goal_swap, make_task, train_task  # noqa: E402
+from ret_toolkit.planning.datamodule import task_settings  # noqa: E402
+from ret_toolkit.planning.decode import answers_correct, is_teacherless  # noqa: E402
 
 
 def trained_model(regime: str, args, work: Path) -> tuple[str, float | None]:

@@ -34,13 +34,8 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, add_threads_arg, report, untrained_task_model  # noqa: E402
 
-from ret_toolkit.planning import (  # noqa: E402
-    PlanningInputs,
-    ProbeSettings,
-    run_planning,  # noqa: E402
-    task_settings,
-    train_task,
-)
+from ret_toolkit.planning import PlanningInputs, ProbeSettings, run_planning, train_task  # noqa: E402
+from ret_toolkit.planning.datamodule import task_settings  # noqa: E402
 from ret_toolkit.viz import write_planning_report  # noqa: E402
 
 

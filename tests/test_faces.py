@@ -1,6 +1,7 @@
 """The public faces: each package's ``__init__`` exposes verbs and main types, and the rest of the tree uses them.
 
-Notebooks and benchmarks import only from the faces; no module imports a private
+Notebooks and benchmarks import only from the faces (or from a submodule a face's
+docstring documents, where its helpers live); no module imports a private
 name of another; library code never imports the console commands.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -77,8 +79,23 @@ def test_public_names_survive_importing_a_submodule_of_the_same_name():
     assert out.stdout.strip() == "[]", f"public names shadowed by their submodule: {out.stdout}"
 
 
+def _documented_submodules(face: str) -> dict[str, set[str]]:
+    """Submodules a face's docstring names (``:mod:`~pkg.sub```) -> their public names (``__all__``).
+
+    A face lists verbs and main types; its helpers stay in submodules it documents.
+    """
+    names = re.findall(r":mod:`~?(" + re.escape(face) + r"\.[a-z_.]+)`", importlib.import_module(face).__doc__ or "")
+    out = {}
+    for name in names:
+        mod = importlib.import_module(name)
+        out[name] = set(getattr(mod, "__all__", [n for n in vars(mod) if not n.startswith("_")]))
+    return out
+
+
 def test_notebooks_and_benchmarks_import_only_public_faces():
     faces = {f: set(importlib.import_module(f).__all__) for f in FACES}
+    for face in FACES:
+        faces.update(_documented_submodules(face))
     files = [(p, p.read_text(encoding="utf-8")) for p in sorted((ROOT / "benchmarks").glob("*.py"))]
     files += [(p, _notebook_code(p)) for p in sorted((ROOT / "notebooks").glob("*.ipynb"))]
     assert len(files) >= 15
@@ -89,7 +106,7 @@ def test_notebooks_and_benchmarks_import_only_public_faces():
                 continue
             where = f"{path.relative_to(ROOT)}:{line}"
             if module not in faces:
-                bad.append(f"{where}: imports from {module}, not a public face")
+                bad.append(f"{where}: imports from {module}, not a public face or a submodule it documents")
             else:
                 bad += [f"{where}: {module}.{n} is not public" for n in names if n not in faces[module]]
     assert not bad, "\n".join(bad)
@@ -118,3 +135,13 @@ def test_importing_the_faces_stays_cheap():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "[]"
+
+
+def test_the_sycophancy_and_planning_faces_list_verbs_and_main_types_only():
+    from ret_toolkit import planning, sycophancy
+
+    assert len(sycophancy.__all__) <= 14, sycophancy.__all__
+    assert not {"pick_items", "read_replies", "auroc_table", "forecast_position", "TEMPLATES"} & set(sycophancy.__all__)
+    documented = _documented_submodules("ret_toolkit.sycophancy")
+    assert "pick_items" in documented["ret_toolkit.sycophancy.trajectories"]
+    assert len(planning.__all__) <= 14, planning.__all__

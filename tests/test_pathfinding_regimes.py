@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from activation_cache.errors import InputError
-from ret_toolkit.planning import REGIMES, TaskDataModule, goal_swap, train_task
+from ret_toolkit.planning import TaskDataModule, goal_swap, train_task
+from ret_toolkit.planning.regimes import REGIMES
 from ret_toolkit.planning.datamodule import task_settings
 from ret_toolkit.tasks import PathTask, path_choice
 from ret_toolkit.tasks.pathfinding import parse_path_prompt
@@ -179,7 +180,7 @@ class _PlantedTeacherless(nn.Module):
 
 
 def test_teacherless_decoder_reads_every_answer_slot_in_one_pass():
-    from ret_toolkit.planning import answers_correct, is_teacherless
+    from ret_toolkit.planning.decode import answers_correct, is_teacherless
 
     dm = TaskDataModule("pathfinding", n_train=8, n_val=8)
     samples = PathTask().samples(30, seed=4)

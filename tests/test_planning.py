@@ -19,7 +19,8 @@ from activation_cache.models import load_model
 from activation_cache.reader import open_store
 from ret_toolkit.cli import planning as planning_cmd
 from ret_toolkit.cli.train import task_cli
-from ret_toolkit.planning import PlanningInputs, ProbeSettings, TaskDataModule, TaskLM, export_task_model
+from ret_toolkit.planning import PlanningInputs, ProbeSettings, TaskDataModule, TaskLM
+from ret_toolkit.planning.datamodule import export_task_model
 from ret_toolkit.planning.analysis import layer_groups, path_variables
 from ret_toolkit.planning.run import run_planning, sentences
 from ret_toolkit.tasks import write_prompts_jsonl

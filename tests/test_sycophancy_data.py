@@ -10,10 +10,11 @@ import pytest
 
 from activation_cache.errors import InputError
 from activation_cache.prompts import read_prompts
-from ret_toolkit.sycophancy import (
-    EXCLUSION_REASONS, TEMPLATES, SycItem, first_turn, label_choices, label_conversations, load_bank, load_dataset,
-    pushback_text, read_anthropic_jsonl, second_turn,
-)
+from ret_toolkit.sycophancy import SycItem, load_bank, load_dataset
+from ret_toolkit.sycophancy.conversation import first_turn, second_turn
+from ret_toolkit.sycophancy.external import read_anthropic_jsonl
+from ret_toolkit.sycophancy.outcomes import EXCLUSION_REASONS, label_choices, label_conversations
+from ret_toolkit.sycophancy.pushback import TEMPLATES, pushback_text
 from ret_toolkit.sycophancy.bank import read_bank_jsonl, write_bank_jsonl
 from ret_toolkit.sycophancy.conversation import second_turn_record
 from ret_toolkit.sycophancy.external import choice_messages, chose_sycophantic, chosen_option

@@ -24,7 +24,9 @@ from activation_cache.reader import open_store
 from ret_toolkit.cli import forecast as forecast_cmd
 from ret_toolkit.macro.assign import load_ret
 from ret_toolkit.macro.module import RETModule
-from ret_toolkit.sycophancy import TEMPLATES, load_bank, read_anthropic_jsonl
+from ret_toolkit.sycophancy import load_bank
+from ret_toolkit.sycophancy.external import read_anthropic_jsonl
+from ret_toolkit.sycophancy.pushback import TEMPLATES
 from ret_toolkit.sycophancy.conversation import second_turn_record
 from ret_toolkit.sycophancy import external as external_mod
 from ret_toolkit.sycophancy import trajectories as traj

@@ -1,4 +1,18 @@
-"""Planning studies on synthetic tasks: small GPTs trained with Lightning, and VQ/MI analyses of them (docs/architecture.md §3.4)."""
+"""Planning studies on synthetic tasks: small GPTs trained with Lightning, and VQ/MI analyses of them (docs/architecture.md §3.4).
+
+The verbs and main types are here; the helpers stay in the modules that define them:
+
+- :mod:`~ret_toolkit.planning.settings`: :class:`PlanningInputs`, :class:`ProbeSettings` (``ret-planning``'s flags);
+- :mod:`~ret_toolkit.planning.run`: :func:`run_planning` end to end, returning a :class:`PlanningResult`;
+- :mod:`~ret_toolkit.planning.analysis`: :func:`horizon_curve`, :func:`history_heatmap`, ``branch_on_store``;
+- :mod:`~ret_toolkit.planning.branch`: :func:`branch_awareness` (plan MI beyond the tokens, with its null);
+- :mod:`~ret_toolkit.planning.goal_swap`: :func:`goal_swap`, the causal test of a plan;
+- :mod:`~ret_toolkit.planning.datamodule`: :func:`make_task`, :class:`TaskDataModule`, ``task_settings``,
+  ``export_task_model``;
+- :mod:`~ret_toolkit.planning.model`: :class:`TaskLM`; :mod:`~ret_toolkit.planning.train`: :func:`train_task`;
+- :mod:`~ret_toolkit.planning.decode`: ``answers_correct``, ``is_teacherless``;
+  :mod:`~ret_toolkit.planning.regimes`: ``REGIMES``.
+"""
 
 from activation_cache.lazy import lazy_exports
 
@@ -9,20 +23,13 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "PlanningInputs": "ret_toolkit.planning.settings",
     "PlanningResult": "ret_toolkit.planning.result",
     "ProbeSettings": "ret_toolkit.planning.settings",
-    "REGIMES": "ret_toolkit.planning.regimes",
     "TaskDataModule": "ret_toolkit.planning.datamodule",
     "TaskLM": "ret_toolkit.planning.model",
-    "TaskTrainResult": "ret_toolkit.planning.train",
-    "answers_correct": "ret_toolkit.planning.decode",
     "branch_awareness": "ret_toolkit.planning.branch",
-    "branch_on_store": "ret_toolkit.planning.analysis",
-    "export_task_model": "ret_toolkit.planning.datamodule",
     "goal_swap": "ret_toolkit.planning.goal_swap",
     "history_heatmap": "ret_toolkit.planning.analysis",
     "horizon_curve": "ret_toolkit.planning.analysis",
-    "is_teacherless": "ret_toolkit.planning.decode",
     "make_task": "ret_toolkit.planning.datamodule",
     "run_planning": "ret_toolkit.planning.run",
-    "task_settings": "ret_toolkit.planning.datamodule",
     "train_task": "ret_toolkit.planning.train",
 })

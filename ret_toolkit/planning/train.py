@@ -58,7 +58,7 @@ def train_task(task: str = "pathfinding", *, data: dict | None = None, model: di
     Args:
         data: other :class:`TaskDataModule` arguments (``path_nodes``, ``n_train``, ``batch_size`` ...).
         model: other :class:`TaskLM` arguments (``n_layer``, ``n_embd``, ``lr``, ``mtp_heads`` ...).
-        regime: a path-finding training regime of :data:`~ret_toolkit.planning.REGIMES`
+        regime: a path-finding training regime of :data:`~ret_toolkit.planning.regimes.REGIMES`
             (``"online"``, ``"corrupt"``, ``"teacherless"``, ``"mtp"``, ``"reverse"``);
             its settings are defaults that ``data`` and ``model`` override.
         max_epochs, root_dir, seed, progress, trainer_kwargs: as :func:`ret_toolkit.macro.train`.
