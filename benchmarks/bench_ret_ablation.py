@@ -45,7 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
 from activation_cache import TrajectoryStore  # noqa: E402
-from ret_toolkit.macro import checkpoint_split, consistency_difference, evaluate_sequences, load_ret, train  # noqa: E402
+from ret_toolkit.macro import (  # noqa: E402
+    EvaluationSettings, checkpoint_split, consistency_difference, evaluate_sequences, load_ret, train,
+)
 
 VARIANTS = {
     "default": {},
@@ -106,8 +108,8 @@ def run_variant(name: str, seed: int, args, work: Path) -> dict:
     module = load_ret(res.checkpoint)
     tr, tune, test = split(args.store, res.checkpoint)
     with TrajectoryStore(args.store) as store:
-        ev_tune = evaluate_sequences(module, store, tr, tune, k=args.k, seed=seed, closure=False)
-        ev_test = evaluate_sequences(module, store, tr, test, k=args.k, seed=seed)
+        ev_tune = evaluate_sequences(module, store, tr, tune, EvaluationSettings(args.k, seed, closure=False))
+        ev_test = evaluate_sequences(module, store, tr, test, EvaluationSettings(args.k, seed))
     out = {"variant": name, "seed": seed, "train_seconds": train_s, "checkpoint": str(res.checkpoint),
            "tune": ev_tune.metrics, "test": ev_test.metrics, "test_groups": [g.tolist() for g in ev_test.groups["ret"]],
            "test_generated": [g.tolist() for g in ev_test.generated]}
@@ -159,8 +161,8 @@ def main() -> None:
     base_tune = {}
     with TrajectoryStore(args.store) as store:
         for w in BASELINE_GRID:
-            m = evaluate_sequences(module, store, tr, tune, k=args.k, seed=0, window=w, ema_half_life=w,
-                                   closure=False).metrics
+            m = evaluate_sequences(module, store, tr, tune, EvaluationSettings(args.k, 0, window=w, ema_half_life=w,
+                                                                               closure=False)).metrics
             base_tune[w] = {"kmeans_window": tune_score([m], "kmeans_window"), "ema": tune_score([m], "ema")}
         best_w = max(BASELINE_GRID, key=lambda w: base_tune[w]["kmeans_window"])
         best_h = max(BASELINE_GRID, key=lambda w: base_tune[w]["ema"])
@@ -172,7 +174,7 @@ def main() -> None:
         for s in seeds:
             r = runs[chosen, s]
             m = load_ret(r["checkpoint"])
-            ev = evaluate_sequences(m, store, tr, test, k=args.k, seed=s, window=best_w, ema_half_life=best_h)
+            ev = evaluate_sequences(m, store, tr, test, EvaluationSettings(args.k, s, window=best_w, ema_half_life=best_h))
             base_test[s] = ev.metrics
             base_groups[s] = ev.groups
         generated = runs[chosen, 0]["test_generated"]

@@ -11,6 +11,7 @@ import pytest
 
 from ret_toolkit.info import conditional_permutation_test, mutual_information, permutation_test
 from ret_toolkit.info.resampling import shuffle_within
+from ret_toolkit.macro.settings import EvaluationSettings
 from ret_toolkit.planning import BranchAwareness, ProbeSettings, branch_awareness
 from ret_toolkit.planning.analysis import cmi_summary
 
@@ -200,7 +201,7 @@ def _ret_world(p_switch: float, seed: int = 0, noise: float = 3.0, epochs: int =
     methods.update({name: np.concatenate([b.assign(name, std[i]) for i in held]) for name in BASELINES})
     ari = {name: adjusted_rand_score(truth, g) for name, g in methods.items()}
     metrics = evaluate_groupings([groups[i] for i in held], [z[i] for i in held], [std[i] for i in held],
-                                 [s[i].numpy() for i in held], b, hidden=16, closure_horizons=(1,))
+                                 [s[i].numpy() for i in held], b, EvaluationSettings(hidden=16, closure_horizons=(1,)))
     return {"ari": ari, "metrics": metrics}
 
 

@@ -24,6 +24,7 @@ from ret_toolkit.macro.evaluate import (
     temporal_consistency,
     token_mi_bits,
 )
+from ret_toolkit.macro.settings import EvaluationSettings
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -239,8 +240,8 @@ def test_evaluate_groupings_contract():
     tokens = [rng.integers(0, 30, len(h)) for h in held]
     # the last third of every sequence is "generated"
     masks = [np.arange(len(h)) >= 2 * len(h) // 3 for h in held]
-    metrics = evaluate_groupings(ret_groups, ret_z, held, tokens, b, hidden=16, token_mask_per_seq=masks,
-                                 closure_horizons=(1, 3))
+    metrics = evaluate_groupings(ret_groups, ret_z, held, tokens, b,
+                                 EvaluationSettings(hidden=16, closure_horizons=(1, 3)), token_mask_per_seq=masks)
 
     names = {"ret", "kmeans_raw", "kmeans_pca", "kmeans_window", "ema"}
     assert set(metrics) == {"temporal_consistency", "closure_gap", "closure", "closure_window", "token_mi_bits",

@@ -10,6 +10,7 @@ from activation_cache.lazy import lazy_exports
 
 # Names load their module on first use: importing a settings module of this package stays light.
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    "EvaluationSettings": "ret_toolkit.macro.settings",
     "HeldOutEvaluation": "ret_toolkit.macro.heldout",
     "MacroResult": "ret_toolkit.macro.pipeline",
     "MacroSettings": "ret_toolkit.macro.settings",

@@ -29,11 +29,10 @@ from ret_toolkit.macro.closure import (
     next_group_accuracy,
     one_thread,
 )
+from ret_toolkit.macro.settings import EvaluationSettings
 
 NAMES = ("ret", *BASELINES)
 CLOSURE_NAMES = ("ret", "kmeans_pca", "kmeans_window", "ema")
-#: horizons (tokens) of the closure test against the whole window
-CLOSURE_HORIZONS = (1, 4, 8)
 
 
 # ---------------------------------------------------------------- grouping statistics
@@ -127,12 +126,8 @@ def evaluate_groupings(
     h_per_seq: Sequence,
     tokens_per_seq: Sequence,
     baselines: Baselines,
-    horizon: int = 1,
-    hidden: int = 64,
-    seed: int = 0,
+    settings: EvaluationSettings | None = None,
     token_mask_per_seq: Sequence | None = None,
-    closure_horizons: Sequence[int] = CLOSURE_HORIZONS,
-    closure: bool = True,
 ) -> dict:
     """RET versus the four baselines on held-out sequences: the held-out block of metrics.json.
 
@@ -145,8 +140,10 @@ def evaluate_groupings(
     is computed on whole sequences; the masked block only restricts which
     tokens (and consecutive pairs of them) are counted.
 
-    ``closure=False`` skips the prediction metrics (``closure*`` keys; a tuning
-    grid only needs the grouping statistics).
+    ``settings`` (:class:`~ret_toolkit.macro.settings.EvaluationSettings`): ``seed``, the
+    next-group ``horizon``, the closure MLPs' ``hidden`` width and ``closure_horizons``;
+    ``closure=False`` skips the prediction metrics (``closure*`` keys; a tuning grid only
+    needs the grouping statistics).
 
     Returns (all values plain floats)::
 
@@ -162,9 +159,10 @@ def evaluate_groupings(
          "generated": {"n_tokens", "n_sequences", "temporal_consistency",     # with a token mask only:
                        "token_mi_bits", "group_occupancy_max"}}               # the same on masked tokens
     """
+    s = settings or EvaluationSettings()
     with one_thread():
-        return _evaluate(ret_groups_per_seq, ret_z_per_seq, h_per_seq, tokens_per_seq, baselines, horizon, hidden,
-                         seed, token_mask_per_seq, tuple(closure_horizons), closure)
+        return _evaluate(ret_groups_per_seq, ret_z_per_seq, h_per_seq, tokens_per_seq, baselines, s.horizon, s.hidden,
+                         s.seed, token_mask_per_seq, tuple(s.closure_horizons), s.closure)
 
 
 def masked_segments(mask_per_seq: Sequence, *per_seq: Sequence) -> list[list[np.ndarray]]:

@@ -19,8 +19,9 @@ import torch
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.macro.assign import check_store, fit_centroids, sequence_hidden
 from ret_toolkit.macro.baselines import BASELINES, Baselines, fit_baselines
-from ret_toolkit.macro.evaluate import CLOSURE_HORIZONS, evaluate_groupings
+from ret_toolkit.macro.evaluate import evaluate_groupings
 from ret_toolkit.macro.module import RETModule, nearest_centroid
+from ret_toolkit.macro.settings import EvaluationSettings
 
 #: Training tokens read for the k-means / PCA baselines (whole sequences): their statistics settle well before.
 BASELINE_TOKENS = 20_000
@@ -53,28 +54,23 @@ def evaluate_sequences(
     store: TrajectoryStore,
     train: Sequence[int],
     sequences: Sequence[int],
-    k: int = 12,
-    seed: int = 0,
+    settings: EvaluationSettings | None = None,
     *,
     z: Sequence[np.ndarray] | None = None,
     groups: Sequence[np.ndarray] | None = None,
-    window: int | None = None,
-    ema_half_life: float | None = None,
-    closure_horizons: Sequence[int] = CLOSURE_HORIZONS,
-    closure: bool = True,
     on_step=None,
 ) -> HeldOutEvaluation:
     """Score RET's groups and the baselines' on ``sequences`` (store indices), fitting on ``train``.
 
-    ``z`` / ``groups``: RET's z (T_s, d) and group ids (T_s,) of ``sequences``
-    when already computed (``build_macrostates``); otherwise z is encoded here
-    and the groups come from a k-means (cosine, ``k`` groups, ``seed``) on the
-    z of the training sequences. ``window`` / ``ema_half_life``: the window
-    mean's w and the EMA control's half-life (default: the encoder's window);
-    the whole-window closure test always uses the encoder's window.
-    ``closure=False``: grouping statistics only (a tuning grid).
+    ``settings`` (:class:`~ret_toolkit.macro.settings.EvaluationSettings`): the number of
+    macrostates and seed of every k-means, the baselines' window and half-life, the closure
+    horizons. ``z`` / ``groups``: RET's z (T_s, d) and group ids (T_s,) of ``sequences``
+    when already computed (``build_macrostates``); otherwise z is encoded here and the
+    groups come from a cosine k-means on the z of the training sequences.
     ``on_step``: called after reading, after fitting the baselines and after scoring.
     """
+    cfg = settings or EvaluationSettings()
+    k, seed = cfg.n_macrostates, cfg.seed
     layers = check_store(module, store)
     w = int(module.hparams.window)
     sequences = np.asarray(sequences, dtype=np.int64)
@@ -98,13 +94,12 @@ def evaluate_sequences(
         groups = [nearest_centroid(torch.from_numpy(x), centroids, "cosine").numpy() for x in z]
     if on_step:
         on_step()
-    baselines = fit_baselines(h_tr, k=k, d=module.hparams.z_dim, seed=seed, window=window or w,
-                              ema_half_life=ema_half_life, stack_window=w)
+    baselines = fit_baselines(h_tr, k=k, d=module.hparams.z_dim, seed=seed, window=cfg.window or w,
+                              ema_half_life=cfg.ema_half_life, stack_window=w)
     if on_step:
         on_step()
     mask = generated if any(g.any() for g in generated) else None
-    metrics = evaluate_groupings(list(groups), list(z), h_eval, tokens, baselines, seed=seed,
-                                 token_mask_per_seq=mask, closure_horizons=closure_horizons, closure=closure)
+    metrics = evaluate_groupings(list(groups), list(z), h_eval, tokens, baselines, cfg, token_mask_per_seq=mask)
     if on_step:
         on_step()
     all_groups = {"ret": [np.asarray(g, dtype=np.int64) for g in groups]}

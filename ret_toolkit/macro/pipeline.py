@@ -35,7 +35,7 @@ from ret_toolkit.macro.assign import (
 )
 from ret_toolkit.macro.baselines import BASELINES
 from ret_toolkit.macro.heldout import evaluate_sequences
-from ret_toolkit.macro.settings import N_MACROSTATES
+from ret_toolkit.macro.settings import N_MACROSTATES, EvaluationSettings
 from ret_toolkit.macro.summaries import summarize_groups, trajectory_records
 from ret_toolkit.checkpoint import read_checkpoint
 from ret_toolkit.storeset import recorded_split
@@ -186,7 +186,8 @@ def _evaluate(module, store, groups, held_z, train, held, k, seed, progress) -> 
     # the three steps take comparable time (reading, fitting the baselines, the closure MLPs)
     with tqdm(total=3, desc="held-out evaluation", unit="step", disable=not progress, dynamic_ncols=True) as bar:
         ret_groups = [groups[store.offsets[s] : store.offsets[s + 1]] for s in held]
-        return evaluate_sequences(module, store, train, held, k, seed, z=held_z, groups=ret_groups,
+        return evaluate_sequences(module, store, train, held, EvaluationSettings(n_macrostates=k, seed=seed),
+                                  z=held_z, groups=ret_groups,
                                   on_step=lambda: bar.update(1)).metrics
 
 

@@ -30,3 +30,25 @@ class MacroSettings:
     seed: int = setting(0, "k-means seed")
     report: bool = setting(True, "write report.html (--no-report skips it)")
     overwrite: bool = setting(False, "replace the results of an earlier run with other settings in --out")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How held-out sequences are scored against the baselines
+    (:func:`~ret_toolkit.macro.heldout.evaluate_sequences`, :func:`~ret_toolkit.macro.evaluate.evaluate_groupings`).
+
+    n_macrostates, seed: the k-means of RET's z and of every k-means baseline (the same number of groups).
+    window, ema_half_life: the window-mean baseline's w and the EMA control's half-life in tokens
+    (None: the encoder's window); the whole-window closure test always uses the encoder's window.
+    closure_horizons: tokens ahead of the closure gaps. horizon: tokens ahead of the next-group accuracy.
+    hidden: width of the closure MLPs. closure: False scores the grouping statistics only (a tuning grid).
+    """
+
+    n_macrostates: int = N_MACROSTATES
+    seed: int = 0
+    window: int | None = None
+    ema_half_life: float | None = None
+    closure_horizons: tuple[int, ...] = (1, 4, 8)
+    horizon: int = 1
+    hidden: int = 64
+    closure: bool = True
