@@ -151,9 +151,11 @@ def assign_groups(macro_path: str | Path, module: RETModule, batch: int = 65536)
         f.attrs["k"] = int(module.centroids.shape[0])
 
 
-def save_with_centroids(module: RETModule, ckpt_in: str | Path, ckpt_out: str | Path, centroids: np.ndarray) -> Path:
-    """Copy a checkpoint, adding the macrostate centroids (loaded back by ``on_load_checkpoint``)."""
-    state = torch.load(ckpt_in, map_location="cpu", weights_only=True)
+def save_with_centroids(module: RETModule, ckpt_in: str | Path | dict, ckpt_out: str | Path,
+                        centroids: np.ndarray) -> Path:
+    """Copy a checkpoint (a path, or its dict already read), adding the macrostate centroids (loaded back
+    by ``on_load_checkpoint``)."""
+    state = dict(ckpt_in) if isinstance(ckpt_in, dict) else torch.load(ckpt_in, map_location="cpu", weights_only=True)
     state["macrostates"] = {"centroids": torch.as_tensor(centroids), "metric": "cosine"}
     torch.save(state, ckpt_out)
     module.centroids, module.centroid_metric = torch.as_tensor(centroids), "cosine"

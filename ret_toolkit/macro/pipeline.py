@@ -134,9 +134,10 @@ def build_macrostates(
         raise InputError(f"{option('n_macrostates')} must be >= 2, got {k}")
     out = out_dir if isinstance(out_dir, OutputDir) else macro_output_dir(out_dir, ckpt, store_path, k, seed, overwrite)
     module = load_ret(ckpt)
+    data = read_checkpoint(ckpt, "RET")  # read once: the split it records, then copied with the centroids
     with TrajectoryStore(store_path) as store:
         check_store(module, store)
-        train, held = checkpoint_split(ckpt, store_path, store.n_sequences)
+        train, held = recorded_split(data, store_path, store.n_sequences)
     if len(held) == 0:
         held = train  # no validation split: evaluate in-sample, and say so
         log.warning("checkpoint has no held-out sequences; evaluating on training sequences")
@@ -147,11 +148,10 @@ def build_macrostates(
     with nullcontext(out) if isinstance(out_dir, OutputDir) else out:
         macro_file = encode_store(module, store_path, out.stage("macrostates.h5"), progress=progress)
         with TrajectoryStore(store_path) as store:
-            check_store(module, store)
             with open_macro(macro_file) as f:
                 z_train = f["z"][rows_of(store.offsets, train)]
             centroids = fit_centroids(z_train, k, seed)
-            save_with_centroids(module, ckpt, out.stage("ret_macro.ckpt"), centroids)
+            save_with_centroids(module, data, out.stage("ret_macro.ckpt"), centroids)
             assign_groups(macro_file, module)
             with open_macro(macro_file) as f:
                 groups = f["group"][:]
