@@ -101,7 +101,7 @@ def main() -> None:
         rows[name] = row
         print(line)
     key = max(r["ratio_median"] for n, r in rows.items() if n != "ret-train macro fit")
-    report("cli_startup", "cli_help_vs_import_torch", key,
+    report("bench_cli_startup", "cli_help_vs_import_torch", key,
            {"repeats": args.repeats, "before": args.before, "commands": rows})
 
 
