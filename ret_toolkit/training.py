@@ -19,7 +19,7 @@ from typing import Any
 from activation_cache.errors import InputError
 from activation_cache.quiet import quiet_training
 
-__all__ = ["TRAINER_DEFAULTS", "TrainResult", "fit_logged", "trainer_defaults", "wire"]
+__all__ = ["TRAINER_DEFAULTS", "TrainResult", "fit_logged", "fit_quiet", "trainer_defaults", "wire"]
 
 #: Per model family: (log root, run name, trainer defaults) of ``ret-train <family> fit`` and the Python APIs.
 TRAINER_DEFAULTS: dict[str, tuple[str, str, dict[str, Any]]] = {
@@ -44,13 +44,14 @@ class TrainResult:
 
     Attributes:
         module: the trained LightningModule (last epoch).
-        checkpoint: its last checkpoint (``root_dir/<name>/version_N/checkpoints/last.ckpt``).
+        checkpoint: its last checkpoint (``root_dir/<name>/version_N/checkpoints/last.ckpt``);
+            None for a fit without files (:func:`fit_quiet`).
         trainer: the ``lightning.pytorch.Trainer`` (``logged_metrics``, ``log_dir``).
         datamodule: the data module it was trained on.
     """
 
     module: Any
-    checkpoint: Path
+    checkpoint: Path | None
     trainer: Any
     datamodule: Any
 
@@ -99,3 +100,21 @@ def fit_logged(family: str, module, datamodule, *, root_dir: str | Path | None =
     if check is not None:
         check(module)
     return TrainResult(module, Path(checkpoint.last_model_path), trainer, datamodule)
+
+
+def fit_quiet(module, max_epochs: int, *loaders, trainer_kwargs: dict[str, Any] | None = None, **fit_kwargs):
+    """Fit on one device (Lightning's ``auto`` accelerator) without logger, checkpoints or progress output;
+    returns the trainer.
+
+    For models trained as steps inside a larger analysis (the VQ probes of the planning
+    analyses): Lightning's per-fit info lines and internal deprecations would repeat for
+    every one. ``trainer_kwargs`` override any of it (``accelerator``, ``devices``, ``precision``...).
+    """
+    import lightning.pytorch as pl
+
+    with quiet_training():
+        trainer = pl.Trainer(**{"max_epochs": max_epochs, "accelerator": "auto", "devices": 1, "logger": False,
+                                "enable_checkpointing": False, "enable_progress_bar": False,
+                                "enable_model_summary": False, "num_sanity_val_steps": 0, **(trainer_kwargs or {})})
+        trainer.fit(module, *loaders, **fit_kwargs)
+    return trainer

@@ -41,7 +41,7 @@ from ret_toolkit.planning.settings import ProbeSettings
 from ret_toolkit.tasks.pathfinding import is_reversed
 from ret_toolkit.vq.blocks import BlockSpec
 from ret_toolkit.vq.codes import encode_store_blocks
-from ret_toolkit.vq.fit import fit_vq_store
+from ret_toolkit.vq.train import train as train_vq
 
 #: the branch test needs this many valid answers per cell of the (prefix code x bucket) table;
 #: below it both MIs are mostly estimator floor (an untrained model's 24 answers over 256 cells)
@@ -90,11 +90,19 @@ def tokens_around(store: str, anchors: np.ndarray, offsets: Sequence[int]) -> np
     return np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)[1].reshape(-1)
 
 
+def probe(store: str, block: BlockSpec, s: ProbeSettings, align_with: Sequence[BlockSpec] = (), **data):
+    """A VQ probe of ``block`` sized by ``s``, fitted without files (``ret_toolkit.vq.train(checkpoint=False)``);
+    ``data``: the other :class:`~ret_toolkit.vq.datamodule.BlockDataModule` arguments (``anchor``...)."""
+    return train_vq(store, block, data={"align_with": list(align_with), "batch_size": s.batch_size, **data},
+                    model={"num_codes": s.num_codes, "dim": s.dim, "depth": s.depth}, max_epochs=s.epochs,
+                    seed=s.seed, checkpoint=False).module
+
+
 def fit_everywhere(store: str, block: BlockSpec, s: ProbeSettings):
     """A VQ probe trained on ``block`` at (a strided subset of) every position of the store."""
     with TrajectoryStore(store) as st:
         stride = max(1, -(-st.n_tokens // s.max_train_blocks))
-    return fit_vq_store(store, block, anchor="all", anchor_stride=stride, **s.vq_kwargs())
+    return probe(store, block, s, anchor="all", anchor_stride=stride)
 
 
 def _fitting_tau(store: str, anchor: str, prefix: BlockSpec, max_tau: int) -> int:
@@ -123,7 +131,7 @@ def horizon_curve(store: str, s: ProbeSettings, anchor: str = "prompt_end", anch
     if K == 0:
         raise ValueError(f"{store}: no anchor ({anchor}) has the prefix block and a token after it")
     ahead = [BlockSpec(layers=last, start=tau - 1, stop=tau) for tau in range(1, K + 1)]
-    vq_prefix = fit_vq_store(store, prefix, ahead, anchor=anchor, anchor_stride=anchor_stride, **s.vq_kwargs())
+    vq_prefix = probe(store, prefix, s, align_with=ahead, anchor=anchor, anchor_stride=anchor_stride)
     vq_token = fit_everywhere(store, BlockSpec(layers=last, start=0, stop=1), s)
     align = [prefix, *ahead]
     c_prefix, anchors = encode_store_blocks(vq_prefix, store, prefix, anchor, anchor_stride, align, progress=False)
@@ -171,7 +179,7 @@ def branch_on_store(store: str, s: ProbeSettings) -> dict:
     """
     prefix = BlockSpec(layers=s.prefix_layers, start=-s.prefix_positions, stop=1)
     second = BlockSpec(layers="all", start=0, stop=2)  # the model's start node and first hop exist
-    vq = fit_vq_store(store, prefix, [second], anchor="prompt_end", **s.vq_kwargs())
+    vq = probe(store, prefix, s, align_with=[second], anchor="prompt_end")
     codes, anchors = encode_store_blocks(vq, store, prefix, "prompt_end", 1, [second], progress=False)
     v = path_variables(store, anchors, s.n_buckets)
     ok = v["choice"] > 0

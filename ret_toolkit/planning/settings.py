@@ -64,7 +64,3 @@ class ProbeSettings:
     n_buckets: int = setting(8, "node-index buckets (mod N) of the branch-awareness variables")
     max_train_blocks: int = setting(20000, "probes trained at every position keep about this many training blocks")
     seed: int = setting(0, "probe training, permutations and bootstrap")
-
-    def vq_kwargs(self) -> dict:
-        return {"max_epochs": self.epochs, "batch_size": self.batch_size, "num_codes": self.num_codes,
-                "dim": self.dim, "depth": self.depth, "seed": self.seed}

@@ -19,7 +19,6 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "embedded_blocks": "ret_toolkit.vq.synthetic",
     "encode_store_blocks": "ret_toolkit.vq.codes",
     "fit_vq": "ret_toolkit.vq.fit",
-    "fit_vq_store": "ret_toolkit.vq.fit",
     "load_vq": "ret_toolkit.vq.codes",
     "read_codes": "ret_toolkit.vq.codes",
     "store_codes": "ret_toolkit.vq.codes",

@@ -1,13 +1,14 @@
 """Train a VQ model on an in-memory block dataset and read codes back (notebooks, validation).
 
-For stores with logs and checkpoints, use :func:`ret_toolkit.vq.train` (or
-``ret-train vq``); these helpers fit the same module quietly, without files, on
-data in memory (:func:`fit_vq`) or a store (:func:`fit_vq_store`, the probes of
-the planning analyses).
+On stores, :func:`ret_toolkit.vq.train` (or ``ret-train vq``) fits, with logs
+and a checkpoint or, with ``checkpoint=False``, quietly without files (the
+probes of the planning analyses). :func:`fit_vq` fits the same module on blocks
+already in memory (synthetic validation sources).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -16,25 +17,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from activation_cache.quiet import quiet_training
+from ret_toolkit.training import fit_quiet
 from ret_toolkit.vq.blocks import BlockSpec, TensorBlocks, collate_cells
-from ret_toolkit.vq.datamodule import BlockDataModule
 from ret_toolkit.vq.module import VQModule
-from ret_toolkit.vq.train import wire_model
-
-
-def _fit(module: VQModule, max_epochs: int, trainer_kwargs: dict[str, Any] | None, *loaders, **fit_kwargs) -> None:
-    """Fit on one device (Lightning's ``auto`` accelerator) without logger, checkpoints or progress output.
-
-    ``trainer_kwargs`` override any of it (``accelerator``, ``devices``, ``precision``...).
-    """
-    # These probes are steps inside larger analyses: Lightning's per-fit info lines ("GPU available",
-    # logger tips) and internal deprecations would repeat for every probe.
-    with quiet_training():
-        trainer = pl.Trainer(**{"max_epochs": max_epochs, "accelerator": "auto", "devices": 1, "logger": False,
-                                "enable_checkpointing": False, "enable_progress_bar": False,
-                                "enable_model_summary": False, "num_sanity_val_steps": 0, **(trainer_kwargs or {})})
-        trainer.fit(module, *loaders, **fit_kwargs)
+from ret_toolkit.vq.train import train
 
 
 def tensor_standardization(ds: TensorBlocks) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,7 +47,7 @@ def fit_vq(train: TensorBlocks, val: TensorBlocks | None = None, max_epochs: int
     loaders = [DataLoader(train, batch_size=batch_size, shuffle=True, generator=g, collate_fn=collate_cells)]
     if val is not None:
         loaders.append(DataLoader(val, batch_size=1024, collate_fn=collate_cells))
-    _fit(module, max_epochs, trainer_kwargs, *loaders)
+    fit_quiet(module, max_epochs, *loaders, trainer_kwargs=trainer_kwargs)
     return module.eval()
 
 
@@ -77,15 +63,10 @@ def fit_vq_store(stores: Sequence[str] | str, block: BlockSpec, align_with: Sequ
                  anchor: str = "all", anchor_stride: int = 1, max_epochs: int = 10, batch_size: int = 128,
                  seed: int = 0, val_fraction: float = 0.2, trainer_kwargs: dict[str, Any] | None = None,
                  **module_kwargs: Any) -> VQModule:
-    """Train a :class:`VQModule` on a block of trajectory stores (what ``ret-train vq fit`` does); eval mode.
-
-    The module records the store's model and the block (``block_info``), so
-    :func:`ret_toolkit.vq.codes.encode_store_blocks` can check later input.
-    """
-    pl.seed_everything(seed, verbose=False)
-    dm = BlockDataModule(list([stores] if isinstance(stores, str) else stores), block=block, align_with=align_with,
-                         anchor=anchor, anchor_stride=anchor_stride, batch_size=batch_size, val_fraction=val_fraction,
-                         split_seed=seed)
-    module = wire_model(dm, **module_kwargs)
-    _fit(module, max_epochs, trainer_kwargs, datamodule=dm)
-    return module.eval()
+    """Deprecated: ``ret_toolkit.vq.train(stores, block, ..., checkpoint=False).module`` (the same fit)."""
+    warnings.warn("fit_vq_store is deprecated; use ret_toolkit.vq.train(..., checkpoint=False).module",
+                  DeprecationWarning, stacklevel=2)
+    data = {"align_with": list(align_with), "anchor": anchor, "anchor_stride": anchor_stride,
+            "batch_size": batch_size, "val_fraction": val_fraction}
+    return train(stores, block, data=data, model=module_kwargs, max_epochs=max_epochs, seed=seed,
+                 checkpoint=False, **(trainer_kwargs or {})).module
