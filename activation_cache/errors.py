@@ -17,6 +17,8 @@ import re
 from contextlib import contextmanager
 from typing import Iterator
 
+from activation_cache.settings import flag_of
+
 _UNDER_CLI: contextvars.ContextVar[bool] = contextvars.ContextVar("ret_under_cli", default=False)
 _UNSET = object()
 
@@ -55,15 +57,14 @@ def option(name: str, value: object = _UNSET, *, flag: str | None = None) -> str
     ``option("batch_size")`` is ``--batch-size`` under a CLI and ``batch_size``
     in Python; ``option("overwrite", True)`` is ``--overwrite`` or
     ``overwrite=True``, and ``option("dtype", "bfloat16")`` is ``--dtype bfloat16``
-    or ``dtype='bfloat16'``: the whole fix, in the caller's words; ``option("chat", False)``
-    is ``--no-chat`` or ``chat=False``. ``flag`` names a
-    CLI flag that is not the keyword with dashes (``option("n_boot", flag="--bootstrap")``).
+    or ``dtype='bfloat16'``: the whole fix, in the caller's words. ``flag`` names a
+    CLI flag that is not the keyword with dashes; with ``False`` it is the switch that
+    turns the setting off (``option("chat", False, flag="--no-chat")`` is ``--no-chat`` or ``chat=False``).
     """
     if _UNDER_CLI.get():
-        spelled = flag or "--" + name.replace("_", "-")
-        if value is False and flag is None:  # a boolean flag that is on by default: --no-chat
-            return "--no-" + name.replace("_", "-")
-        return spelled if value is _UNSET or value is True else f"{spelled} {value}"
+        spelled = flag or flag_of(name)
+        switch = value is _UNSET or value is True or (value is False and flag is not None)  # --x / --no-x
+        return spelled if switch else f"{spelled} {value}"
     return name if value is _UNSET else f"{name}={value!r}"
 
 

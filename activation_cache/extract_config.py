@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from activation_cache.errors import InputError, option
 from activation_cache.settings import (chat_template_setting, compression_setting, device_map_setting,
-                                       device_setting, dtype_setting, model_dtype_setting, model_setting, setting)
+                                       device_setting, dtype_setting, model_dtype_setting, model_setting,
+                                       placement_of, setting)
 
 if TYPE_CHECKING:
     from activation_cache.models import LoadedModel
@@ -97,9 +98,8 @@ class ExtractConfig:
         """The model these settings name, on their device and in their precision."""
         from activation_cache.models import load_model
 
-        return load_model(self.model, device=self.device, dtype=self.model_dtype, device_map=self.device_map,
-                          block_path=self.block_path, embed_path=self.embed_path, chat_template=self.chat_template,
-                          progress=progress)
+        return load_model(self.model, **placement_of(self), block_path=self.block_path, embed_path=self.embed_path,
+                          chat_template=self.chat_template, progress=progress)
 
     def validate(self) -> None:
         """InputError (one line) for settings no extraction can run with; reads nothing but the chat template."""

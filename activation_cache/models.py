@@ -112,7 +112,8 @@ def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes (cached while its size and modification time stay the same)."""
     st = path.stat()
     return _sha256_file(str(path), st.st_size, st.st_mtime_ns)
 
@@ -153,7 +154,7 @@ def _dequantised_dir(gguf: Path, label: str, progress: bool) -> Path:
     final directory exists only when complete (a crash leaves no half cache;
     two concurrent builders both succeed, the second rename just loses).
     """
-    sha = _file_sha256(gguf)
+    sha = file_sha256(gguf)
     root = cache_dir()
     final = root / f"{label}-{sha[:12]}"
     if final.is_dir():
@@ -268,13 +269,13 @@ def model_revision(spec: str | None) -> str:
     ``""`` where it cannot be known offline (a hub id that is not cached, or with the hub on).
     """
     if spec is None or spec.strip().lower() in _EMBEDDED_ALIASES:
-        return "sha256:" + _file_sha256(_embedded_gguf())[:16]
+        return "sha256:" + file_sha256(_embedded_gguf())[:16]
     path = Path(spec).expanduser()
     if path.exists():
         path = path.resolve()
         if path.is_dir():
             return _dir_revision(path) if (path / "config.json").is_file() else ""
-        return "sha256:" + _file_sha256(path)[:16] if path.suffix.lower() == ".gguf" else ""
+        return "sha256:" + file_sha256(path)[:16] if path.suffix.lower() == ".gguf" else ""
     if _hub_offline() and not _looks_like_path(spec):
         cached = _hub_cache_snapshot(spec)
         return cached.name if cached is not None else ""
@@ -286,7 +287,7 @@ def _resolve(spec: str | None, progress: bool) -> tuple[object, str, str, bool]:
     if spec is None or spec.strip().lower() in _EMBEDDED_ALIASES:
         gguf = _embedded_gguf()
         return _dequantised_dir(gguf, EMBEDDED_NAME, progress), EMBEDDED_NAME, \
-            "sha256:" + _file_sha256(gguf)[:16], True
+            "sha256:" + file_sha256(gguf)[:16], True
 
     path = Path(spec).expanduser()
     if path.exists():
@@ -299,7 +300,7 @@ def _resolve(spec: str | None, progress: bool) -> tuple[object, str, str, bool]:
         if path.suffix.lower() == ".gguf":
             label = path.stem.lower()
             return _dequantised_dir(path, label, progress), str(path), \
-                "sha256:" + _file_sha256(path)[:16], True
+                "sha256:" + file_sha256(path)[:16], True
         raise InputError(f"model file {path} is not a .gguf file (pass a directory, "
                          "a .gguf file, a hub id or 'smollm2-135m-instruct')")
     if _looks_like_path(spec):

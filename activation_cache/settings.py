@@ -122,8 +122,3 @@ def chat_template_setting() -> Any:
 def placement_of(settings: Any) -> dict[str, Any]:
     """The ``device`` / ``dtype`` / ``device_map`` keywords of :func:`~activation_cache.models.load_model`."""
     return dict(device=settings.device, dtype=settings.model_dtype, device_map=settings.device_map)
-
-
-def storage_of(settings: Any) -> dict[str, Any]:
-    """The ``dtype`` / ``compression`` keywords of a store-writing function."""
-    return dict(dtype=settings.dtype, compression=settings.compression)

@@ -180,3 +180,21 @@ def test_help_version_and_argument_errors_import_nothing_heavy():
             assert rc == 0 and out.startswith("ret-"), (key, out, err)
         else:
             assert rc == 2 and err.startswith("ret-") or err.startswith("usage: ret-train"), (key, out, err)
+
+
+@pytest.mark.parametrize("module, argv, needle", [
+    ("steer", ["--vector", "v", "--prompt", "hi", "--detect", "1,x"], "argument --detect: expected comma-separated integers"),
+    ("steer", ["--vector", "v", "--prompt", "hi", "--alphas", "0,a"], "argument --alphas: expected comma-separated numbers"),
+    ("steer", ["--vector", "v", "--prompt", "hi", "--positions", "end"], "argument --positions: invalid choice"),
+    ("extract", ["--prompts", "p", "--out", "o.h5", "--pipeline", "maybe"], "argument --pipeline: invalid choice: 'maybe'"),
+    ("extract", ["--prompts", "p", "--out", "o.h5", "--compression", "zip"], "argument --compression: invalid choice: 'zip'"),
+    ("forecast", ["--dataset", "bank", "--macro-ckpt", "c", "--out", "o", "--ks", ""], "argument --ks: no value given"),
+])
+def test_generated_flags_refuse_bad_values_in_one_line(module, argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cmd = importlib.import_module(f"ret_toolkit.cli.{module}")
+    with pytest.raises(SystemExit) as e:
+        cmd.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

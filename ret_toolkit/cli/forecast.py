@@ -33,7 +33,7 @@ from typing import Sequence
 
 from ret_toolkit.cli.base import run_cli
 from ret_toolkit.cli.flags import settings_from, settings_parser
-from ret_toolkit.sycophancy.settings import ForecastInputs, ForecastSettings, check_settings
+from ret_toolkit.sycophancy.settings import ForecastInputs, ForecastSettings
 
 #: The settings dataclasses whose fields are this command's flags (in --help order).
 SETTINGS = (ForecastInputs, ForecastSettings)
@@ -48,16 +48,12 @@ def parser() -> argparse.ArgumentParser:
 def _run(argv: Sequence[str]) -> int:
     a = parser().parse_args(argv)
     job, s = settings_from(ForecastInputs, a), settings_from(ForecastSettings, a)
-    check_settings(s)
-    # Read the dataset before loading any model, so a malformed file fails in a second.
-    from ret_toolkit.sycophancy.dataset import load_dataset
-
-    items = load_dataset(job.dataset, seed=s.seed)
     from activation_cache.ranks import detect_rank
     from ret_toolkit.sycophancy.run import run_forecast
 
-    r = run_forecast(items, job.out, job.macro_ckpt, model_spec=job.model, settings=s, progress=not a.quiet,
-                     dataset_name=job.dataset, rank=detect_rank())
+    # run_forecast checks the settings and reads the dataset before it loads any model
+    r = run_forecast(job.dataset, job.out, job.macro_ckpt, model_spec=job.model, settings=s, progress=not a.quiet,
+                     rank=detect_rank())
     if r is None:  # a torchrun rank other than 0: rank 0 reports
         return 0
     print(f"ret-forecast: {r.counts()}")

@@ -134,7 +134,7 @@ def build_macrostates(
         raise InputError(f"{option('n_macrostates')} must be >= 2, got {k}")
     out = out_dir if isinstance(out_dir, OutputDir) else macro_output_dir(out_dir, ckpt, store_path, k, seed, overwrite)
     module = load_ret(ckpt)
-    data = read_checkpoint(ckpt, "RET")  # read once: the split it records, then copied with the centroids
+    data = read_checkpoint(ckpt, "RET")  # its dict: the split it records, then copied with the centroids
     with TrajectoryStore(store_path) as store:
         check_store(module, store)
         train, held = recorded_split(data, store_path, store.n_sequences)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from activation_cache.errors import InputError, option
 from activation_cache.ranks import Rank
+from activation_cache.settings import placement_of
 from ret_toolkit.steering.settings import GenerationSettings, SteerSettings
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def check_steer(s: SteerSettings, g: GenerationSettings) -> None:
     import math
 
     if s.chat_template and not g.chat:
-        raise InputError(f"{option('chat_template')} renders the prompts as chat; {option('chat', False)} feeds them "
+        raise InputError(f"{option('chat_template')} renders the prompts as chat; {option('chat', False, flag='--no-chat')} feeds them "
                          "as plain text: give one")
     if s.vector is None and s.group is None:
         raise InputError(f"give {option('vector')} PATH or {option('group')} G (with {option('ret')} DIR)")
@@ -180,11 +181,10 @@ def run_steer(s: SteerSettings, g: GenerationSettings | None = None, *, progress
     for made_on in (reader, vec):
         if made_on is not None:
             made_on.check_name(model_name(s.model))
-    device = s.device
-    if rank is not None and s.device_map is None:
-        device = rank_device(device, rank)
-    loaded = load_model(s.model, device=device, dtype=s.model_dtype, device_map=s.device_map,
-                        chat_template=s.chat_template, progress=progress)
+    where = placement_of(s)
+    if rank is not None and where["device_map"] is None:
+        where["device"] = rank_device(where["device"], rank)
+    loaded = load_model(s.model, **where, chat_template=s.chat_template, progress=progress)
     if reader is not None:
         reader.check_model(loaded)
     if vec is not None:

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 from activation_cache.errors import InputError, option
 from activation_cache.settings import (chat_template_setting, device_map_setting, device_setting,
-                                       model_dtype_setting, model_setting, setting)
+                                       int_tuple, model_dtype_setting, model_setting, setting)
 
 #: Where an open-loop vector is added.
 POSITIONS = ("all", "prompt", "generated")
@@ -28,17 +28,6 @@ def float_tuple(text: str) -> tuple[float, ...]:
         raise ValueError("expected comma-separated numbers like 0,0.25,0.5") from None
     if not values or not all(math.isfinite(v) for v in values):
         raise ValueError("every value must be a finite number (comma-separated, like 0,0.25,0.5)")
-    return values
-
-
-def group_ids(text: str) -> tuple[int, ...]:
-    """``"3"`` or ``"3,5"`` -> ``(3,)`` / ``(3, 5)``; ValueError when not integers."""
-    try:
-        values = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise ValueError("expected comma-separated group ids like 3 or 3,5") from None
-    if not values:
-        raise ValueError("expected comma-separated group ids like 3 or 3,5")
     return values
 
 
@@ -116,7 +105,7 @@ class SteerSettings:
     alpha: float = setting(0.5, "steering coefficient (default 0.5; the vector is as long as a typical hidden state)")
     baseline: bool = setting(False, "also print the unsteered continuation")
     detect: tuple[int, ...] = setting((), "steer only while the detected macrostate is in (or out of) these groups",
-                                      parse=group_ids, metavar="G[,G...]", group="closed loop (needs --ret)")
+                                      parse=int_tuple, metavar="G[,G...]", group="closed loop (needs --ret)")
     when: str = setting("in", "steer while the group is in (default) / out of --detect", choices=("in", "out"),
                         group="closed loop (needs --ret)")
     sweep: bool = setting(False, "sweep α; write DIR/sweep.json and DIR/sweep.html",

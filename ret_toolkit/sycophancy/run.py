@@ -27,9 +27,10 @@ from typing import Sequence
 
 from activation_cache.errors import InputError, option, other_name_hint
 from activation_cache.layers import layer_spec, parse_layers
-from activation_cache.models import model_name, model_revision, use_chat_template
+from activation_cache.models import file_sha256, model_name, model_revision, use_chat_template
 from activation_cache.outputs import OutputDir, with_options, write_json
 from activation_cache.ranks import Rank, rank_device
+from activation_cache.settings import placement_of
 from ret_toolkit.sycophancy.features import extract_features
 from ret_toolkit.sycophancy.settings import UNRECORDED, ForecastSettings, check_settings
 from ret_toolkit.sycophancy.result import ForecastResult
@@ -93,10 +94,14 @@ def _inputs(out: Path, ckpt_sha256: str, revision: str) -> dict | None:
     return {"macro_ckpt_sha256": ckpt_sha256, "model_revision": revision, "stores": stores}
 
 
-def _reusable_result(od: OutputDir, inputs: dict | None) -> dict | None:
-    """The ``forecast.json`` of an earlier run in ``od`` with these settings and ``inputs``, else None."""
+def _reusable_result(od: OutputDir, inputs_of) -> dict | None:
+    """The ``forecast.json`` of an earlier run in ``od`` with these settings and inputs (``inputs_of()``, read
+    only when the cheap checks pass: it opens every store), else None."""
     path = od.final("forecast.json")
-    if inputs is None or od.overwrite or not od.holds_this_run() or not path.is_file():
+    if od.overwrite or not od.holds_this_run() or not path.is_file():
+        return None
+    inputs = inputs_of()
+    if inputs is None:
         return None
     try:
         result = json.loads(path.read_text(encoding="utf-8"))
@@ -174,21 +179,19 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
     if source and loaded is None and model_name(model_spec) != source:  # refused before the model is loaded
         raise InputError(f"{macro_ckpt}: RET checkpoint was trained on {source!r}, not on {model_name(model_spec)!r} "
                          f"({other_name_hint(source)})")
-    with open(macro_ckpt, "rb") as f:
-        ckpt_sha256 = hashlib.file_digest(f, "sha256").hexdigest()
-    inputs = None if rank is not None else _inputs(out, ckpt_sha256, loaded.revision if loaded else model_revision(model_spec))
-    reused = _reusable_result(od, inputs)
+    ckpt_sha256 = file_sha256(Path(macro_ckpt))
+    revision = loaded.revision if loaded else model_revision(model_spec)
+    reused = None if rank is not None else _reusable_result(od, lambda: _inputs(out, ckpt_sha256, revision))
     if reused is not None:
         log.info("same settings and inputs as the run in %s: its results are reused", out)
         return ForecastResult(reused)
     if loaded is None:
         from activation_cache.models import load_model
 
-        device = settings.device
-        if rank is not None and settings.device_map is None:
-            device = rank_device(device, rank)
-        loaded = load_model(model_spec, device=device, dtype=settings.model_dtype, device_map=settings.device_map,
-                            chat_template=settings.chat_template, progress=progress)
+        where = placement_of(settings)
+        if rank is not None and where["device_map"] is None:
+            where["device"] = rank_device(where["device"], rank)
+        loaded = load_model(model_spec, **where, chat_template=settings.chat_template, progress=progress)
     else:
         use_chat_template(loaded, settings.chat_template)
     if module.hparams.source_model and loaded.name != module.hparams.source_model:

@@ -253,7 +253,7 @@ def store_codes(s: CodesSettings, progress: bool = True) -> CodesResult:
     codes, anchors = encode_store_blocks(module, s.store, block, s.anchor, s.anchor_stride, align,
                                          batch_size=s.batch_size, progress=progress)
     if len(codes) == 0:
-        within = "the block and the --align range lie" if align else "the block lies"
+        within = f"the block and the {option('align')} range lie" if align else "the block lies"
         raise InputError(f"{s.store}: no anchor ({settings['anchor']}) where {within} inside the sequence; "
                          "nothing written")
     write_codes(s.out, codes, anchors, settings=settings, overwrite=s.overwrite, store=str(s.store),

@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader, Dataset
 from ret_toolkit.training import fit_quiet
 from ret_toolkit.vq.blocks import BlockSpec, TensorBlocks, collate_cells
 from ret_toolkit.vq.module import VQModule
-from ret_toolkit.vq.train import train
 
 
 def tensor_standardization(ds: TensorBlocks) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,6 +63,8 @@ def fit_vq_store(stores: Sequence[str] | str, block: BlockSpec, align_with: Sequ
                  seed: int = 0, val_fraction: float = 0.2, trainer_kwargs: dict[str, Any] | None = None,
                  **module_kwargs: Any) -> VQModule:
     """Deprecated: ``ret_toolkit.vq.train(stores, block, ..., checkpoint=False).module`` (the same fit)."""
+    from ret_toolkit.vq.train import train
+
     warnings.warn("fit_vq_store is deprecated; use ret_toolkit.vq.train(..., checkpoint=False).module",
                   DeprecationWarning, stacklevel=2)
     data = {"align_with": list(align_with), "anchor": anchor, "anchor_stride": anchor_stride,
