@@ -10,7 +10,8 @@ A spec is one of:
   off but the model is already in the local hub cache.
 
 GGUF files are dequantised once (~20-25 s for SmolLM2) and cached as
-safetensors under :func:`cache_dir`; later loads take well under a second.
+safetensors under :func:`cache_dir` (:mod:`activation_cache.gguf_cache`); later
+loads take well under a second.
 """
 
 from __future__ import annotations
@@ -18,12 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import sys
-import tempfile
-import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -38,7 +34,8 @@ from activation_cache.devices import (
 )
 from activation_cache.errors import InputError, option
 from activation_cache.prompts import read_chat_template
-from activation_cache.quiet import gguf_conversion_bar, no_transformers_bars
+from activation_cache.gguf_cache import cache_dir, dequantised_dir, file_sha256, first_line
+from activation_cache.quiet import no_transformers_bars
 
 __all__ = [
     "EMBEDDED_NAME",
@@ -83,39 +80,10 @@ class LoadedModel:
     dtype: str = "float32"
 
 
-def cache_dir() -> Path:
-    """Toolkit cache root (not created here).
-
-    ``$RET_TOOLKIT_CACHE`` if set, else ``$XDG_CACHE_HOME/ret-toolkit``, else
-    ``~/.cache/ret-toolkit``.
-    """
-    if os.environ.get("RET_TOOLKIT_CACHE"):
-        return Path(os.environ["RET_TOOLKIT_CACHE"]).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "ret-toolkit"
-
-
 def _hub_offline() -> bool:
     # Same truthy spellings huggingface_hub accepts; read at call time so a
     # test or notebook can flip it.
     return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
-
-
-@lru_cache(maxsize=None)
-def _sha256_file(path: str, size: int, mtime_ns: int) -> str:
-    # size/mtime in the key: re-hash only if the file changed (~0.3 s per 100 MB).
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes (cached while its size and modification time stay the same)."""
-    st = path.stat()
-    return _sha256_file(str(path), st.st_size, st.st_mtime_ns)
 
 
 def _dir_revision(path: Path) -> str:
@@ -147,66 +115,6 @@ def _embedded_gguf() -> Path:
     return path
 
 
-def _dequantised_dir(gguf: Path, label: str, progress: bool) -> Path:
-    """Cache dir ``<cache>/<label>-<sha12>`` holding ``gguf`` as safetensors + tokenizer.
-
-    Built in a temporary sibling directory and renamed into place, so the
-    final directory exists only when complete (a crash leaves no half cache;
-    two concurrent builders both succeed, the second rename just loses).
-    """
-    sha = file_sha256(gguf)
-    root = cache_dir()
-    final = root / f"{label}-{sha[:12]}"
-    if final.is_dir():
-        return final
-    root.mkdir(parents=True, exist_ok=True)
-    if progress:
-        print(f"ret-toolkit: dequantising {gguf.name} ({gguf.stat().st_size / 2**20:.0f} MiB) into {final}, once...",
-              file=sys.stderr, flush=True)
-    t0 = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
-    try:
-        kw = dict(gguf_file=gguf.name)
-        with no_transformers_bars(), gguf_conversion_bar(progress):
-            try:
-                model = transformers.AutoModelForCausalLM.from_pretrained(
-                    gguf.parent, dtype=torch.float32, **kw)
-                tokenizer = transformers.AutoTokenizer.from_pretrained(gguf.parent, **kw)
-            except Exception as exc:  # not a GGUF file, truncated, or an architecture transformers cannot read
-                raise InputError(f"cannot convert {gguf}: {_first_line(exc)}") from None
-            # Without this the saved config claims GGUF quantisation and reloading
-            # from safetensors would look for a .gguf file again.
-            del model.config.quantization_config
-            model.hf_quantizer = None
-            model.save_pretrained(tmp)  # its "Writing model shards" bar is one of transformers' own
-            tokenizer.save_pretrained(tmp)  # includes the chat template
-        (tmp / "ret_toolkit_source.txt").write_text(f"{gguf.name}\nsha256:{sha}\n")
-        try:
-            tmp.rename(final)
-        except OSError:
-            if not final.is_dir():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _remove_stale_temps(root, final.name)
-    if progress:
-        print(f"ret-toolkit: dequantised {gguf.name} in {time.perf_counter() - t0:.0f} s (cached for next time)",
-              file=sys.stderr, flush=True)
-    return final
-
-
-def _remove_stale_temps(root: Path, name: str, age_s: float = 3600) -> None:
-    # Leftovers of killed builds; younger ones may belong to a live process.
-    for old in root.glob(f".{name}.tmp-*"):
-        try:
-            if time.time() - old.stat().st_mtime > age_s:
-                shutil.rmtree(old, ignore_errors=True)
-        except OSError:
-            pass
-
-
 def embedded_model_dir(progress: bool = True) -> Path:
     """Directory with the embedded SmolLM2-135M-Instruct as safetensors + tokenizer.
 
@@ -215,12 +123,7 @@ def embedded_model_dir(progress: bool = True) -> Path:
     calls return that directory at once. ``progress`` prints one line to
     stderr before the slow step.
     """
-    return _dequantised_dir(_embedded_gguf(), EMBEDDED_NAME, progress)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    return dequantised_dir(_embedded_gguf(), EMBEDDED_NAME, progress)
 
 
 def _from_pretrained(source, torch_dtype, trust_remote_code: bool, local: bool, what: str, device_map=None):
@@ -231,7 +134,7 @@ def _from_pretrained(source, torch_dtype, trust_remote_code: bool, local: bool, 
             model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **placement, **kw)
             tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kw)
     except Exception as exc:  # corrupt weights raise safetensors' own error type, not an OSError
-        raise InputError(f"cannot load {what}: {_first_line(exc)}") from exc
+        raise InputError(f"cannot load {what}: {first_line(exc)}") from exc
     return model, tokenizer
 
 
@@ -268,27 +171,21 @@ def model_revision(spec: str | None) -> str:
 
     ``""`` where it cannot be known offline (a hub id that is not cached, or with the hub on).
     """
-    if spec is None or spec.strip().lower() in _EMBEDDED_ALIASES:
-        return "sha256:" + file_sha256(_embedded_gguf())[:16]
-    path = Path(spec).expanduser()
-    if path.exists():
-        path = path.resolve()
-        if path.is_dir():
-            return _dir_revision(path) if (path / "config.json").is_file() else ""
-        return "sha256:" + file_sha256(path)[:16] if path.suffix.lower() == ".gguf" else ""
-    if _hub_offline() and not _looks_like_path(spec):
-        cached = _hub_cache_snapshot(spec)
-        return cached.name if cached is not None else ""
-    return ""
+    try:
+        return _locate(spec)[2]
+    except InputError:
+        return ""
 
 
-def _resolve(spec: str | None, progress: bool) -> tuple[object, str, str, bool]:
-    """Map a spec to ``(source for from_pretrained, name, revision, local_only)``."""
+def _file_revision(path: Path) -> str:
+    return "sha256:" + file_sha256(path)[:16]
+
+
+def _locate(spec: str | None) -> tuple[Path | str, str, str, bool]:
+    """Map a spec to ``(a GGUF file, a directory or a hub id; name; revision; local_only)``, loading nothing."""
     if spec is None or spec.strip().lower() in _EMBEDDED_ALIASES:
         gguf = _embedded_gguf()
-        return _dequantised_dir(gguf, EMBEDDED_NAME, progress), EMBEDDED_NAME, \
-            "sha256:" + file_sha256(gguf)[:16], True
-
+        return gguf, EMBEDDED_NAME, _file_revision(gguf), True
     path = Path(spec).expanduser()
     if path.exists():
         path = path.resolve()
@@ -298,14 +195,11 @@ def _resolve(spec: str | None, progress: bool) -> tuple[object, str, str, bool]:
                                  "(expected a transformers save_pretrained directory)")
             return path, str(path), _dir_revision(path), True
         if path.suffix.lower() == ".gguf":
-            label = path.stem.lower()
-            return _dequantised_dir(path, label, progress), str(path), \
-                "sha256:" + file_sha256(path)[:16], True
+            return path, str(path), _file_revision(path), True
         raise InputError(f"model file {path} is not a .gguf file (pass a directory, "
                          "a .gguf file, a hub id or 'smollm2-135m-instruct')")
     if _looks_like_path(spec):
         raise InputError(f"model path {spec} does not exist")
-
     if _hub_offline():
         cached = _hub_cache_snapshot(spec)
         if cached is None:
@@ -315,6 +209,14 @@ def _resolve(spec: str | None, progress: bool) -> tuple[object, str, str, bool]:
             )
         return cached, spec, cached.name, True
     return spec, spec, "", False
+
+
+def _resolve(spec: str | None, progress: bool) -> tuple[object, str, str, bool]:
+    """Map a spec to ``(source for from_pretrained, name, revision, local_only)``; GGUF files are dequantised."""
+    where, name, revision, local = _locate(spec)
+    if isinstance(where, Path) and where.is_file():  # a GGUF file: from_pretrained reads its safetensors copy
+        where = dequantised_dir(where, EMBEDDED_NAME if name == EMBEDDED_NAME else where.stem.lower(), progress)
+    return where, name, revision, local
 
 
 def _hub_cache_snapshot(repo_id: str) -> Path | None:
@@ -386,7 +288,7 @@ def load_model(
         if local:  # an unexpected error on local files is a bug worth a traceback
             raise
         # Any hub failure (HTTP, auth, timeouts) is a user-facing one.
-        raise InputError(f"cannot load {what}: {_first_line(exc)}") from exc
+        raise InputError(f"cannot load {what}: {first_line(exc)}") from exc
     if not local:
         revision = getattr(model.config, "_commit_hash", None) or "unknown"
     if target is not None and target.type != "cpu":

@@ -120,7 +120,7 @@ def test_fit_writes_checkpoint_with_stats_and_provenance(trained):
     ckpt, cli = trained
     assert ckpt.is_file()
     m = load_ret(ckpt)
-    assert m.hparams.source_model.endswith("llama") and m.hparams.source_layers == "1"
+    assert m.hparams.source_model.endswith("llama") and m.hparams.source_layers == ["1"]
     assert not torch.allclose(m.h_std, torch.ones_like(m.h_std))  # statistics came from the store
     assert (ckpt.parent.parent / "metrics.csv").is_file()
     assert cli.model.effective_rank_history and all(r > 1.5 for _, r in cli.model.effective_rank_history)
@@ -146,7 +146,7 @@ def test_python_train_matches_ret_train_and_keeps_provenance(stores, tmp_path):
         assert torch.equal(va, vb), k
     assert run.checkpoint.is_file() and run.checkpoint.parent.parent.name == "version_0"
     m = load_ret(run.checkpoint)
-    assert (m.hparams.source_layers, m.hparams.window, m.hparams.max_horizon) == ("1", 4, 2)
+    assert (m.hparams.source_layers, m.hparams.window, m.hparams.max_horizon) == (["1"], 4, 2)
     assert m.hparams.source_model == cli.model.hparams.source_model
     from ret_toolkit.macro.train import WIRED_KEYS, wired_arguments
 

@@ -170,15 +170,15 @@ def test_gguf_cache_is_built_once_and_atomically(monkeypatch, tmp_path):
 
     _fake_gguf_loaders(monkeypatch, fail_tokenizer=True)
     with pytest.raises(KeyboardInterrupt):
-        models._dequantised_dir(gguf, "my-model", progress=False)
+        models.dequantised_dir(gguf, "my-model", progress=False)
     assert list((tmp_path / "cache").iterdir()) == []  # no half cache, no temp left
 
     calls = _fake_gguf_loaders(monkeypatch)
-    built = models._dequantised_dir(gguf, "my-model", progress=False)
+    built = models.dequantised_dir(gguf, "my-model", progress=False)
     assert built == tmp_path / "cache" / f"my-model-{sha[:12]}"
     assert (built / "config.json").is_file() and (built / "chat_template.jinja").is_file()
     assert "quantization_config" not in (built / "config.json").read_text()
-    assert models._dequantised_dir(gguf, "my-model", progress=False) == built
+    assert models.dequantised_dir(gguf, "my-model", progress=False) == built
     assert calls == [gguf.name]  # second call hit the cache
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [built.name]
 
@@ -186,7 +186,7 @@ def test_gguf_cache_is_built_once_and_atomically(monkeypatch, tmp_path):
 def test_gguf_spec_resolves_name_and_revision(monkeypatch, tmp_path, tiny_dir):
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"gguf bytes")
-    monkeypatch.setattr(models, "_dequantised_dir", lambda path, label, progress: tiny_dir)
+    monkeypatch.setattr(models, "dequantised_dir", lambda path, label, progress: tiny_dir)
     lm = load_model(str(gguf))
     assert lm.name == str(gguf.resolve())
     assert lm.revision == "sha256:" + hashlib.sha256(b"gguf bytes").hexdigest()[:16]

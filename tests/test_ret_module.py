@@ -273,3 +273,14 @@ def test_checkpoint_round_trip_keeps_standardisation_and_output(tmp_path):
     torch.testing.assert_close(loaded.encode_sequence(h), m.encode_sequence(h), rtol=0, atol=0)
     for a, b in zip(loaded.target.parameters(), m.target.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_source_layers_recorded_as_a_list_and_old_string_form_still_loads(tmp_path):
+    typed = RETModule(d_input=8, window=2, z_dim=2, hidden=4, predictor_hidden=4, source_layers=["embed", "3"])
+    old = RETModule(d_input=8, window=2, z_dim=2, hidden=4, predictor_hidden=4, source_layers="embed,3")
+    none = RETModule(d_input=8, window=2, z_dim=2, hidden=4, predictor_hidden=4)
+    assert typed.hparams.source_layers == old.hparams.source_layers == ["embed", "3"]
+    assert none.hparams.source_layers == []
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": old.state_dict(), "hyper_parameters": dict(old.hparams)}, path)
+    assert torch.load(path, weights_only=True)["hyper_parameters"]["source_layers"] == ["embed", "3"]

@@ -23,7 +23,6 @@ from sklearn.cluster import KMeans
 from tqdm.auto import tqdm
 
 from activation_cache.errors import InputError
-from activation_cache.layers import spec_names
 from activation_cache.reader import TrajectoryStore
 from activation_cache.schema import open_h5
 from ret_toolkit.checkpoint import load_checkpoint
@@ -39,7 +38,7 @@ def load_ret(ckpt: str | Path) -> RETModule:
 
 def source_layers(module: RETModule) -> list[str]:
     """Store layer names the RET checkpoint reads (``source_layers``), in order; [] if not recorded."""
-    return spec_names(module.hparams.source_layers)
+    return list(module.hparams.source_layers or ())
 
 
 def require_centroids(module: RETModule, where: str | Path = "") -> None:

@@ -62,10 +62,6 @@ class TrajectoryDataModule(StoreDataModule):
         self.length = window + max_horizon
         self.standardization: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    @property
-    def layers_str(self) -> str:
-        return ",".join(self.layer_names)
-
     def setup(self, stage: str | None = None) -> None:
         if self.standardization is None:
             self.standardization = self.store_set.train_standardization(self.layer_names)

@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from activation_cache.errors import InputError
+from activation_cache.layers import spec_names
 from ret_toolkit.hparams import check_hparams
 from ret_toolkit.macro.encoder import (
     CausalWindowEncoder,
@@ -36,7 +36,7 @@ from ret_toolkit.macro.encoder import (
     normalized_mse,
     variance_loss,
 )
-from ret_toolkit.macro.rank import collapse_message, effective_rank
+from ret_toolkit.macro.rank import CollapseWatch
 
 
 def nearest_centroid(z: Tensor, centroids: Tensor, metric: str = "cosine") -> Tensor:
@@ -60,7 +60,7 @@ def cosine_momentum(step: int, total: float, start: float, end: float) -> float:
     return end - (end - start) * (1 + math.cos(math.pi * frac)) / 2
 
 
-class RETModule(pl.LightningModule):
+class RETModule(CollapseWatch, pl.LightningModule):
     """Learns a causal macro variable z_t (d = z_dim) from windows of hidden states.
 
     Args:
@@ -87,8 +87,9 @@ class RETModule(pl.LightningModule):
         rank_samples: z vectors (one per window) kept per epoch, over all ranks,
             to estimate the effective rank.
         source_model, source_layers: provenance, filled from the data module (the
-            store's ``model`` attribute and the layer names); encoding a store
-            of another model or layer set is refused.
+            store's ``model`` attribute and its layer names, ``["10", "15"]``;
+            recorded as that list); encoding a store of another model or layer
+            set is refused.
     """
 
     def __init__(
@@ -110,7 +111,7 @@ class RETModule(pl.LightningModule):
         collapse_threshold: float = 2.0,
         rank_samples: int = 4096,
         source_model: str = "",
-        source_layers: str = "",
+        source_layers: list[str] | str | None = None,
     ):
         super().__init__()
         check_hparams("model", locals(), {
@@ -121,6 +122,10 @@ class RETModule(pl.LightningModule):
         if ema_start > ema_end:
             raise InputError(f"model.ema_start must be <= model.ema_end, got {ema_start} > {ema_end}")
         self.save_hyperparameters()
+        # one form in every checkpoint: the list of store layer names (earlier checkpoints
+        # recorded the comma-joined string, which still loads)
+        self.hparams.source_layers = (spec_names(source_layers) if isinstance(source_layers, str)
+                                      else [str(n) for n in source_layers or ()])
 
         self.online = CausalWindowEncoder(d_input, window, hidden, z_dim)
         self.target = copy.deepcopy(self.online).requires_grad_(False)
@@ -132,10 +137,7 @@ class RETModule(pl.LightningModule):
 
         self._total_steps: float = float("inf")
         self._ema_step = 0
-        self._z_buf: dict[str, Tensor] = {}
-        self._z_count: dict[str, int] = {}
-        self.effective_rank_history: list[tuple[int, float]] = []
-        self.collapse_message: str | None = None
+        self._init_watch()
         #: k-means centroids of z, (K, d), once macrostates are fitted (travel in the checkpoint)
         self.centroids: Tensor | None = None
         #: how ``assign`` compares z with the centroids: "cosine" (L2-normalised z, what
@@ -313,82 +315,6 @@ class RETModule(pl.LightningModule):
         if step > self._ema_step:
             self.update_target(self.ema_momentum(step))
             self._ema_step = step
-
-    # ---- effective rank & collapse guard ----
-    #
-    # Validation z come from fixed weights, so they are kept directly (one z per window).
-    # Without a validation loop the weights move during the epoch and z collected along
-    # the way would mix many encoders (inflating the rank), so the last window of each
-    # training sample is kept instead and encoded once at epoch end.
-
-    def _collect(self, stage: str, rows: Tensor) -> None:
-        """Keep the first ceil(rank_samples / world_size) rows (z or windows) per rank and stage."""
-        if stage not in self._z_buf:
-            cap = math.ceil(self.hparams.rank_samples / max(self.trainer.world_size, 1))
-            self._z_buf[stage] = rows.new_zeros(cap, *rows.shape[1:])
-            self._z_count[stage] = 0
-        buf, n = self._z_buf[stage], self._z_count[stage]
-        take = min(buf.shape[0] - n, rows.shape[0])
-        if take > 0:
-            buf[n : n + take] = rows[:take]
-            self._z_count[stage] = n + take
-
-    def _reset(self, stage: str) -> None:
-        self._z_buf.pop(stage, None)
-        self._z_count.pop(stage, None)
-
-    @torch.no_grad()
-    def _local_z(self, stage: str) -> Tensor:
-        """This rank's z for the rank estimate: (n, d), n may be 0."""
-        buf, n = self._z_buf.get(stage), self._z_count.get(stage, 0)
-        self._reset(stage)
-        if buf is None or n == 0:
-            return torch.zeros(0, self.hparams.z_dim, device=self.device)
-        rows = buf[:n]
-        if stage == "train":  # stored windows (n, w, D): encode with the current weights
-            rows = torch.cat([self.encode(c)[:, -1] for c in rows.split(256)])
-        return rows.float()
-
-    def _check_rank(self, stage: str) -> None:
-        """Collective (every rank calls it): gather z, log the effective rank, stop on collapse."""
-        z = self._local_z(stage)
-        cap = math.ceil(self.hparams.rank_samples / max(self.trainer.world_size, 1))
-        padded = z.new_zeros(cap, z.shape[-1])  # all_gather needs equal shapes on every rank
-        padded[: len(z)] = z[:cap]
-        count = torch.tensor([min(len(z), cap)], device=z.device)
-        bufs = self.all_gather(padded).reshape(-1, cap, z.shape[-1])  # (world, cap, d)
-        counts = self.all_gather(count).reshape(-1)
-        z = torch.cat([b[: int(c)] for b, c in zip(bufs, counts)])
-        if len(z) == 0:  # decided from gathered counts, so the same on every rank
-            return
-        # every rank computes the same value from the same z; broadcasting rank 0's float
-        # removes any doubt (e.g. a nondeterministic SVD on different GPUs)
-        rank = float(self.trainer.strategy.broadcast(effective_rank(z), src=0))
-        epoch = self.current_epoch
-        self.effective_rank_history.append((epoch, rank))
-        self.log("effective_rank", rank, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
-
-        msg = collapse_message(rank, self.hparams.collapse_threshold, epoch)
-        if msg is not None:
-            self.collapse_message = msg
-            self.trainer.should_stop = True
-            rank_zero_warn(msg)
-
-    def on_validation_epoch_start(self) -> None:
-        self._reset("val")
-
-    def on_validation_epoch_end(self) -> None:
-        if self.trainer.sanity_checking or self.trainer.state.fn != "fit":
-            self._reset("val")  # untrained weights (sanity check) say nothing about collapse
-            return
-        self._check_rank("val")
-
-    def on_train_epoch_start(self) -> None:
-        self._reset("train")
-
-    def on_train_epoch_end(self) -> None:
-        if not self.trainer.enable_validation:
-            self._check_rank("train")
 
     # ---- optimisation ----
 

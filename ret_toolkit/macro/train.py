@@ -31,7 +31,7 @@ def wired_arguments(data: TrajectoryDataModule) -> dict[str, Any]:
     later to check that a model and store fit the checkpoint.
     """
     return {"d_input": data.n_features, "window": data.hparams.window, "max_horizon": data.hparams.max_horizon,
-            "source_model": data.model_name, "source_layers": data.layers_str}
+            "source_model": data.model_name, "source_layers": list(data.layer_names)}
 
 
 #: Keys of :class:`RETModule` that come from the data module, never from the caller.

@@ -27,7 +27,8 @@ from typing import Sequence
 
 from activation_cache.errors import InputError, option, other_name_hint
 from activation_cache.layers import layer_spec, parse_layers
-from activation_cache.models import file_sha256, model_name, model_revision, use_chat_template
+from activation_cache.gguf_cache import file_sha256
+from activation_cache.models import model_name, model_revision, use_chat_template
 from activation_cache.outputs import OutputDir, with_options, write_json
 from activation_cache.ranks import Rank, rank_device
 from activation_cache.settings import placement_of
