@@ -126,9 +126,10 @@ def main() -> None:
         vec = group_vector(outputs, g, model=loaded, exclude=prompt_seqs)  # never built from evaluation prompts
         print(f"\ngroup {g}: vector at block(s) {vec.layers}, norm {vec[vec.layers[0]].norm():.1f}", flush=True)
         r = sweep(loaded, loaded.tokenizer, reader, vec, g, alphas, prompt_ids, positions=args.positions,
-                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, max_ppl_ratio=args.max_ppl_ratio,
+                  max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                   progress=lambda p: print(f"  alpha {p.alpha:<5g} share {p.share:.3f}  perplexity {p.perplexity:7.2f}"
                                            f"  tokens {p.n_tokens:4d}  {' '.join(p.example.split())[:70]!r}", flush=True))
+        r.max_ppl_ratio = args.max_ppl_ratio
         results.append(r)
         h = r.held_out()
         controls[g] = sweep(loaded, loaded.tokenizer, reader, vec.random_like(seed=g), g, [h["alpha"]], prompt_ids,

@@ -386,6 +386,17 @@ def test_from_contrast_norm_and_batching():
     assert all_tokens.norms["1"]["n_tokens_a"] == norms["n_tokens_a"] + len(texts_a)
     with pytest.raises(InputError, match="unknown layer 3"):
         from_contrast(model, tok, texts_a, texts_b, [3])
+    # The settings object and the keywords are one thing; a keyword overrides one field of it.
+    from ret_toolkit.steering import ContrastSettings
+
+    settings = ContrastSettings(scale="mean", batch_size=1)
+    torch.testing.assert_close(from_contrast(model, tok, texts_a, texts_b, 1, settings=settings)[1], by_mean[1],
+                               atol=1e-5, rtol=1e-5)
+    assert from_contrast(model, tok, texts_a, texts_b, 1, settings=settings, scale=None).construction["scale"] is None
+    with pytest.raises(TypeError, match="unexpected keyword argument 'scaling'"):
+        from_contrast(model, tok, texts_a, texts_b, 1, scaling="mean")
+    with pytest.raises(InputError, match="scale must be"):
+        from_contrast(model, tok, texts_a, texts_b, 1, scale="max")
 
 
 def test_from_groups_matches_the_definition(tmp_path):

@@ -20,6 +20,7 @@ from activation_cache.lazy import lazy_exports
 # Names load their module on first use: importing a settings module of this package stays light.
 __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "ClosedLoop": "ret_toolkit.steering.closed_loop",
+    "ContrastSettings": "ret_toolkit.steering.settings",
     "Generation": "ret_toolkit.steering.generate",
     "GenerationSettings": "ret_toolkit.steering.settings",
     "MacrostateReader": "ret_toolkit.steering.detect",

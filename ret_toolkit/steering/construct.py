@@ -30,11 +30,11 @@ from activation_cache.arch import find_architecture, get_module, resolve_model
 from activation_cache.devices import input_device
 from activation_cache.errors import InputError
 from activation_cache.layers import LayerSpec, block_indices, parse_layers
+from ret_toolkit.steering.settings import SCALES, ContrastSettings
 from ret_toolkit.steering.vector import SteeringVector, model_identity
 
 __all__ = ["SCALES", "from_contrast", "from_groups", "scale_to_norm"]
 
-SCALES = ("median", "mean", None)
 
 
 def scale_to_norm(raw: np.ndarray, target: float) -> np.ndarray:
@@ -127,13 +127,11 @@ def from_contrast(
     texts_b: Sequence[str],
     layers: LayerSpec,
     *,
-    scale: str | None = "median",
-    skip_first: int = 1,
-    batch_size: int = 8,
-    max_length: int | None = None,
+    settings: ContrastSettings | None = None,
     model_name: str | None = None,
     block_path: str | None = None,
     meta: Mapping[str, Any] | None = None,
+    **overrides: Any,
 ) -> SteeringVector:
     """Contrastive steering vector: mean hidden state of texts A minus that of texts B.
 
@@ -150,36 +148,39 @@ def from_contrast(
         texts_a, texts_b: the two sets of texts; steering with ``alpha > 0``
             pushes toward A.
         layers: one block index or several.
-        scale: ``"median"`` (default), ``"mean"`` token norm, or ``None`` for
-            the raw difference.
-        skip_first: positions left out at the start of every text (default 1).
-        batch_size: texts per forward pass. max_length: truncate longer texts.
+        settings, overrides: how the texts are averaged
+            (:class:`~ret_toolkit.steering.settings.ContrastSettings`: ``scale``
+            ``"median"`` (default), ``"mean"`` or ``None``; ``skip_first``
+            positions left out (default 1); ``batch_size`` texts per forward
+            pass; ``max_length``); keywords such as ``scale="mean"`` override
+            single fields.
         model_name: name recorded in the manifest (default: the model's name).
+        block_path: where the decoder blocks are, if discovery fails.
+        meta: free-form JSON-serialisable fields for the manifest.
 
     Raises:
-        InputError: empty text sets, bad layers, identical means.
+        InputError: empty text sets, bad layers, bad settings, identical means.
     """
-    _check_scale(scale)
+    c = ContrastSettings.of(settings, overrides)
     module, _, tok = resolve_model(model)
     tokenizer = tokenizer if tokenizer is not None else tok
     if tokenizer is None:
         raise InputError("from_contrast needs the model's tokenizer")
-    if batch_size < 1 or skip_first < 0:
-        raise InputError(f"need batch_size >= 1 and skip_first >= 0; got {batch_size}, {skip_first}")
     ident = model_identity(model, model_name, block_path)
     arch = find_architecture(module, block_path=block_path)
     blocks = get_module(module, arch.block_path)
     layers = sorted(block_indices(parse_layers(layers, arch.n_layers)))
     args = (module, blocks, layers, tokenizer)
-    sa = _text_sums(*args, texts_a, batch_size, max_length, skip_first, "texts_a")
-    sb = _text_sums(*args, texts_b, batch_size, max_length, skip_first, "texts_b")
+    sa = _text_sums(*args, texts_a, c.batch_size, c.max_length, c.skip_first, "texts_a")
+    sb = _text_sums(*args, texts_b, c.batch_size, c.max_length, c.skip_first, "texts_b")
     directions, norms = {}, {}
     for layer in layers:
         a, b = sa[layer], sb[layer]
-        directions[layer], norms[str(layer)] = _finish(a.mean() - b.mean(), np.concatenate(a.norms + b.norms), scale)
+        directions[layer], norms[str(layer)] = _finish(a.mean() - b.mean(), np.concatenate(a.norms + b.norms),
+                                                       c.scale)
         norms[str(layer)].update(n_tokens_a=a.n, n_tokens_b=b.n)
-    construction = {"method": "contrast", "scale": scale, "skip_first": skip_first, "n_texts_a": len(texts_a),
-                    "n_texts_b": len(texts_b), "max_length": max_length}
+    construction = {"method": "contrast", "scale": c.scale, "skip_first": c.skip_first, "n_texts_a": len(texts_a),
+                    "n_texts_b": len(texts_b), "max_length": c.max_length}
     return SteeringVector(directions, model=ident["model"], model_type=ident["model_type"],
                           n_layers=ident["n_layers"], construction=construction, norms=norms, meta=meta)
 

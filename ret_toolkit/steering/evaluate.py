@@ -144,8 +144,7 @@ def reread(model, reader: MacrostateReader, prompt_ids: Sequence[Sequence[int]],
 
 def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_group: int, alphas: Sequence[float],
           prompt_ids: Sequence[Sequence[int]], *, settings: GenerationSettings | None = None,
-          model_name: str | None = None, progress=None, rank: Rank | None = None, max_ppl_ratio: float = 1.5,
-          **overrides: Any) -> SweepResult:
+          model_name: str | None = None, progress=None, rank: Rank | None = None, **overrides: Any) -> SweepResult:
     """Share of the target group and perplexity for every α (module docstring).
 
     Args:
@@ -165,11 +164,11 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
             all of them (equal to one process's when decoding is greedy; sampling draws
             each rank's own stream from ``seed``).
 
-        max_ppl_ratio: fluency budget of :meth:`SweepResult.best`.
-
     Returns:
         :class:`~ret_toolkit.steering.sweep_result.SweepResult`: one point per α
-        (ascending), the α = 0 baseline, the best α and its gain with a CI.
+        (ascending), the α = 0 baseline, the best α and its gain with a CI. The
+        fluency budget of the best α is the result's ``max_ppl_ratio`` (default
+        1.5; set it, or pass one to :meth:`SweepResult.best`), not the sweep's.
     """
     g = GenerationSettings.of(settings, overrides)
     (target_group,) = reader.check_groups([target_group], "target group")
@@ -211,5 +210,4 @@ def sweep(model, tokenizer, reader: MacrostateReader, vector: Vectors, target_gr
     record = {"positions": g.positions, "max_new_tokens": g.max_new_tokens, "do_sample": g.sample, "seed": g.seed,
               "n_prompts": len(prompt_ids), "k": reader.k, "reader_layers": reader.layers,
               "vector_layers": sorted({x for v in vectors for x in v.layers})}
-    return SweepResult(target_group, points, record, max_ppl_ratio,
-                       vectors[0].manifest if len(vectors) == 1 else None)
+    return SweepResult(target_group, points, record, vector=vectors[0].manifest if len(vectors) == 1 else None)

@@ -219,7 +219,8 @@ def _sweep(result: SteerResult, out, loaded, reader, vec, prompts, rank, progres
     s, g = result.settings, result.generation
     prompt_ids = render_prompts(loaded.tokenizer, prompts, chat=g.chat)
     result.sweep = sweep(loaded, loaded.tokenizer, reader, vec, s.group, s.alphas, prompt_ids, settings=g,
-                         rank=rank, max_ppl_ratio=s.max_ppl_ratio, progress=progress)
+                         rank=rank, progress=progress)
+    result.sweep.max_ppl_ratio = s.max_ppl_ratio
     if rank is not None and rank.rank != 0:  # every rank has the whole result; rank 0 writes and reports it
         return
     with out:  # staged; both files are moved into the directory when both are written

@@ -1,8 +1,9 @@
 """The settings of steered generation: how text is generated (:class:`GenerationSettings`, shared by
-:func:`~ret_toolkit.steering.generate.generate`, the α sweep and the closed loop) and what ``ret-steer``
-steers with, on which prompts (:class:`SteerSettings`).
+:func:`~ret_toolkit.steering.generate.generate`, the α sweep and the closed loop), what ``ret-steer``
+steers with, on which prompts (:class:`SteerSettings`), and how a contrastive vector averages
+its texts (:class:`ContrastSettings`).
 
-Each field is a ``ret-steer`` flag of the same name. Import-light: no torch.
+Each field of the first two is a ``ret-steer`` flag of the same name. Import-light: no torch.
 """
 
 from __future__ import annotations
@@ -61,11 +62,46 @@ class GenerationSettings:
     @classmethod
     def of(cls, settings: GenerationSettings | None, overrides: Mapping[str, Any]) -> GenerationSettings:
         """``settings`` (default: the defaults) with ``overrides`` (field names, as keywords of a generate call)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise TypeError(f"unexpected keyword argument {unknown[0]!r} (generation settings: {', '.join(sorted(names))})")
-        return dataclasses.replace(settings or cls(), **overrides)
+        return _with_overrides(cls, settings, overrides, "generation settings")
+
+
+def _with_overrides(cls, settings, overrides: Mapping[str, Any], what: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(f"unexpected keyword argument {unknown[0]!r} ({what}: {', '.join(sorted(names))})")
+    return dataclasses.replace(settings or cls(), **overrides)
+
+
+#: How :func:`~ret_toolkit.steering.construct.from_contrast` rescales the difference of means.
+SCALES = ("median", "mean", None)
+
+
+@dataclass(frozen=True)
+class ContrastSettings:
+    """How :func:`~ret_toolkit.steering.construct.from_contrast` averages its texts.
+
+    scale: rescale the difference to the ``"median"`` (default) or ``"mean"`` token
+    norm at each layer, or ``None`` for the raw difference. skip_first: positions
+    left out at the start of every text (attention sinks; default 1). batch_size:
+    texts per forward pass. max_length: truncate longer texts (tokens; ``None``: never).
+    """
+
+    scale: str | None = "median"
+    skip_first: int = 1
+    batch_size: int = 8
+    max_length: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.scale not in SCALES:
+            raise InputError(f"scale must be 'median', 'mean' or None; got {self.scale!r}")
+        if self.batch_size < 1 or self.skip_first < 0:
+            raise InputError(f"need batch_size >= 1 and skip_first >= 0; got {self.batch_size}, {self.skip_first}")
+
+    @classmethod
+    def of(cls, settings: ContrastSettings | None, overrides: Mapping[str, Any]) -> ContrastSettings:
+        """``settings`` (default: the defaults) with ``overrides`` (field names, as keywords)."""
+        return _with_overrides(cls, settings, overrides, "contrast settings")
 
 
 @dataclass(frozen=True)
