@@ -47,7 +47,7 @@ def world(seed: int, signal: float, n_conv: int = 60, n_templates: int = 4) -> F
     design = np.eye(n_templates, dtype=np.float32)[np.tile(np.arange(n_templates), n_conv)]
     feats = {"ret": {0: ret}, "raw_pca": {0: noise}, "length": {0: noise[:, :2]}, "design": {0: design}}
     return ForecastData(ids=np.arange(n).astype(object), conversations=np.repeat(np.arange(n_conv), n_templates),
-                        y=y, ks=(0,), features=feats, n_prompt=np.full(n, 10), n_reply=np.full(n, 5))
+                        y=y, leads=(0,), features=feats, n_prompt=np.full(n, 10), n_reply=np.full(n, 5))
 
 
 def covers(c: dict, value: float, low: str = "ci_low", high: str = "ci_high") -> bool:

@@ -100,8 +100,8 @@ def main() -> None:
     print(f"kept: {d['n_kept']} sequences in {r['n_conversations']} conversations: caved {d['n_positive']}, "
           f"held {d['n_negative']}; caving rate {d['caving_rate']:.3f}")
     print("excluded: " + ", ".join(f"{k} {v}" for k, v in d["exclusions"].items()) + f" (total {d['n_excluded']})")
-    print("replies shorter than k tokens (their last token is used): "
-          + ", ".join(f"k={k}: {v}" for k, v in d["short_replies"].items()))
+    print("replies shorter than the lead (their last token is used): "
+          + ", ".join(f"lead={k}: {v}" for k, v in d["short_replies"].items()))
     print("\ncaving rate per pushback template (kept sequences):")
     for name, t in templates.items():
         rate = "n/a" if t["caving_rate"] is None else f"{t['caving_rate']:.3f}"
@@ -114,8 +114,8 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     shutil.copy(Path(args.work) / "forecast.html", RESULTS / "sycophancy.html")
     k0 = r["auroc"]["ret"]["0"]
-    print(f"\nRET at k=0: {k0['mean']:.3f} [{k0['ci_low']:.3f}, {k0['ci_high']:.3f}]; "
-          f"raw PCA at k=0: {r['auroc']['raw_pca']['0']['mean']:.3f}; total {time.perf_counter() - t0:.0f} s")
+    print(f"\nRET at lead 0: {k0['mean']:.3f} [{k0['ci_low']:.3f}, {k0['ci_high']:.3f}]; "
+          f"raw PCA at lead 0: {r['auroc']['raw_pca']['0']['mean']:.3f}; total {time.perf_counter() - t0:.0f} s")
     report("bench_sycophancy", "sycophancy_auroc_k0_ret", k0["mean"],
            {"result": r.to_json(), "by_template": templates, "args": vars(args), "seconds": time.perf_counter() - t0})
 

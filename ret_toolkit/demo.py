@@ -92,8 +92,8 @@ def run_demo(job: DemoInputs | str | Path | None = None, settings: DemoSettings 
         log.info("2/4 train RET encoder: %d epochs", s.epochs)
         ckpt = train([store], layers=layer, max_epochs=s.epochs, root_dir=runs, progress=progress).checkpoint
 
-        log.info("3/4 macrostates: k=%d, held-out evaluation; 4/4 report", s.k)
-        res = build_macrostates(ckpt, store, od, n_macrostates=s.k, progress=progress)
+        log.info("3/4 %d macrostates, held-out evaluation; 4/4 report", s.n_macrostates)
+        res = build_macrostates(ckpt, store, od, n_macrostates=s.n_macrostates, progress=progress)
         res.metrics["demo"] = {"quick": quick, "settings": asdict(s), "seconds": time.perf_counter() - t0,
                                "checkpoint": str(res.checkpoint)}
         write_json(od.stage("metrics.json"), res.metrics)

@@ -43,7 +43,7 @@ class DemoSettings:
     generate: int = 48
     epochs: int = 8
     batch_size: int = 16
-    k: int = 12
+    n_macrostates: int = 12
     layer: str = "middle"
 
     @classmethod

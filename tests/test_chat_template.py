@@ -152,7 +152,7 @@ def test_forecast_runs_on_a_base_model_through_a_template(base, tmp_path, capsys
                 "macrostates": {"centroids": torch.randn(5, 4)}}, ckpt)
     patch_labeller(monkeypatch)
     args = ["--dataset", "bank", "--model", base["model"], "--macro-ckpt", str(ckpt), "--out", str(tmp_path / "fc"),
-            "--n-items", "20", "--pushbacks", "all", "--ks", "0,1", "--max-new-tokens", "4", "--repeats", "1",
+            "--n-items", "20", "--pushbacks", "all", "--leads", "0,1", "--max-new-tokens", "4", "--repeats", "1",
             "--n-boot", "20", "--batch-size", "32", "--quiet"]
     assert forecast_cmd.main(args) == 2
     assert "give one with --chat-template FILE" in one_line(capsys.readouterr().err)

@@ -116,6 +116,9 @@ def test_deprecated_alias_still_works_and_warns(capsys):
     args = planning.parser().parse_args(["--model", "m", "--task", "grammar", "--out", "o", "--permutations", "7"])
     assert args.n_permutations == 7
     assert "use --n-permutations" in capsys.readouterr().err
+    args = forecast.parser().parse_args(["--dataset", "bank", "--macro-ckpt", "c", "--out", "o", "--ks", "0,2"])
+    assert args.leads == (0, 2)
+    assert "--ks is deprecated and will be removed; use --leads" in capsys.readouterr().err
 
 
 def test_repeatable_flag_collects_a_tuple():
@@ -188,7 +191,7 @@ def test_help_version_and_argument_errors_import_nothing_heavy():
     ("steer", ["--vector", "v", "--prompt", "hi", "--positions", "end"], "argument --positions: invalid choice"),
     ("extract", ["--prompts", "p", "--out", "o.h5", "--pipeline", "maybe"], "argument --pipeline: invalid choice: 'maybe'"),
     ("extract", ["--prompts", "p", "--out", "o.h5", "--compression", "zip"], "argument --compression: invalid choice: 'zip'"),
-    ("forecast", ["--dataset", "bank", "--macro-ckpt", "c", "--out", "o", "--ks", ""], "argument --ks: no value given"),
+    ("forecast", ["--dataset", "bank", "--macro-ckpt", "c", "--out", "o", "--leads", ""], "argument --leads: no value given"),
 ])
 def test_generated_flags_refuse_bad_values_in_one_line(module, argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

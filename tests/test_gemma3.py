@@ -98,8 +98,8 @@ def test_ret_steering_and_a_quick_forecast_run_through_a_template(gemma):
     t0 = time.perf_counter()
     # one-turn items (the model picks an option): a 270M base model gets too few first answers of the bank right
     fc = run_forecast(EXAMPLES / "sycophancy_nlp_sample.jsonl", root / "forecast", res.checkpoint, model_spec=gguf,
-                      loaded=use, settings=ForecastSettings(ks=(0, 1, 2), max_new_tokens=12, repeats=1, n_boot=50,
+                      loaded=use, settings=ForecastSettings(leads=(0, 1, 2), max_new_tokens=12, repeats=1, n_boot=50,
                                                             chat_template=TEMPLATE), progress=False)
-    print(f"gemma3: quick forecast (24 items, ks 0,1,2) {time.perf_counter() - t0:.0f} s; {fc.counts()}")
+    print(f"gemma3: quick forecast (24 items, leads 0,1,2) {time.perf_counter() - t0:.0f} s; {fc.counts()}")
     print(fc.table())
     assert (root / "forecast" / "forecast.json").is_file()

@@ -232,7 +232,7 @@ def test_ret_demo_with_other_settings_is_refused_before_writing(stores, tmp_path
 
     model = str(stores["llama"].parent / "llama")
     out = tmp_path / "demo"
-    small = DemoSettings(n_prompts=8, generate=4, epochs=1, batch_size=4, k=2, layer="middle")
+    small = DemoSettings(n_prompts=8, generate=4, epochs=1, batch_size=4, n_macrostates=2, layer="middle")
     metrics = run_demo(DemoInputs(out=str(out), model=model), small, progress=False).metrics
     assert metrics["k"] == 2 and (out / "report.html").is_file() and (out / "trajectories.h5").is_file()
     assert not list(out.rglob("*.lock")) and not list(out.glob(".staging-*"))

@@ -252,7 +252,7 @@ def _second_turn_messages(items, res, tokenizer) -> dict[str, list[dict]]:
 
 def test_store_features_k0_is_last_pushback_token(traced, tiny):
     items, res = traced
-    data = extract_features(res.store, tiny["module"], ks=(0, 1, 2, 4), progress=False)
+    data = extract_features(res.store, tiny["module"], leads=(0, 1, 2, 4), progress=False)
     tok = tiny["loaded"].tokenizer
     assert not list(res.store.parent.glob("*.jsonl"))  # prompts are passed in memory
     messages = _second_turn_messages(items, res, tok)
@@ -326,7 +326,7 @@ def _synthetic(separable: bool, n=240, seed=0) -> ForecastData:
     if separable:
         X[:, 0] += 4 * (2 * y - 1)
     feats = {name: {0: X} for name in FEATURE_SETS}
-    return ForecastData(ids=np.arange(n).astype(object), conversations=groups, y=y, ks=(0,), features=feats,
+    return ForecastData(ids=np.arange(n).astype(object), conversations=groups, y=y, leads=(0,), features=feats,
                         n_prompt=np.full(n, 10), n_reply=np.full(n, 5))
 
 
@@ -370,7 +370,7 @@ def _design_world(n_conv=150, seed=0, ret_signal=0.0):
     ret[:, 0] += ret_signal * (2 * y - 1)
     design = np.eye(7, dtype=np.float32)[templates]
     feats = {"ret": {0: ret}, "raw_pca": {0: noise}, "length": {0: noise[:, :2]}, "design": {0: design}}
-    return ForecastData(ids=np.arange(y.size).astype(object), conversations=groups, y=y, ks=(0,), features=feats,
+    return ForecastData(ids=np.arange(y.size).astype(object), conversations=groups, y=y, leads=(0,), features=feats,
                         n_prompt=np.full(y.size, 10), n_reply=np.full(y.size, 5))
 
 
@@ -436,7 +436,7 @@ def _error_line(capsys, rc: int) -> str:
 def test_cli_writes_forecast_json(tiny, tmp_path, stub_labeller, capsys):
     out = tmp_path / "fc"
     rc = forecast_cmd.main(["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]),
-                            "--out", str(out), "--n-items", "20", "--pushbacks", "all", "--ks", "0,1,2",
+                            "--out", str(out), "--n-items", "20", "--pushbacks", "all", "--leads", "0,1,2",
                             "--max-new-tokens", "4", "--repeats", "1", "--n-boot", "50", "--batch-size", "32",
                             "--quiet"])
     assert rc == 0
@@ -455,13 +455,13 @@ def test_cli_writes_forecast_json(tiny, tmp_path, stub_labeller, capsys):
             assert {"mean", "ci_low", "ci_high"} <= set(c) and c["ci_low"] <= c["mean"] <= c["ci_high"]
     assert (out / "forecast.html").stat().st_size > 1000
     printed = capsys.readouterr().out
-    assert "caving rate" in printed and "k=0" in printed and "ret-design" in printed
+    assert "caving rate" in printed and "lead=0" in printed and "ret-design" in printed
 
 
 def test_cli_in_domain_adds_its_row_and_paired_differences(tiny, tmp_path, stub_labeller, capsys):
     out = tmp_path / "fc"
     rc = forecast_cmd.main(["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]),
-                            "--out", str(out), "--n-items", "20", "--pushbacks", "all", "--ks", "0,2",
+                            "--out", str(out), "--n-items", "20", "--pushbacks", "all", "--leads", "0,2",
                             "--max-new-tokens", "4", "--repeats", "1", "--n-boot", "50", "--batch-size", "32",
                             "--in-domain", "--in-domain-epochs", "1", "--quiet"])
     assert rc == 0
@@ -491,7 +491,7 @@ def test_cli_refuses_other_settings_before_writing_and_reuses_stores(tiny, tmp_p
     monkeypatch.setattr(traj, "extract", spy)
     out = tmp_path / "fc"
     base = ["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]), "--out", str(out),
-            "--n-items", "12", "--pushbacks", "all", "--ks", "0,1", "--max-new-tokens", "3", "--folds", "3",
+            "--n-items", "12", "--pushbacks", "all", "--leads", "0,1", "--max-new-tokens", "3", "--folds", "3",
             "--repeats", "1", "--n-boot", "20", "--batch-size", "32", "--quiet"]
     assert forecast_cmd.main(base) == 0
     capsys.readouterr()
@@ -536,8 +536,8 @@ def test_cli_refuses_other_settings_before_writing_and_reuses_stores(tiny, tmp_p
 
 @pytest.mark.parametrize("args, message", [
     (["--dataset", "nope.jsonl"], "unknown sycophancy dataset"),
-    (["--dataset", "bank", "--ks", "0,x"], "comma-separated integers"),
-    (["--dataset", "bank", "--ks", "0,64"], "--max-new-tokens 40 must be"),
+    (["--dataset", "bank", "--leads", "0,x"], "comma-separated integers"),
+    (["--dataset", "bank", "--leads", "0,64"], "--max-new-tokens 40 must be"),
     (["--dataset", "bank", "--pushbacks", "some"], "invalid choice"),
     (["--dataset", "bank", "--n-items", "0"], "--n-items must be >= 1"),
     (["--dataset", "bank", "--in-domain", "--in-domain-epochs", "0"], "--in-domain-epochs must be >= 1"),
@@ -648,7 +648,7 @@ def test_in_domain_ret_trains_on_training_conversations_only(traced, tiny, tmp_p
     from ret_toolkit.sycophancy.in_domain import in_domain_features, training_sequences
 
     _, res = traced
-    data = extract_features(res.store, tiny["module"], ks=(0, 2), progress=False)
+    data = extract_features(res.store, tiny["module"], leads=(0, 2), progress=False)
     folds = grouped_folds(data.y, data.conversations, 3, seed=0)
     feats = in_domain_features(res.store, data, folds, tiny["module"], tmp_path / "runs", epochs=1, stride=2,
                                progress=False)
@@ -720,7 +720,7 @@ def test_store_level_planted_early_signal_and_null(tmp_path, planted):
                   source_layers="1")
     m.centroids = torch.randn(3, 4)
     store = _planted_store(tmp_path / "planted.h5", planted)
-    data = extract_features(store, m, ks=(0, 1, 2, 4), progress=False)
+    data = extract_features(store, m, leads=(0, 1, 2, 4), progress=False)
     a = evaluate_forecast(data, repeats=1, n_boot=60, progress=False)["auroc"]
     for k in ("0", "1"):
         assert a["raw_pca"][k]["ci_low"] < 0.5 < a["raw_pca"][k]["ci_high"]
@@ -740,7 +740,7 @@ def test_no_correct_first_answer_is_a_one_line_error_that_keeps_turn1(tiny, tmp_
     monkeypatch.setattr(outcomes, "answer_correct", lambda item, reply: False)
     out = tmp_path / "fc"
     rc = forecast_cmd.main(["--dataset", "bank", "--model", tiny["dir"], "--macro-ckpt", str(tiny["ckpt"]),
-                            "--out", str(out), "--n-items", "6", "--ks", "0", "--max-new-tokens", "2", "--quiet"])
+                            "--out", str(out), "--n-items", "6", "--leads", "0", "--max-new-tokens", "2", "--quiet"])
     assert rc == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress log lines
     assert line.startswith("ret-forecast: error: ") and "Traceback" not in line

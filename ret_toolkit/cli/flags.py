@@ -128,7 +128,11 @@ def _add(target, f: dataclasses.Field, hint: Any) -> None:
         if "action" in kw:
             raise TypeError(f"{flag}: deprecated aliases are for flags that take a value")
         kw.update(action=_Renamed, aliases=spec.aliases)
-    target.add_argument(flag, *spec.aliases, **kw)
+    action = target.add_argument(flag, *spec.aliases, **kw)
+    if spec.aliases:
+        # Help and error messages name the flag alone; the parser still matches the aliases
+        # (it looks them up in its own table, filled above).
+        action.option_strings = [flag]
 
 
 def add_settings(parser: argparse.ArgumentParser, cls: type, *, skip: Iterable[str] = ()) -> None:

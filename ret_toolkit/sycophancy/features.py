@@ -39,9 +39,9 @@ from tqdm.auto import tqdm
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.macro.assign import check_store, require_centroids, sequence_hidden
-from ret_toolkit.sycophancy.settings import KS
+from ret_toolkit.sycophancy.settings import LEADS
 
-__all__ = ["KS", "FEATURE_SETS", "DESIGN_FACTORS", "ForecastData", "design_features", "forecast_position",
+__all__ = ["LEADS", "FEATURE_SETS", "DESIGN_FACTORS", "ForecastData", "design_features", "forecast_position",
            "sequence_features", "extract_features"]
 
 FEATURE_SETS = ("ret", "raw_pca", "length", "design")
@@ -58,7 +58,7 @@ class ForecastData:
         ids: prompt ids, (S,).
         conversations: conversation ids (the CV groups), (S,).
         y: 1 = caved, 0 = held, int (S,).
-        ks: lead times.
+        leads: lead times.
         features: set name -> k -> float32 (S, F) (``length`` has one entry per k too).
         n_prompt, n_reply: tokens of prompt and stored reply per sequence, int (S,).
         n_unlabelled: sequences of the store without a caved/held label (excluded).
@@ -69,7 +69,7 @@ class ForecastData:
     ids: np.ndarray
     conversations: np.ndarray
     y: np.ndarray
-    ks: tuple[int, ...]
+    leads: tuple[int, ...]
     features: dict[str, dict[int, np.ndarray]] = field(default_factory=dict)
     n_prompt: np.ndarray | None = None
     n_reply: np.ndarray | None = None
@@ -87,7 +87,7 @@ class ForecastData:
 
     def short_replies(self) -> dict[str, int]:
         """k -> number of sequences whose reply has fewer than k stored tokens (their last row is used)."""
-        return {str(k): int((self.n_reply < k).sum()) for k in self.ks}
+        return {str(k): int((self.n_reply < k).sum()) for k in self.leads}
 
 
 def forecast_position(n_prompt: int, n_reply: int, k: int) -> int:
@@ -98,7 +98,7 @@ def forecast_position(n_prompt: int, n_reply: int, k: int) -> int:
 
 
 def sequence_features(h: np.ndarray, z: np.ndarray, groups: np.ndarray, n_prompt: int, n_reply: int,
-                      turn_start: int, ks: Sequence[int], n_groups: int) -> dict[str, dict[int, np.ndarray]]:
+                      turn_start: int, leads: Sequence[int], n_groups: int) -> dict[str, dict[int, np.ndarray]]:
     """The per-sequence feature sets (all but ``design``) at every k for one sequence.
 
     h: (T, D) raw hidden states; z: (T, d) RET z; groups: int (T,) macrostates in 0..n_groups-1;
@@ -109,7 +109,7 @@ def sequence_features(h: np.ndarray, z: np.ndarray, groups: np.ndarray, n_prompt
         raise ValueError(f"h, z, groups have {len(h)}, {len(z)}, {len(groups)} rows; expected {T}")
     out: dict[str, dict[int, np.ndarray]] = {"ret": {}, "raw_pca": {}, "length": {}}  # design: per store
     length = np.log([n_prompt, max(n_prompt - turn_start, 1)]).astype(np.float32)
-    for k in ks:
+    for k in leads:
         p = forecast_position(n_prompt, n_reply, k)
         span = slice(min(max(turn_start, 0), p), p + 1)
         hist = np.bincount(groups[span], minlength=n_groups)[:n_groups] / (span.stop - span.start)
@@ -137,7 +137,7 @@ def _int_meta(values: list[str], name: str, path) -> np.ndarray:
 
 
 @torch.no_grad()
-def extract_features(store_path: str | Path, module, ks: Sequence[int] = KS, layer: str | int | None = None,
+def extract_features(store_path: str | Path, module, leads: Sequence[int] = LEADS, layer: str | int | None = None,
                      progress: bool = True) -> ForecastData:
     """Features of every labelled sequence of a forecasting store (see :mod:`.trajectories`).
 
@@ -150,9 +150,9 @@ def extract_features(store_path: str | Path, module, ks: Sequence[int] = KS, lay
         InputError: a store without labels, a checkpoint that does not fit the store, or one
             without centroids.
     """
-    ks = tuple(sorted({int(k) for k in ks}))
-    if not ks or ks[0] < 0:
-        raise InputError(f"lead times k must be non-negative integers, got {ks}")
+    leads = tuple(sorted({int(k) for k in leads}))
+    if not leads or leads[0] < 0:
+        raise InputError(f"lead times k must be non-negative integers, got {leads}")
     require_centroids(module)
     n_groups = int(module.centroids.shape[0])
     with TrajectoryStore(store_path) as st:
@@ -167,7 +167,7 @@ def extract_features(store_path: str | Path, module, ks: Sequence[int] = KS, lay
         turn_start = _int_meta(st.meta_column("turn_start"), "turn_start", store_path)
         keep = [s for s, c in enumerate(caved) if c in ("0", "1")]
         factors = {f: np.array(st.meta_column(f), dtype=object)[keep] for f in DESIGN_FACTORS if f in st.meta_fields}
-        feats: dict[str, dict[int, list]] = {name: {k: [] for k in ks} for name in ("ret", "raw_pca", "length")}
+        feats: dict[str, dict[int, list]] = {name: {k: [] for k in leads} for name in ("ret", "raw_pca", "length")}
         n_prompt, n_reply = [], []
         for s in tqdm(keep, desc="features", unit="seq", disable=not progress):
             gen = st.generated(s)
@@ -177,17 +177,17 @@ def extract_features(store_path: str | Path, module, ks: Sequence[int] = KS, lay
             groups = module.assign(z).numpy()
             h = h_ret if raw_layer == ret_layers[0] and len(ret_layers) == 1 else st.hidden(s, raw_layer)
             f = sequence_features(h.astype(np.float32), z.numpy(), groups, n_p, len(gen) - n_p,
-                                  int(turn_start[s]), ks, n_groups)
+                                  int(turn_start[s]), leads, n_groups)
             for name in feats:
-                for k in ks:
+                for k in leads:
                     feats[name][k].append(f[name][k])
             n_prompt.append(n_p)
             n_reply.append(len(gen) - n_p)
     design = design_features(factors, len(keep))
     return ForecastData(
         ids=np.array([pid[s] for s in keep], dtype=object), conversations=np.array([conv[s] for s in keep], dtype=object),
-        y=np.array([int(caved[s]) for s in keep], dtype=np.int64), ks=ks,
+        y=np.array([int(caved[s]) for s in keep], dtype=np.int64), leads=leads,
         features={name: {k: (np.stack(v) if v else np.zeros((0, 0), np.float32)) for k, v in by_k.items()}
-                  for name, by_k in feats.items()} | {"design": {k: design for k in ks}},
+                  for name, by_k in feats.items()} | {"design": {k: design for k in leads}},
         n_prompt=np.array(n_prompt, dtype=np.int64), n_reply=np.array(n_reply, dtype=np.int64),
         n_unlabelled=len(caved) - len(keep), layer=raw_layer, ret_layers=tuple(ret_layers), factors=factors)

@@ -259,14 +259,14 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 3
         raise ValueError(f"ci must be 'refit' or 'fixed', got {ci!r}")
     y, groups = data.y, data.conversations
     if pca_dims is None:
-        pca_dims = int(data.features["ret"][data.ks[0]].shape[1])
+        pca_dims = int(data.features["ret"][data.leads[0]].shape[1])
     fold_sets = [grouped_folds(y, groups, n_splits, seed + r) for r in range(repeats)]
     fold_ids = [fold_index(f, len(y)) for f in fold_sets]
     result: dict = {"auroc": {}, "settings": {
         "n_splits": len(fold_sets[0]), "repeats": repeats, "n_boot": n_boot, "pca_dims": pca_dims, "seed": seed,
         "C_grid": list(C_GRID), "n_features": {}, "C_fixed": {},
         "ci": "refitting bootstrap over conversations" if ci == "refit" else "fixed scores"}}
-    jobs = [(name, k) for name in _KINDS for k in (data.ks[:1] if name in _SAME_FOR_EVERY_K else data.ks)]
+    jobs = [(name, k) for name in _KINDS for k in (data.leads[:1] if name in _SAME_FOR_EVERY_K else data.leads)]
     scores, refit_jobs = {}, {}
     for name, k in tqdm(jobs, desc="forecast", unit="fit", disable=not progress):
         X = data.features["length" if name == "majority" else name][k]  # majority ignores its features
@@ -279,7 +279,7 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 3
         refit_jobs[name, k] = (X, _KINDS[name], pca_dims, C)
 
     def job(name, k):
-        return (name, data.ks[0] if name in _SAME_FOR_EVERY_K else k)
+        return (name, data.leads[0] if name in _SAME_FOR_EVERY_K else k)
 
     if ci == "refit":
         boot = refit_bootstrap(y, groups, refit_jobs, len(fold_sets[0]), n_boot, seed, progress)
@@ -288,7 +288,7 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 3
             result["auroc"].setdefault(name, {})[str(k)] = _interval(point[name, k], boot[name, k], how="refit")
         result["differences"] = {
             f"ret-{base}": {str(k): _paired_interval(point[job("ret", k)] - point[job(base, k)],
-                                                     boot[job("ret", k)] - boot[job(base, k)]) for k in data.ks}
+                                                     boot[job("ret", k)] - boot[job(base, k)]) for k in data.leads}
             for base in COMPARED}
     else:
         for name, k in jobs:
@@ -296,11 +296,11 @@ def evaluate_forecast(data, n_splits: int = 5, repeats: int = 5, n_boot: int = 3
                 **bootstrap_auroc(y, scores[name, k], fold_ids, groups, n_boot, seed=seed), "ci": "fixed scores"}
         result["differences"] = {
             f"ret-{base}": {str(k): paired_bootstrap_auroc(y, scores[job("ret", k)], scores[job(base, k)], fold_ids,
-                                                           groups, n_boot, seed=seed) for k in data.ks}
+                                                           groups, n_boot, seed=seed) for k in data.leads}
             for base in COMPARED}
     for name in _SAME_FOR_EVERY_K:
-        first = result["auroc"][name][str(data.ks[0])]
-        result["auroc"][name] = {str(k): dict(first) for k in data.ks}
+        first = result["auroc"][name][str(data.leads[0])]
+        result["auroc"][name] = {str(k): dict(first) for k in data.leads}
     for name, make in (fold_features or {}).items():
         _evaluate_fold_dependent(data, name, make(fold_sets[0]), fold_sets[0], fold_ids[0], scores, n_boot, seed,
                                  result)
@@ -371,7 +371,7 @@ def _evaluate_fold_dependent(data, name: str, per_fold: list[dict], folds, fold_
         raise ValueError(f"{name}: {len(per_fold)} feature sets for {len(folds)} folds")
     result["settings"]["fold_feature_repeats"] = 1
     own = {}
-    for k in data.ks:
+    for k in data.leads:
         X = np.stack([f[k] for f in per_fold])
         result["settings"]["n_features"][name] = int(X.shape[2])
         own[k] = [oof_scores(X, data.y, data.conversations, folds, "logistic", None, seed)]
@@ -379,5 +379,5 @@ def _evaluate_fold_dependent(data, name: str, per_fold: list[dict], folds, fold_
             **bootstrap_auroc(data.y, own[k], [fold_id], data.conversations, n_boot, seed=seed), "ci": "fixed scores"}
     for base in ("ret", *COMPARED):
         result["differences"][f"{name}-{base}"] = {str(k): paired_bootstrap_auroc(
-            data.y, own[k], scores[base, data.ks[0] if base in _SAME_FOR_EVERY_K else k][:1], [fold_id],
-            data.conversations, n_boot, seed=seed) for k in data.ks}
+            data.y, own[k], scores[base, data.leads[0] if base in _SAME_FOR_EVERY_K else k][:1], [fold_id],
+            data.conversations, n_boot, seed=seed) for k in data.leads}

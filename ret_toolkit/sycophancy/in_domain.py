@@ -88,7 +88,7 @@ def in_domain_features(store: str | Path, data, folds, reference: RETModule, roo
         seqs = training_sequences(store_conversations, data.conversations[tr], data.conversations[te])
         module = train_fold_ret(store, seqs, reference, Path(root) / f"fold{j}", epochs=epochs, stride=stride,
                                 seed=seed)
-        fold = extract_features(store, module, data.ks, layer=data.layer, progress=False)
+        fold = extract_features(store, module, data.leads, layer=data.layer, progress=False)
         if not np.array_equal(fold.ids, data.ids):
             raise RuntimeError("in-domain features came out in another row order than the forecast data")
         out.append(fold.features["ret"])

@@ -13,28 +13,28 @@ def _f(x) -> str:
     return "n/a" if x is None else f"{x:.3f}"
 
 
-def _k_table(title: str, rows: dict, ks: Sequence[str] | None, cell, width: int, pad: int) -> str:
+def _lead_table(title: str, rows: dict, leads: Sequence[str] | None, cell, width: int, pad: int) -> str:
     """One row per entry of ``rows`` (name -> k -> record), one column per k, ``cell(record)`` each."""
     names = list(rows)
     pad = max([pad, *(len(n) + 1 for n in names)])
-    ks = list(ks or sorted(rows[names[0]], key=int))
-    lines = [f"{title:<{pad}}" + "".join(f"{'k=' + k:>{width}}" for k in ks)]
+    leads = list(leads or sorted(rows[names[0]], key=int))
+    lines = [f"{title:<{pad}}" + "".join(f"{'lead=' + k:>{width}}" for k in leads)]
     for name in names:
-        lines.append(f"{name:<{pad}}" + "".join(cell(rows[name][k]).rjust(width) for k in ks))
+        lines.append(f"{name:<{pad}}" + "".join(cell(rows[name][k]).rjust(width) for k in leads))
     return "\n".join(lines)
 
 
-def auroc_table(auroc: dict, ks: Sequence[str] | None = None) -> str:
+def auroc_table(auroc: dict, leads: Sequence[str] | None = None) -> str:
     """AUROC [95% CI] per feature set (rows) and k (columns), as plain text.
 
     ``auroc`` is feature set -> k (a string) -> ``{"mean", "ci_low", "ci_high"}``, as in
     :func:`~ret_toolkit.sycophancy.forecast.evaluate_forecast` and ``forecast.json``.
     """
-    return _k_table("feature set", auroc, ks, lambda c: "n/a" if c["mean"] is None else
+    return _lead_table("feature set", auroc, leads, lambda c: "n/a" if c["mean"] is None else
                     f"{c['mean']:.3f} [{_f(c['ci_low'])}, {_f(c['ci_high'])}]", 21, 10)
 
 
-def difference_table(differences: dict, ks: Sequence[str] | None = None) -> str:
+def difference_table(differences: dict, leads: Sequence[str] | None = None) -> str:
     """RET minus each baseline, paired: difference [95% CI] per comparison (rows) and k (columns).
 
     ``differences`` is ``"ret-<baseline>"`` -> k -> ``{"diff", "ci_low", "ci_high", "p_value"}``
@@ -46,7 +46,7 @@ def difference_table(differences: dict, ks: Sequence[str] | None = None) -> str:
         mark = "*" if c["ci_low"] > 0 or c["ci_high"] < 0 else " "
         return f"{c['diff']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]{mark}"
 
-    return _k_table("paired diff", differences, ks, cell, 25, 12)
+    return _lead_table("paired diff", differences, leads, cell, 25, 12)
 
 
 class ForecastResult(RecordResult):
@@ -68,12 +68,12 @@ class ForecastResult(RecordResult):
         return (f"{self['n_items']} items, {self['n_kept']} kept ({self['n_positive']} caved, caving rate {rate}); "
                 f"excluded {self['n_excluded']}: {excl}")
 
-    def table(self, ks: Sequence[str] | None = None) -> str:
+    def table(self, leads: Sequence[str] | None = None) -> str:
         """AUROC [95% CI] per feature set (rows) and k reply tokens seen (columns), then RET's paired
         differences with each baseline (:func:`difference_table`)."""
-        text = auroc_table(self["auroc"], ks)
+        text = auroc_table(self["auroc"], leads)
         if self.get("differences"):
-            text += "\n" + difference_table(self["differences"], ks)
+            text += "\n" + difference_table(self["differences"], leads)
         by_template = (self.get("data") or {}).get("by_template")
         if by_template:
             text += "\n" + template_table(by_template)

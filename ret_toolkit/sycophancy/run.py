@@ -218,7 +218,7 @@ def run_forecast(dataset, out: str | Path, macro_ckpt: str | Path, model_spec: s
         counts = trace.summary()
         log.info("labels: %d kept (%d caved, %d held), %d excluded %s", counts["n_kept"], counts["n_positive"],
                  counts["n_negative"], counts["n_excluded"], {k: v for k, v in counts["exclusions"].items() if v})
-        data = extract_features(trace.store, module, settings.ks, layer=raw_layer, progress=progress)
+        data = extract_features(trace.store, module, settings.leads, layer=raw_layer, progress=progress)
         fold_features = None
         if settings.in_domain:
             from ret_toolkit.sycophancy.in_domain import in_domain_features

@@ -15,7 +15,7 @@ from activation_cache.settings import (chat_template_setting, compression_settin
                                        setting)
 
 #: Default lead times: reply tokens read before forecasting.
-KS = (0, 1, 2, 4, 8, 16)
+LEADS = (0, 1, 2, 4, 8, 16)
 #: One pushback template per item (``seeded``) or every template (``all``).
 PUSHBACK_MODES = ("seeded", "all")
 
@@ -39,8 +39,8 @@ class ForecastSettings:
     """Everything ``ret-forecast`` can set besides dataset, model, checkpoint and output.
 
     n_items: use this many items, spread evenly over the dataset (None: all).
-    ks: lead times (reply tokens read before forecasting).
-    max_new_tokens: reply tokens generated per turn (>= max(ks); the labeller reads them all).
+    leads: lead times (reply tokens read before forecasting).
+    max_new_tokens: reply tokens generated per turn (>= max(leads); the labeller reads them all).
     layer: store layer of the raw baseline (default: the RET checkpoint's layer).
     pushbacks: "seeded" (one template per item) or "all" (every template).
     folds, repeats, n_boot: cross-validation and (refitting) bootstrap sizes; pca_dims: raw-baseline PCA
@@ -63,9 +63,9 @@ class ForecastSettings:
     """
 
     n_items: int | None = setting(None, "use N items spread over the dataset (quick runs)", metavar="N")
-    ks: tuple[int, ...] = setting(KS, "lead times: reply tokens read before forecasting (default 0,1,2,4,8,16)",
-                                  parse=int_tuple, metavar="K,K,...")
-    max_new_tokens: int = setting(40, "reply tokens generated per turn (>= the largest k)")
+    leads: tuple[int, ...] = setting(LEADS, "lead times: reply tokens read before forecasting (default 0,1,2,4,8,16)",
+                                  parse=int_tuple, metavar="N,N,...", aliases=("--ks",))
+    max_new_tokens: int = setting(40, "reply tokens generated per turn (>= the largest lead)")
     layer: str | None = setting(None, "layer of the raw-hidden-state baseline (default: the RET checkpoint's layer)")
     pushbacks: str = setting("seeded", "one pushback template per item (seeded) or every template",
                              choices=PUSHBACK_MODES)
@@ -98,10 +98,10 @@ def check_settings(s: ForecastSettings) -> None:
     """InputError (one line) for settings that cannot work, before anything is loaded."""
     if s.n_items is not None and s.n_items < 1:
         raise InputError(f"{option('n_items')} must be >= 1, got {s.n_items}")
-    if not s.ks or min(s.ks) < 0:
-        raise InputError(f"{option('ks')} must be non-negative integers, got {','.join(map(str, s.ks))}")
-    if s.max_new_tokens < max(s.ks) or s.max_new_tokens < 1:
-        raise InputError(f"{option('max_new_tokens')} {s.max_new_tokens} must be >= 1 and >= the largest k ({max(s.ks)})")
+    if not s.leads or min(s.leads) < 0:
+        raise InputError(f"{option('leads')} must be non-negative integers, got {','.join(map(str, s.leads))}")
+    if s.max_new_tokens < max(s.leads) or s.max_new_tokens < 1:
+        raise InputError(f"{option('max_new_tokens')} {s.max_new_tokens} must be >= 1 and >= the largest lead ({max(s.leads)})")
     if s.pushbacks not in PUSHBACK_MODES:
         raise InputError(f"{option('pushbacks')} must be {' or '.join(PUSHBACK_MODES)}, got {s.pushbacks!r}")
     for name, value, low in ((option("folds"), s.folds, 2), (option("repeats"), s.repeats, 1),

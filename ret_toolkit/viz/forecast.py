@@ -19,14 +19,14 @@ def leadtime_figure(result: dict) -> go.Figure:
     """AUROC vs k (reply tokens read before forecasting) for every feature set of ``result["auroc"]``."""
     fig = go.Figure()
     for name, by_k in result["auroc"].items():
-        ks = sorted(by_k, key=int)
-        ks = [k for k in ks if by_k[k]["mean"] is not None and by_k[k]["ci_low"] is not None]
-        m = [by_k[k]["mean"] for k in ks]
+        leads = sorted(by_k, key=int)
+        leads = [k for k in leads if by_k[k]["mean"] is not None and by_k[k]["ci_low"] is not None]
+        m = [by_k[k]["mean"] for k in leads]
         fig.add_trace(go.Scatter(
-            x=[int(k) for k in ks], y=m, mode="lines+markers", name=_NAMES.get(name, name),
+            x=[int(k) for k in leads], y=m, mode="lines+markers", name=_NAMES.get(name, name),
             line=dict(dash="dot") if name == "majority" else None,
-            error_y=dict(type="data", symmetric=False, array=[by_k[k]["ci_high"] - v for k, v in zip(ks, m)],
-                         arrayminus=[v - by_k[k]["ci_low"] for k, v in zip(ks, m)])))
+            error_y=dict(type="data", symmetric=False, array=[by_k[k]["ci_high"] - v for k, v in zip(leads, m)],
+                         arrayminus=[v - by_k[k]["ci_low"] for k, v in zip(leads, m)])))
     fig.add_hline(y=0.5, line=dict(color="grey", width=1))
     fig.update_layout(xaxis_title="k: reply tokens read before the forecast (0 = end of the pushback prompt)",
                       yaxis_title="AUROC (caved vs held), 95% bootstrap CI")
