@@ -22,7 +22,7 @@ from pathlib import Path
 from activation_cache.extract_config import ExtractConfig, check_storage
 from activation_cache.extraction import extract
 from activation_cache.layers import layer_spec, parse_layers
-from activation_cache.outputs import OutputDir, with_options, write_json
+from activation_cache.outputs import OutputDir, with_options
 from activation_cache.prompts import Prompt, read_prompts
 from activation_cache.settings import placement_of
 from ret_toolkit.demo_settings import DemoInputs, DemoSettings
@@ -63,7 +63,7 @@ def run_demo(job: DemoInputs | str | Path | None = None, settings: DemoSettings 
     model_spec, quick, overwrite = job.model, job.quick, job.overwrite
     chat_template, dtype, compression = job.chat_template, job.dtype, job.compression
     from activation_cache.models import load_model
-    from ret_toolkit.macro.pipeline import build_macrostates
+    from ret_toolkit.macro.pipeline import MacroInputs, macrostates_into, write_macro_files
     from ret_toolkit.macro.train import train
 
     s = settings or (DemoSettings.quick() if quick else DemoSettings())
@@ -93,10 +93,10 @@ def run_demo(job: DemoInputs | str | Path | None = None, settings: DemoSettings 
         ckpt = train([store], layers=layer, max_epochs=s.epochs, root_dir=runs, progress=progress).checkpoint
 
         log.info("3/4 %d macrostates, held-out evaluation; 4/4 report", s.n_macrostates)
-        res = build_macrostates(ckpt, store, od, n_macrostates=s.n_macrostates, progress=progress)
+        res = macrostates_into(od, MacroInputs.checked(ckpt, store, s.n_macrostates), progress=progress)
         res.metrics["demo"] = {"quick": quick, "settings": asdict(s), "seconds": time.perf_counter() - t0,
                                "checkpoint": str(res.checkpoint)}
-        write_json(od.stage("metrics.json"), res.metrics)
+        write_macro_files(od, res)
     for run in earlier:
         shutil.rmtree(run, ignore_errors=True)
     log.info("done in %.0f s: %s, %s", time.perf_counter() - t0, out / "report.html", out / "metrics.json")

@@ -226,15 +226,22 @@ def test_second_fit_refused_by_bad_input_leaves_the_runs_directory(trained, stor
     assert file_digests(runs) == before
 
 
-def test_ret_demo_with_other_settings_is_refused_before_writing(stores, tmp_path, capsys):
+def test_ret_demo_with_other_settings_is_refused_before_writing(stores, tmp_path, capsys, monkeypatch):
+    from activation_cache.outputs import OutputDir
     from ret_toolkit.cli import demo as demo_cmd
     from ret_toolkit.demo import DemoInputs, DemoSettings, run_demo
 
     model = str(stores["llama"].parent / "llama")
     out = tmp_path / "demo"
     small = DemoSettings(n_prompts=8, generate=4, epochs=1, batch_size=4, n_macrostates=2, layer="middle")
+    staged, stage = [], OutputDir.stage
+    monkeypatch.setattr(OutputDir, "stage", lambda self, name: (staged.append(name), stage(self, name))[1])
     metrics = run_demo(DemoInputs(out=str(out), model=model), small, progress=False).metrics
     assert metrics["k"] == 2 and (out / "report.html").is_file() and (out / "trajectories.h5").is_file()
+    # one pass: each file staged once, the demo's own block already in the metrics
+    assert sorted(n for n in staged if n.endswith((".json", ".html"))) == ["metrics.json", "report.html",
+                                                                          "summary.json"], staged
+    assert json.loads((out / "metrics.json").read_text())["demo"]["settings"]["n_macrostates"] == 2
     assert not list(out.rglob("*.lock")) and not list(out.glob(".staging-*"))
     capsys.readouterr()
     before = file_digests(tmp_path)

@@ -122,7 +122,9 @@ def build_macrostates(
     leaves an earlier run's outputs as they were. A directory holding a run
     with other settings is refused unless ``overwrite``. ``out_dir`` may also
     be an :class:`~activation_cache.outputs.OutputDir` that the caller has
-    entered (the demo stages its own files beside these).
+    entered (the demo stages its own files beside these; it runs the three steps,
+    :meth:`MacroInputs.checked`, :func:`macrostates_into` and :func:`write_macro_files`,
+    itself, to add its own block to the metrics before they are written).
 
     ``n_macrostates`` is the number of k-means clusters; ``k`` is its deprecated name.
     """
@@ -130,47 +132,89 @@ def build_macrostates(
         warnings.warn("build_macrostates(k=...) is deprecated; use n_macrostates=", DeprecationWarning, stacklevel=2)
         n_macrostates = k
     k = n_macrostates
-    if k < 2:
+    if k < 2:  # before the output directory is looked at (MacroInputs.checked says it again for other callers)
         raise InputError(f"{option('n_macrostates')} must be >= 2, got {k}")
     out = out_dir if isinstance(out_dir, OutputDir) else macro_output_dir(out_dir, ckpt, store_path, k, seed, overwrite)
-    module = load_ret(ckpt)
-    data = read_checkpoint(ckpt, "RET")  # its dict: the split it records, then copied with the centroids
-    with TrajectoryStore(store_path) as store:
-        check_store(module, store)
-        train, held = recorded_split(data, store_path, store.n_sequences)
-    if len(held) == 0:
-        held = train  # no validation split: evaluate in-sample, and say so
-        log.warning("checkpoint has no held-out sequences; evaluating on training sequences")
-    if len(held) < MIN_HELD_OUT:  # the closure scores fit on half of them and score on the other half
-        raise InputError(f"{store_path}: ret-macro evaluates on at least {MIN_HELD_OUT} held-out sequences, but the "
-                         f"checkpoint's split leaves {len(held)} of the store's {len(train) + len(held)}; "
-                         "extract more prompts (10 or more with the default 20 % split)")
+    inputs = MacroInputs.checked(ckpt, store_path, k)
     with nullcontext(out) if isinstance(out_dir, OutputDir) else out:
-        macro_file = encode_store(module, store_path, out.stage("macrostates.h5"), progress=progress)
-        with TrajectoryStore(store_path) as store:
-            with open_macro(macro_file) as f:
-                z_train = f["z"][rows_of(store.offsets, train)]
-            centroids = fit_centroids(z_train, k, seed)
-            save_with_centroids(module, data, out.stage("ret_macro.ckpt"), centroids)
-            assign_groups(macro_file, module)
-            with open_macro(macro_file) as f:
-                groups = f["group"][:]
-                z_all = f["z"]
-                held_z = [z_all[store.offsets[s] : store.offsets[s + 1]] for s in held]
-            summary = summarize_groups(store, groups, k)
-            picks = held[np.linspace(0, len(held) - 1, min(n_trajectories, len(held))).astype(int)]
-            trajectories = trajectory_records(store, groups, picks)
-            metrics = _evaluate(module, store, groups, held_z, train, held, k, seed, progress)
-        metrics.update(n_train_sequences=int(len(train)), n_heldout_sequences=int(len(held)), k=int(k),
-                       effective_rank=_effective_rank(np.concatenate(held_z)))
-        write_json(out.stage("summary.json"), summary)
-        write_json(out.stage("metrics.json"), metrics)
-        if report:
-            from ret_toolkit.viz.report import write_report
+        result = macrostates_into(out, inputs, seed, n_trajectories, progress)
+        write_macro_files(out, result, report)
+    return result
 
-            write_report(out.stage("report.html"), metrics, summary, trajectories)
+
+@dataclass
+class MacroInputs:
+    """A RET checkpoint and a store, checked against each other, with the checkpoint's split.
+
+    ``module`` / ``data``: the checkpoint as a module and as its dict (copied with the
+    centroids); ``train`` / ``held``: sequence indices of the split it was trained with.
+    """
+
+    store_path: Path
+    module: Any
+    data: dict
+    train: np.ndarray
+    held: np.ndarray
+    n_macrostates: int
+
+    @classmethod
+    def checked(cls, ckpt: str | Path, store_path: str | Path, n_macrostates: int) -> MacroInputs:
+        """Load and check everything :func:`build_macrostates` needs, before anything is written."""
+        if n_macrostates < 2:
+            raise InputError(f"{option('n_macrostates')} must be >= 2, got {n_macrostates}")
+        module = load_ret(ckpt)
+        data = read_checkpoint(ckpt, "RET")
+        with TrajectoryStore(store_path) as store:
+            check_store(module, store)
+            train, held = recorded_split(data, store_path, store.n_sequences)
+        if len(held) == 0:
+            held = train  # no validation split: evaluate in-sample, and say so
+            log.warning("checkpoint has no held-out sequences; evaluating on training sequences")
+        if len(held) < MIN_HELD_OUT:  # the closure scores fit on half of them and score on the other half
+            raise InputError(f"{store_path}: ret-macro evaluates on at least {MIN_HELD_OUT} held-out sequences, but "
+                             f"the checkpoint's split leaves {len(held)} of the store's {len(train) + len(held)}; "
+                             "extract more prompts (10 or more with the default 20 % split)")
+        return cls(Path(store_path), module, data, train, held, int(n_macrostates))
+
+
+def macrostates_into(out: OutputDir, inputs: MacroInputs, seed: int = 0, n_trajectories: int = 6,
+                     progress: bool = True) -> MacroResult:
+    """Stage ``macrostates.h5`` and ``ret_macro.ckpt`` in ``out`` (entered) and evaluate on the held-out sequences.
+
+    The JSON files and the report are :func:`write_macro_files`' job, so a caller (the demo)
+    can add to the metrics first. The result's paths are where the files go when ``out``
+    is committed.
+    """
+    module, train, held, k = inputs.module, inputs.train, inputs.held, inputs.n_macrostates
+    macro_file = encode_store(module, inputs.store_path, out.stage("macrostates.h5"), progress=progress)
+    with TrajectoryStore(inputs.store_path) as store:
+        with open_macro(macro_file) as f:
+            z_train = f["z"][rows_of(store.offsets, train)]
+        centroids = fit_centroids(z_train, k, seed)
+        save_with_centroids(module, inputs.data, out.stage("ret_macro.ckpt"), centroids)
+        assign_groups(macro_file, module)
+        with open_macro(macro_file) as f:
+            groups = f["group"][:]
+            z_all = f["z"]
+            held_z = [z_all[store.offsets[s] : store.offsets[s + 1]] for s in held]
+        summary = summarize_groups(store, groups, k)
+        picks = held[np.linspace(0, len(held) - 1, min(n_trajectories, len(held))).astype(int)]
+        trajectories = trajectory_records(store, groups, picks)
+        metrics = _evaluate(module, store, groups, held_z, train, held, k, seed, progress)
+    metrics.update(n_train_sequences=int(len(train)), n_heldout_sequences=int(len(held)), k=int(k),
+                   effective_rank=_effective_rank(np.concatenate(held_z)))
     return MacroResult(out.final("ret_macro.ckpt"), out.final("macrostates.h5"), metrics, summary, trajectories,
                        train, held)
+
+
+def write_macro_files(out: OutputDir, result: MacroResult, report: bool = True) -> None:
+    """Stage ``summary.json``, ``metrics.json`` and (with ``report``) ``report.html`` of ``result``, once each."""
+    write_json(out.stage("summary.json"), result.summary)
+    write_json(out.stage("metrics.json"), result.metrics)
+    if report:
+        from ret_toolkit.viz.report import write_report
+
+        write_report(out.stage("report.html"), result.metrics, result.summary, result.trajectories)
 
 
 def _effective_rank(z: np.ndarray) -> float:
