@@ -60,31 +60,29 @@ def run_demo(job: DemoInputs | str | Path | None = None, settings: DemoSettings 
     has succeeded (a failed or killed one leaves them as they were).
     """
     job = job if isinstance(job, DemoInputs) else DemoInputs(out=None if job is None else str(job))
-    model_spec, quick, overwrite = job.model, job.quick, job.overwrite
-    chat_template, dtype, compression = job.chat_template, job.dtype, job.compression
     from activation_cache.models import load_model
     from ret_toolkit.macro.pipeline import MacroInputs, macrostates_into, write_macro_files
     from ret_toolkit.macro.train import train
 
-    s = settings or (DemoSettings.quick() if quick else DemoSettings())
+    s = settings or (DemoSettings.quick() if job.quick else DemoSettings())
     out = Path(job.out_dir)
-    check_storage(dtype, compression)
-    record = with_options({**asdict(s), "model": model_spec, "model_dtype": job.model_dtype},
+    check_storage(job.dtype, job.compression)
+    record = with_options({**asdict(s), "model": job.model, "model_dtype": job.model_dtype},
                           {"chat_template": None, "dtype": "auto", "compression": None},
-                          {"chat_template": chat_template, "dtype": dtype, "compression": compression})
-    od = OutputDir(out, "ret-demo", record, files=DEMO_FILES, overwrite=overwrite)
+                          {"chat_template": job.chat_template, "dtype": job.dtype, "compression": job.compression})
+    od = OutputDir(out, "ret-demo", record, files=DEMO_FILES, overwrite=job.overwrite)
     t0 = time.perf_counter()
 
     log.info("1/4 extract: %d prompts, generate %d tokens each", s.n_prompts, s.generate)
-    loaded = load_model(model_spec, **placement_of(job), chat_template=chat_template, progress=progress)
+    loaded = load_model(job.model, **placement_of(job), chat_template=job.chat_template, progress=progress)
     layer = layer_spec(parse_layers(s.layer, loaded.arch.n_layers, sort=False))
     store = out / "trajectories.h5"
-    cfg = ExtractConfig(prompts=demo_prompts(s.n_prompts), out=str(store), model=model_spec, layers=layer,
-                        generate=s.generate, batch_size=s.batch_size, chat=True, chat_template=chat_template,
-                        dtype=dtype, compression=compression, overwrite=overwrite)
+    cfg = ExtractConfig(prompts=demo_prompts(s.n_prompts), out=str(store), model=job.model, layers=layer,
+                        generate=s.generate, batch_size=s.batch_size, chat=True, chat_template=job.chat_template,
+                        dtype=job.dtype, compression=job.compression, overwrite=job.overwrite)
     runs = out / "runs"
     # --overwrite: earlier training runs go only once this run has succeeded
-    earlier = sorted(runs.glob("*/version_*")) if overwrite else []
+    earlier = sorted(runs.glob("*/version_*")) if job.overwrite else []
     with od:
         r = extract(cfg, loaded=loaded, progress=progress)
         log.info("   %d sequences, %d tokens -> %s", r.n_sequences, r.n_tokens, store)
@@ -94,7 +92,7 @@ def run_demo(job: DemoInputs | str | Path | None = None, settings: DemoSettings 
 
         log.info("3/4 %d macrostates, held-out evaluation; 4/4 report", s.n_macrostates)
         res = macrostates_into(od, MacroInputs.checked(ckpt, store, s.n_macrostates), progress=progress)
-        res.metrics["demo"] = {"quick": quick, "settings": asdict(s), "seconds": time.perf_counter() - t0,
+        res.metrics["demo"] = {"quick": job.quick, "settings": asdict(s), "seconds": time.perf_counter() - t0,
                                "checkpoint": str(res.checkpoint)}
         write_macro_files(od, res)
     for run in earlier:
