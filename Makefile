@@ -23,7 +23,7 @@ export ONEDNN_MAX_CPU_ISA := AVX2
 export OPENBLAS_CORETYPE := Haswell
 export NPY_DISABLE_CPU_FEATURES := X86_V4 AVX512_ICL AVX512_SPR AVX512F AVX512CD AVX512_SKX AVX512_CLX AVX512_CNL
 
-.PHONY: venv lock demo demo-quick test test-slow bench readme-figures readme-outputs clean
+.PHONY: venv lock demo demo-quick test test-slow bench readme-figures readme-outputs gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -72,6 +72,21 @@ readme-outputs: $(STAMP)
 test-slow: $(STAMP)
 	$(PIP) install -q $(PIN) -e '.[gemma]'
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+# The GPU check on a bare CUDA machine (Python 3.12 with torch, transformers, lightning, h5py,
+# peft and scikit-learn, no network): download here, at the locked versions, the wheels it lacks
+# (nnsight and what nnsight needs beyond that image, plotly, jsonargparse with the extras
+# LightningCLI reads) into .whl/. There:
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:. timeout 480 python3 benchmarks/gpu_check.py
+GPU_PYTHON  ?= 3.12
+GPU_WHEELS  := nnsight greenlet pydantic pydantic_core annotated-types typing-inspection websocket-client zstandard \
+               plotly jsonargparse docstring_parser typeshed_client
+gpu-wheels:
+	rm -rf .whl && mkdir -p .whl
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYTHON) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$(for p in $(GPU_WHEELS); do grep -i "^$$p==" $(CONSTRAINTS) || { echo "$$p is not in $(CONSTRAINTS)" >&2; exit 2; }; done)
+	@echo "wrote .whl/: $$(ls .whl | wc -l) wheels, $$(du -sh .whl | cut -f1)"
 
 clean:
 	rm -rf $(VENV) .venv-lock $(DEMO_OUT) $(DEMO_QUICK_OUT) build *.egg-info

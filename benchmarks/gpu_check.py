@@ -21,7 +21,8 @@ seed; no download) and measures, each against its reference in the same run:
 
 It writes ``benchmarks/results/gpu_check.json``. Run from the source tree::
 
-    PYTHONPATH=. python3 benchmarks/gpu_check.py           # on the GPU machine
+    make gpu-wheels    # here: the wheels a bare CUDA machine lacks, into .whl/
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && PYTHONPATH=/tmp/site:. timeout 480 python3 benchmarks/gpu_check.py   # there
     PYTHONPATH=. python3 benchmarks/gpu_check.py --smoke   # the same code paths on a CPU, tiny sizes
 
 Last line: ``gpu_extract_vs_bare_forward: <median ratio>``.

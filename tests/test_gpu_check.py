@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -36,3 +37,33 @@ def test_smoke_runs_every_step_on_the_cpu(tmp_path):
     assert r["ret_bf16_epoch"]["finite_weights"] and r["steering"]["restored"]
     assert r["steering"]["tokens_changed"] > 0
     assert r["device_map"]["max_abs_difference_vs_single_device"] == 0
+
+
+def _normalised(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_gpu_wheels_are_exactly_what_the_cuda_image_lacks():
+    """`make gpu-wheels` downloads nnsight, plotly and jsonargparse (with LightningCLI's extras) and
+    every package they need that the CUDA image lacks -- no more (an upgrade that adds one fails here)."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    root = SCRIPT.parents[1]
+    lines = (root / "benchmarks" / "gpu_image.txt").read_text().splitlines()
+    image = {_normalised(x.strip()) for x in lines if x.strip() and not x.startswith("#")}
+    make = (root / "Makefile").read_text()
+    listed = re.search(r"^GPU_WHEELS\s*:=\s*((?:.*\\\n)*.*)$", make, re.M)[1].replace("\\\n", " ").split()
+    needed, todo = set(), ["nnsight", "plotly", "jsonargparse", "docstring_parser", "typeshed_client"]
+    while todo:
+        name = todo.pop()
+        if _normalised(name) in image or _normalised(name) in needed:
+            continue
+        needed.add(_normalised(name))
+        for text in requires(name) or []:
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    assert needed == {_normalised(x) for x in listed}, (sorted(needed), sorted(listed))
+    assert {"torch", "transformers", "lightning", "h5py", "peft", "scikit-learn"} <= image
