@@ -91,8 +91,9 @@ class TokenWindows(Dataset):
     def __len__(self) -> int:
         return len(self.starts)
 
-    def _block(self, c: int) -> np.ndarray:
-        """Rows [c*chunk, (c+1)*chunk + length - 1) of all layers, (rows, D*L)."""
+    def block(self, c: int) -> np.ndarray:
+        """Rows [c*chunk, (c+1)*chunk + length - 1) of all layers, (rows, D*L): chunk ``c`` and the
+        rows its last windows reach into (kept in a small cache)."""
         if c in self._cache:
             self._cache.move_to_end(c)
             return self._cache[c]
@@ -109,7 +110,7 @@ class TokenWindows(Dataset):
         start = int(self.starts[i])
         c = start // self.chunk
         rel = start - c * self.chunk
-        return torch.from_numpy(np.ascontiguousarray(self._block(c)[rel : rel + self.length])).to(self.dtype)
+        return torch.from_numpy(np.ascontiguousarray(self.block(c)[rel : rel + self.length])).to(self.dtype)
 
     def chunk_of(self) -> np.ndarray:
         """HDF5 chunk index of each window, int64 (W,), for chunk-aware sampling."""

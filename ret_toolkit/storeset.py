@@ -23,6 +23,7 @@ from activation_cache.data import (
 )
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
+from activation_cache.window_batches import WindowBatches, WindowBatchSampler
 
 
 #: The by-sequence validation split every data module draws unless told otherwise.
@@ -124,6 +125,9 @@ class StoreDataModule(pl.LightningDataModule):
     """
 
     collate_fn = None
+    #: Send batches of windows as their rows (:class:`~activation_cache.window_batches.WindowBatches`;
+    #: the module cuts the windows) instead of one copied window per item.
+    window_batches = False
 
     def state_dict(self) -> dict:
         return {"splits": self.store_set.split_record()}
@@ -139,6 +143,10 @@ class StoreDataModule(pl.LightningDataModule):
 
     def _loader(self, ds: ConcatChunked, shuffle: bool) -> DataLoader:
         hp = self.hparams
+        if self.window_batches:  # the same batches, sent as their rows; the module cuts the windows
+            sampler = WindowBatchSampler(ds, hp.batch_size, shuffle=shuffle, seed=hp.split_seed, drop_last=shuffle)
+            return DataLoader(WindowBatches(ds), batch_size=None, sampler=sampler, num_workers=hp.num_workers,
+                              pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
         sampler = ChunkShuffleSampler(ds, shuffle=shuffle, seed=hp.split_seed, drop_last=shuffle)
         return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
                           collate_fn=self.collate_fn, persistent_workers=hp.num_workers > 0)

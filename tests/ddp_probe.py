@@ -8,6 +8,8 @@ from pathlib import Path
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from activation_cache.window_batches import cut_windows
+
 
 def _flat(tensors) -> torch.Tensor:
     parts = [t.detach().float().flatten() for t in tensors]
@@ -21,7 +23,10 @@ class SameWeightsProbe(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.first_batch is None:
-            x = batch["cells"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
+            if isinstance(batch, dict) and "rows" in batch:  # RET: the rows its windows lie in
+                x = cut_windows(batch["rows"], batch["starts"], batch["length"])
+            else:
+                x = batch["cells"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
             self.first_batch = x.float().sum().reshape(1)
 
     def on_train_end(self, trainer, pl_module):

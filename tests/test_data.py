@@ -68,14 +68,14 @@ def test_sampler_ranks_are_disjoint_and_equal(store):
 def test_dataset_reads_each_chunk_about_once_per_epoch(store, monkeypatch):
     ds = TokenWindows(store, [1], length=6, cache_chunks=4)
     reads = []
-    original = ds._block.__func__
+    original = ds.block.__func__
 
     def counting(self, c):
         if c not in self._cache:
             reads.append(c)
         return original(self, c)
 
-    monkeypatch.setattr(TokenWindows, "_block", counting)
+    monkeypatch.setattr(TokenWindows, "block", counting)
     for i in ChunkShuffleSampler(ds, seed=0, drop_last=False):
         ds[i]
     assert len(reads) <= 1.5 * len(np.unique(ds.chunk_of()))

@@ -20,6 +20,12 @@ from ret_toolkit.storeset import SPLIT_SEED, VAL_FRACTION, StoreDataModule, Stor
 class TrajectoryDataModule(StoreDataModule):
     """Windows of hidden states from trajectory stores, for RET training.
 
+    A batch is ``{"rows", "starts", "length"}``
+    (:class:`~activation_cache.window_batches.WindowBatches`): the rows its windows lie in,
+    each sent once in the store's dtype, and where each window starts; the RET module
+    cuts the ``(B, window + max_horizon, F)`` windows on its device. The windows of a batch
+    are those of a per-window ``DataLoader`` with the same sampler.
+
     Args:
         stores: paths of one or more stores of the same model.
         layers: a layer spec (:mod:`activation_cache.layers`): ``"middle"`` (default),
@@ -35,6 +41,8 @@ class TrajectoryDataModule(StoreDataModule):
         sequences: train (and validate) on these sequence indices of a single store only
             (None: all); the in-domain forecaster trains on its training folds so.
     """
+
+    window_batches = True
 
     def __init__(
         self,

@@ -8,8 +8,10 @@
            + var_weight * VICReg-variance(z) + cov_weight * VICReg-covariance(z)
 
 A batch is (B, L, D) raw hidden states, each row L consecutive tokens of one
-sequence, L >= window + max_horizon. Every window position that has a target
-k steps ahead is used as an anchor, so longer rows just give more anchors.
+sequence, L >= window + max_horizon, or a ``WindowBatches`` batch (the rows the
+windows lie in and their starts), whose windows are cut here, on the module's
+device. Every window position that has a target k steps ahead is used as an
+anchor, so longer rows just give more anchors.
 
 Nothing here is rank-0-only: the EMA runs on every rank after the optimizer
 step (so from identical, already all-reduced weights), and the collapse
@@ -28,6 +30,7 @@ from torch import Tensor
 
 from activation_cache.errors import InputError
 from activation_cache.layers import spec_names
+from activation_cache.window_batches import cut_windows
 from ret_toolkit.hparams import check_hparams
 from ret_toolkit.macro.encoder import (
     CausalWindowEncoder,
@@ -235,6 +238,8 @@ class RETModule(CollapseWatch, pl.LightningModule):
 
     @staticmethod
     def _unpack(batch: Any) -> Tensor:
+        if isinstance(batch, dict) and "rows" in batch:  # a WindowBatches batch: cut the windows here
+            return cut_windows(batch["rows"], batch["starts"], batch["length"])
         if isinstance(batch, dict):
             return batch["x"]
         if isinstance(batch, (list, tuple)):

@@ -1,0 +1,114 @@
+"""Window batches sent as their rows: the same windows as the per-window loader, and the same RET weights."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from activation_cache.data import ChunkShuffleSampler, ConcatChunked, TokenWindows
+from activation_cache.window_batches import WindowBatchSampler, WindowBatches, cut_windows
+from activation_cache.writer import Batch, StoreSpec, StoreWriter
+from ret_toolkit.macro import RETModule
+
+LENGTH, BATCH = 6, 16
+
+
+def _store(path, seed: int, d: int = 8):
+    rng = np.random.default_rng(seed)
+    spec = StoreSpec("m", "r", d, 4, ["1", "2"], {"seed": seed})
+    with StoreWriter(path, spec) as w:
+        for _ in range(3):
+            lens = rng.integers(4, 40, size=8)  # some shorter than a window: no window there
+            n = int(lens.sum())
+            w.append(Batch([rng.integers(0, 50, size=t) for t in lens], [np.zeros(t, bool) for t in lens],
+                           {"1": rng.normal(1, 2, (n, d)).astype(np.float16),
+                            "2": rng.normal(size=(n, d)).astype(np.float16)},
+                           [{"prompt_id": str(i)} for i in range(8)]))
+    return path
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wb")
+    return [_store(root / "a.h5", 0), _store(root / "b.h5", 1)]
+
+
+def _windows(stores, chunk: int = 23) -> ConcatChunked:
+    parts = [TokenWindows(p, ["1", "2"], LENGTH, sequences=range(2, 24), stride=2) for p in stores]
+    for p in parts:
+        p.chunk = chunk  # many small chunk blocks, so batches straddle chunks and stores
+    return ConcatChunked(parts)
+
+
+def _old(ds, **kw) -> DataLoader:
+    return DataLoader(ds, batch_size=BATCH, sampler=ChunkShuffleSampler(ds, **kw))
+
+
+def _new(ds, num_workers: int = 0, **kw) -> DataLoader:
+    return DataLoader(WindowBatches(ds), batch_size=None, sampler=WindowBatchSampler(ds, BATCH, **kw),
+                      num_workers=num_workers)
+
+
+def _cut(batch) -> torch.Tensor:
+    return cut_windows(batch["rows"], batch["starts"], batch["length"]).float()
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_batches_hold_exactly_the_windows_of_the_per_window_loader(stores, shuffle):
+    ds = _windows(stores)
+    for epoch in (0, 1):
+        old, new = _old(ds, shuffle=shuffle, seed=5, drop_last=False), _new(ds, shuffle=shuffle, seed=5, drop_last=False)
+        old.sampler.set_epoch(epoch)
+        new.sampler.set_epoch(epoch)
+        a, b = list(old), [_cut(x) for x in new]
+        assert len(a) == len(b) == len(new) and sum(len(x) for x in b) == len(ds)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)  # same windows, same order, same values
+    # the rows of a batch are its chunk blocks, each once: far fewer than windows x length
+    first = WindowBatches(ds)[list(range(BATCH))]
+    assert first["rows"].dtype == torch.float16 and len(first["rows"]) < BATCH * LENGTH
+
+
+def test_two_ranks_share_the_epoch_as_the_per_window_sampler_does(stores):
+    ds = _windows(stores)
+    for rank in (0, 1):
+        old = _old(ds, seed=2, num_replicas=2, rank=rank)
+        new = _new(ds, seed=2, num_replicas=2, rank=rank)
+        assert [x.tolist() for x in old] == [_cut(x).tolist() for x in new]
+    seen = [{tuple(w.flatten().tolist()) for x in _new(ds, seed=2, num_replicas=2, rank=r) for w in _cut(x)}
+            for r in (0, 1)]
+    assert not seen[0] & seen[1]
+
+
+def test_worker_processes_give_the_same_batches(stores):
+    ds = _windows(stores)
+    alone = [_cut(x) for x in _new(ds, seed=1)]
+    workers = [_cut(x) for x in _new(ds, num_workers=2, seed=1)]
+    assert len(alone) == len(workers) and all(torch.equal(x, y) for x, y in zip(alone, workers))
+
+
+def _module() -> RETModule:
+    torch.manual_seed(0)
+    m = RETModule(d_input=16, window=3, max_horizon=3, z_dim=4, hidden=16, predictor_hidden=16, collapse_threshold=0)
+    m.set_standardization(torch.full((16,), 0.5), torch.full((16,), 1.5))
+    return m
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_ret_training_reaches_the_same_weights(stores, shuffle):
+    ds = _windows(stores, chunk=64)
+
+    def fit(loader) -> dict:
+        m = _module()
+        pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, deterministic=True).fit(m, loader)
+        return m.state_dict()
+
+    before = fit(_old(ds, shuffle=shuffle, seed=0, drop_last=False))
+    after = fit(_new(ds, shuffle=shuffle, seed=0, drop_last=False))
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    untrained = _module().state_dict()
+    assert any(not torch.equal(untrained[k], after[k]) for k in after)  # it did train
