@@ -76,6 +76,7 @@ class TokenWindows(Dataset):
             self.offsets = store.offsets.copy()
             self.d_model = store.d_model
             self.model = store.model
+            self.stored_dtype = store.dtype
             self.chunk = int(store.h5[f"hidden/{self.layers[0]}"].chunks[0]) if store.h5[f"hidden/{self.layers[0]}"].chunks else 4096
         self.length = length
         self.starts = window_starts(self.offsets, length, sequences, stride)
@@ -92,14 +93,15 @@ class TokenWindows(Dataset):
         return len(self.starts)
 
     def block(self, c: int) -> np.ndarray:
-        """Rows [c*chunk, (c+1)*chunk + length - 1) of all layers, (rows, D*L): chunk ``c`` and the
-        rows its last windows reach into (kept in a small cache)."""
+        """Rows [c*chunk, (c+1)*chunk + length - 1) of all layers as stored, (rows, D*L): chunk ``c`` and
+        the rows its last windows reach into (kept in a small cache; :meth:`as_tensor` gives the values)."""
         if c in self._cache:
             self._cache.move_to_end(c)
             return self._cache[c]
         lo = c * self.chunk
         hi = min(lo + self.chunk + self.length - 1, int(self.offsets[-1]))
-        parts = [schema.hidden_dataset(self._file.get(), n)[lo:hi] for n in self.layers]
+        # as stored (a bfloat16 store's raw bits): half the bytes of float32 to cache and to send
+        parts = [self._file.get()[f"hidden/{n}"][lo:hi] for n in self.layers]
         block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         self._cache[c] = block
         if len(self._cache) > self.cache_chunks:
@@ -110,7 +112,13 @@ class TokenWindows(Dataset):
         start = int(self.starts[i])
         c = start // self.chunk
         rel = start - c * self.chunk
-        return torch.from_numpy(np.ascontiguousarray(self.block(c)[rel : rel + self.length])).to(self.dtype)
+        return self.as_tensor(np.ascontiguousarray(self.block(c)[rel : rel + self.length])).to(self.dtype)
+
+    def as_tensor(self, stored: np.ndarray) -> torch.Tensor:
+        """Rows as stored -> a tensor of the values without copying: float16, float32 or bfloat16 (exact)."""
+        if self.stored_dtype == "bfloat16":
+            return torch.from_numpy(stored.view(np.int16)).view(torch.bfloat16)
+        return torch.from_numpy(stored)
 
     def chunk_of(self) -> np.ndarray:
         """HDF5 chunk index of each window, int64 (W,), for chunk-aware sampling."""

@@ -3,7 +3,8 @@
 A batch of :class:`~activation_cache.data.TokenWindows` windows of ``length`` rows each
 copies every row ``length`` times and converts it to float32 before it reaches the
 model. :class:`WindowBatches` sends instead the distinct HDF5 chunk blocks the batch's
-windows lie in (each row once, in the dtype it is read in) and where each window starts
+windows lie in (each row once, in the store's own dtype: float16 or bfloat16 at two bytes
+a value) and where each window starts
 in them; :func:`cut_windows` cuts the ``(B, length, F)`` windows from those rows with one
 index gather on the model's device.
 
@@ -55,10 +56,12 @@ class WindowBatchSampler(ChunkShuffleSampler):
 class WindowBatches(Dataset):
     """Item ``[i, j, ...]`` (a list of window indices): the rows those windows lie in.
 
-    Returns ``{"rows": (R, F), "starts": int64 (B,), "length": int}``: the distinct chunk
-    blocks (:meth:`TokenWindows.block`) the windows lie in, concatenated in the order
-    first needed, in the dtype the store is read in (float16 or float32), and the row of
-    ``rows`` where window ``b`` starts; ``cut_windows(**item)`` gives the windows.
+    Returns ``{"rows": (R, F), "starts": int64 (B,), "length": int}``: for each chunk
+    block (:meth:`TokenWindows.block`) the windows lie in, in the order first needed, the
+    rows from its first window's start to its last window's end, concatenated, in the
+    store's own dtype (float16, bfloat16 or float32; float32 when stores of different
+    dtypes meet in one batch), and the row of ``rows`` where window ``b`` starts;
+    ``cut_windows(**item)`` gives the windows.
     """
 
     def __init__(self, windows: TokenWindows | ConcatDataset):
@@ -83,13 +86,16 @@ class WindowBatches(Dataset):
             chunk = first // ds.chunk
             for c in dict.fromkeys(chunk.tolist()):
                 these = chunk == c
-                starts[mine[these]] = offset + first[these] - c * ds.chunk
-                block = ds.block(c)
+                rel = first[these] - c * ds.chunk
+                lo, hi = int(rel.min()), int(rel.max()) + self.length  # only the rows these windows cover
+                starts[mine[these]] = offset + rel - lo
+                block = ds.as_tensor(ds.block(c)[lo:hi])
                 blocks.append(block)
                 offset += len(block)
-        rows = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
-        return {"rows": torch.from_numpy(np.ascontiguousarray(rows)), "starts": torch.from_numpy(starts),
-                "length": self.length}
+        if len({b.dtype for b in blocks}) > 1:  # stores of different storage dtypes: their common values
+            blocks = [b.float() for b in blocks]
+        rows = blocks[0].contiguous() if len(blocks) == 1 else torch.cat(blocks)
+        return {"rows": rows, "starts": torch.from_numpy(starts), "length": self.length}
 
 
 def cut_windows(rows: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:

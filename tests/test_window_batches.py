@@ -16,16 +16,16 @@ from ret_toolkit.macro import RETModule
 LENGTH, BATCH = 6, 16
 
 
-def _store(path, seed: int, d: int = 8):
+def _store(path, seed: int, d: int = 8, dtype: str = "float16"):
     rng = np.random.default_rng(seed)
-    spec = StoreSpec("m", "r", d, 4, ["1", "2"], {"seed": seed})
+    spec = StoreSpec("m", "r", d, 4, ["1", "2"], {"seed": seed}, dtype=dtype)
     with StoreWriter(path, spec) as w:
         for _ in range(3):
             lens = rng.integers(4, 40, size=8)  # some shorter than a window: no window there
             n = int(lens.sum())
             w.append(Batch([rng.integers(0, 50, size=t) for t in lens], [np.zeros(t, bool) for t in lens],
-                           {"1": rng.normal(1, 2, (n, d)).astype(np.float16),
-                            "2": rng.normal(size=(n, d)).astype(np.float16)},
+                           {"1": rng.normal(1, 2, (n, d)).astype(np.float32),
+                            "2": rng.normal(size=(n, d)).astype(np.float32)},
                            [{"prompt_id": str(i)} for i in range(8)]))
     return path
 
@@ -34,6 +34,12 @@ def _store(path, seed: int, d: int = 8):
 def stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("wb")
     return [_store(root / "a.h5", 0), _store(root / "b.h5", 1)]
+
+
+@pytest.fixture(scope="module")
+def bf16_stores(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wb16")
+    return [_store(root / "a.h5", 0, dtype="bfloat16"), _store(root / "b.h5", 1, dtype="bfloat16")]
 
 
 def _windows(stores, chunk: int = 23) -> ConcatChunked:
@@ -57,8 +63,9 @@ def _cut(batch) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shuffle", [False, True])
-def test_batches_hold_exactly_the_windows_of_the_per_window_loader(stores, shuffle):
-    ds = _windows(stores)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_batches_hold_exactly_the_windows_of_the_per_window_loader(stores, bf16_stores, shuffle, dtype):
+    ds = _windows(stores if dtype == "float16" else bf16_stores)
     for epoch in (0, 1):
         old, new = _old(ds, shuffle=shuffle, seed=5, drop_last=False), _new(ds, shuffle=shuffle, seed=5, drop_last=False)
         old.sampler.set_epoch(epoch)
@@ -69,7 +76,7 @@ def test_batches_hold_exactly_the_windows_of_the_per_window_loader(stores, shuff
             assert torch.equal(x, y)  # same windows, same order, same values
     # the rows of a batch are its chunk blocks, each once: far fewer than windows x length
     first = WindowBatches(ds)[list(range(BATCH))]
-    assert first["rows"].dtype == torch.float16 and len(first["rows"]) < BATCH * LENGTH
+    assert first["rows"].dtype == getattr(torch, dtype) and len(first["rows"]) < BATCH * LENGTH
 
 
 def test_two_ranks_share_the_epoch_as_the_per_window_sampler_does(stores):
