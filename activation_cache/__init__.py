@@ -8,6 +8,11 @@ Names load their module on first use (the model side pulls in torch and nnsight)
     extract(ExtractConfig(prompts="reasoning", out="traj.h5", layers="middle", limit=16))
     with open_store("traj.h5") as store:
         h = store.hidden(0, "15")          # (T, d_model) float32, sequence 0 at block 15
+
+The store's own machinery, for code that writes or streams stores directly:
+:mod:`activation_cache.writer` (``StoreWriter``, ``StoreSpec``, ``Batch``),
+:mod:`activation_cache.schema` (the store contract: ``encode_hidden``, ``decode_hidden``),
+:mod:`activation_cache.window_batches` (training batches sent as the rows their windows lie in).
 """
 
 from activation_cache._version import __version__

@@ -2,11 +2,11 @@
 
 A batch of :class:`~activation_cache.data.TokenWindows` windows of ``length`` rows each
 copies every row ``length`` times and converts it to float32 before it reaches the
-model. :class:`WindowBatches` sends instead the distinct HDF5 chunk blocks the batch's
-windows lie in (each row once, in the store's own dtype: float16 or bfloat16 at two bytes
-a value) and where each window starts
-in them; :func:`cut_windows` cuts the ``(B, length, F)`` windows from those rows with one
-index gather on the model's device.
+model. :class:`WindowBatches` sends instead, for each chunk block the batch's windows lie
+in, the rows they cover (each row once per batch, in the store's own dtype: float16 or
+bfloat16 at two bytes a value) and where each window starts in them; :func:`cut_windows`
+cuts the ``(B, length, F)`` windows from those rows with one index gather on the model's
+device.
 
 :class:`WindowBatchSampler` yields the batches as lists of window indices: the order of
 :class:`~activation_cache.data.ChunkShuffleSampler` (chunk-local shuffle, DDP-aware),

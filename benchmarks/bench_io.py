@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _common import report  # noqa: E402
-from activation_cache.data import ChunkShuffleSampler, TokenWindows  # noqa: E402
+from activation_cache import ChunkShuffleSampler, TokenWindows  # noqa: E402
 from activation_cache.schema import encode_hidden  # noqa: E402
 from activation_cache.window_batches import WindowBatchSampler, WindowBatches  # noqa: E402
 from activation_cache.writer import Batch, StoreSpec, StoreWriter  # noqa: E402
