@@ -119,3 +119,12 @@ def test_ret_training_reaches_the_same_weights(stores, shuffle):
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     untrained = _module().state_dict()
     assert any(not torch.equal(untrained[k], after[k]) for k in after)  # it did train
+
+
+def test_bad_batch_size_and_mixed_window_lengths_are_refused(stores):
+    ds = _windows(stores)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        WindowBatchSampler(ds, 0)
+    longer = TokenWindows(stores[0], ["1"], LENGTH + 1)
+    with pytest.raises(ValueError, match="windows of one length only"):
+        WindowBatches(ConcatChunked([ds.datasets[0], longer]))
