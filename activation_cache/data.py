@@ -15,6 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -77,12 +78,16 @@ class TokenWindows(Dataset):
             self.d_model = store.d_model
             self.model = store.model
             self.stored_dtype = store.dtype
-            self.chunk = int(store.h5[f"hidden/{self.layers[0]}"].chunks[0]) if store.h5[f"hidden/{self.layers[0]}"].chunks else 4096
+            first = store.h5[f"hidden/{self.layers[0]}"]
+            self.chunk = int(first.chunks[0]) if first.chunks else 4096
+            compressed = any(store.h5[f"hidden/{n}"].compression for n in self.layers)
         self.length = length
         self.starts = window_starts(self.offsets, length, sequences, stride)
         self.dtype = dtype
         self.cache_chunks = cache_chunks
-        self._file = schema.ProcessFile(self.path)
+        # A block's last length-1 rows lie in the next chunk: through HDF5's chunk cache they would
+        # read that whole chunk; without it an uncompressed store reads just those rows.
+        self._file = schema.ProcessFile(self.path, chunk_cache=compressed)
         self._cache: OrderedDict[int, np.ndarray] = OrderedDict()
 
     @property
@@ -101,12 +106,31 @@ class TokenWindows(Dataset):
         lo = c * self.chunk
         hi = min(lo + self.chunk + self.length - 1, int(self.offsets[-1]))
         # as stored (a bfloat16 store's raw bits): half the bytes of float32 to cache and to send
-        parts = [self._file.get()[f"hidden/{n}"][lo:hi] for n in self.layers]
+        parts = [self._file.dataset(f"hidden/{n}")[lo:hi] for n in self.layers]
         block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
         self._cache[c] = block
         if len(self._cache) > self.cache_chunks:
             self._cache.popitem(last=False)
         return block
+
+    def read_rows(self, lo: int, hi: int, out: np.ndarray, at: int) -> None:
+        """Rows [lo, hi) of all layers, as stored, straight from the file into ``out[at : at + hi - lo]``.
+
+        ``out``: (R, D * len(layers)) of :attr:`storage_dtype`; one read per layer, no cache,
+        no intermediate copy.
+        """
+        memory = h5py.h5s.create_simple(out.shape)
+        for j, name in enumerate(self.layers):
+            # h5py's low-level read: its Dataset.read_direct costs ~2x the read itself in selection set-up
+            dsid, file_rows = self._file.space(f"hidden/{name}")
+            file_rows.select_hyperslab((lo, 0), (hi - lo, self.d_model))
+            memory.select_hyperslab((at, j * self.d_model), (hi - lo, self.d_model))
+            dsid.read(memory, file_rows, out)
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """numpy dtype of the stored values (a bfloat16 store's bit patterns are 16-bit integers)."""
+        return np.dtype({"bfloat16": np.uint16, "float16": np.float16}.get(self.stored_dtype, np.float32))
 
     def __getitem__(self, i: int) -> torch.Tensor:
         start = int(self.starts[i])

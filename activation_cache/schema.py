@@ -113,8 +113,9 @@ class ProcessFile:
     handle is dropped when pickled.
     """
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, chunk_cache: bool = True):
         self.path = Path(path)
+        self.chunk_cache = chunk_cache
         self._f: h5py.File | None = None
         self._pid = -1
 
@@ -122,11 +123,28 @@ class ProcessFile:
         import os
 
         if self._f is None or self._pid != os.getpid():
-            self._f, self._pid = open_h5(self.path, "r"), os.getpid()
+            self._f, self._pid = open_h5(self.path, "r", self.chunk_cache), os.getpid()
+            self._datasets: dict = {}
         return self._f
 
+    def dataset(self, name: str) -> h5py.Dataset:
+        """The dataset ``name`` of :meth:`get`'s file, looked up once per process (a lookup costs ~0.1 ms)."""
+        f = self.get()
+        if name not in self._datasets:
+            self._datasets[name] = f[name]
+        return self._datasets[name]
+
+    def space(self, name: str) -> tuple[h5py.h5d.DatasetID, h5py.h5s.SpaceID]:
+        """The low-level id of dataset ``name`` and a dataspace of it to select in (one per process)."""
+        self.get()
+        key = (name, "space")
+        if key not in self._datasets:
+            dsid = self.dataset(name).id
+            self._datasets[key] = (dsid, dsid.get_space())
+        return self._datasets[key]
+
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_f": None, "_pid": -1}
+        return {"path": self.path, "chunk_cache": self.chunk_cache, "_f": None, "_pid": -1}
 
 
 def hidden_dataset(f: h5py.File, layer: int | str) -> "h5py.Dataset | HiddenDataset":
@@ -170,8 +188,12 @@ def superblock_info(path: str | Path) -> tuple[int, int] | None:
     return base + eof, head[11]
 
 
-def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
-    """Open an HDF5 file, turning 'missing' and 'not HDF5 / truncated' into InputError."""
+def open_h5(path: str | Path, mode: str = "r", chunk_cache: bool = True) -> h5py.File:
+    """Open an HDF5 file, turning 'missing' and 'not HDF5 / truncated' into InputError.
+
+    ``chunk_cache=False`` opens it without HDF5's chunk cache: a read of part of an
+    uncompressed chunk then reads only those bytes, not the whole chunk through the cache.
+    """
     path = Path(path)
     if mode == "r" and not path.exists():
         raise InputError(f"store not found: {path}")
@@ -184,7 +206,8 @@ def open_h5(path: str | Path, mode: str = "r") -> h5py.File:
     try:
         if mode == "r":
             # swmr=True also opens files whose writer is still running or crashed.
-            return h5py.File(path, "r", libver="latest", swmr=True)
+            cache = {} if chunk_cache else {"rdcc_nbytes": 0}
+            return h5py.File(path, "r", libver="latest", swmr=True, **cache)
         return h5py.File(path, mode, libver="latest")
     except OSError as e:
         if isinstance(e, BlockingIOError) or "unable to lock file" in str(e):

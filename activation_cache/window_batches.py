@@ -8,18 +8,17 @@ bfloat16 at two bytes a value) and where each window starts in them; :func:`cut_
 cuts the ``(B, length, F)`` windows from those rows with one index gather on the model's
 device.
 
-:class:`WindowBatchSampler` yields the batches as lists of window indices: the order of
-:class:`~activation_cache.data.ChunkShuffleSampler` (chunk-local shuffle, DDP-aware),
-cut every ``batch_size`` indices, so a batch holds exactly the windows that a
-``DataLoader(windows, batch_size, sampler=ChunkShuffleSampler(...))`` batch holds, in the
-same order. Use them as ``DataLoader(WindowBatches(windows), sampler=WindowBatchSampler(...),
+:class:`WindowBatchSampler` yields the batches as lists of window indices, DDP-aware:
+when shuffling, the windows of whole chunks (shuffled chunks, ``batch_size`` windows or
+fewer a batch), so each stored row is read once an epoch; in order, the batches of the
+per-window loader. Use them as ``DataLoader(WindowBatches(windows), sampler=WindowBatchSampler(...),
 batch_size=None)``; each worker process opens its own HDF5 handle.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -27,15 +26,100 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from activation_cache.data import ChunkShuffleSampler, TokenWindows
 
-__all__ = ["WindowBatchSampler", "WindowBatches", "cut_windows"]
+__all__ = ["RowPlan", "WindowBatchSampler", "WindowBatches", "cut_windows", "plan_rows"]
+
+
+class RowPlan(NamedTuple):
+    """What one batch reads: runs of consecutive rows, and where each window starts in them.
+
+    ``windows`` int64 (B,): the window indices in batch order; ``starts`` int64 (B,): the row of
+    the batch's array where each starts; runs ``k``: rows ``[lo[k], hi[k])`` of store ``part[k]``
+    go to rows ``at[k]`` onwards of the batch's ``total`` rows.
+    """
+
+    windows: np.ndarray
+    starts: np.ndarray
+    part: list[int]
+    lo: list[int]
+    hi: list[int]
+    at: list[int]
+    total: int
+
+
+def _parts(windows: TokenWindows | ConcatDataset) -> list[TokenWindows]:
+    return list(windows.datasets) if isinstance(windows, ConcatDataset) else [windows]
+
+
+def plan_rows(windows: TokenWindows | ConcatDataset, batches: Sequence[np.ndarray]) -> list[RowPlan]:
+    """The :class:`RowPlan` of each batch of window indices, computed for all batches at once.
+
+    Per batch and store, the windows' starts are sorted and cut into runs where the next
+    window starts past the previous one's end, so each run's rows all lie in some window
+    and each such row is read once. One vectorised pass (an epoch's plans cost about a
+    microsecond a batch), so reading a batch is only its reads.
+    """
+    parts = _parts(windows)
+    bounds = np.cumsum([0] + [len(p) for p in parts])
+    length = parts[0].length
+    sizes = np.array([len(b) for b in batches], np.int64)
+    if not len(batches) or not sizes.sum():
+        return [RowPlan(np.zeros(0, np.int64), np.zeros(0, np.int64), [], [], [], [], 0) for _ in batches]
+    idx = np.concatenate([np.asarray(b, np.int64).reshape(-1) for b in batches])
+    batch = np.repeat(np.arange(len(batches)), sizes)
+    part = np.searchsorted(bounds, idx, side="right") - 1
+    first = np.empty(len(idx), np.int64)
+    for p, ds in enumerate(parts):
+        mine = part == p
+        first[mine] = ds.starts[idx[mine] - bounds[p]]
+    span = int(first.max()) + 1
+    if len(batches) * len(parts) * span < 2**62:  # one int64 key: a stable sort of near-sorted runs is ~linear
+        order = np.argsort((batch * len(parts) + part) * span + first, kind="stable")
+    else:
+        order = np.lexsort((first, part, batch))
+    b, pt, f = batch[order], part[order], first[order]
+    # a run ends where the batch or the store changes, or the next window starts past this one's end
+    new_run = np.ones(len(f), bool)
+    new_run[1:] = (b[1:] != b[:-1]) | (pt[1:] != pt[:-1]) | (f[1:] - f[:-1] > length)
+    heads = np.flatnonzero(new_run)
+    run_lo = f[heads]
+    run_hi = f[np.append(heads[1:], len(f)) - 1] + length
+    run_b = b[heads]
+    behind = np.cumsum(run_hi - run_lo) - (run_hi - run_lo)  # rows of all earlier runs, over all batches
+    first_run = np.searchsorted(run_b, np.arange(len(batches)))
+    run_at = behind - behind[first_run][run_b]
+    run = np.cumsum(new_run) - 1
+    starts = np.empty(len(idx), np.int64)
+    starts[order] = run_at[run] + f - run_lo[run]
+    ends = np.cumsum(sizes)
+    run_ends = np.searchsorted(run_b, np.arange(len(batches)), side="right")
+    rp, lo, hi, at = (a.tolist() for a in (pt[heads], run_lo, run_hi, run_at))
+    plans, s0, r0 = [], 0, 0
+    for e, r1 in zip(ends.tolist(), run_ends.tolist()):
+        total = at[r1 - 1] + hi[r1 - 1] - lo[r1 - 1] if r1 > r0 else 0
+        plans.append(RowPlan(idx[s0:e], starts[s0:e], rp[r0:r1], lo[r0:r1], hi[r0:r1], at[r0:r1], total))
+        s0, r0 = e, r1
+    return plans
 
 
 class WindowBatchSampler(ChunkShuffleSampler):
-    """:class:`ChunkShuffleSampler`'s indices of this rank, as lists of ``batch_size`` (the last may be short).
+    """Batches of at most ``batch_size`` windows for this rank, as :class:`RowPlan` s, DDP-aware.
+
+    With ``shuffle=True`` (training) a batch is the windows of whole HDF5 chunks: each
+    epoch the chunks (a chunk with more than ``batch_size`` windows: its near-equal
+    contiguous pieces) are shuffled and packed in that order into batches of at most
+    ``batch_size`` windows (a batch's windows in row order: their order in a batch does not
+    change its mean loss). So a chunk's rows are
+    read once per epoch, by one batch, and the windows of an epoch are every window, as
+    with :class:`ChunkShuffleSampler`. The batches go to the ranks in turn; where they do not
+    divide evenly, ``drop_last=True`` drops the last ones, else the first ones are repeated.
+
+    With ``shuffle=False`` (validation) the batches are :class:`ChunkShuffleSampler`'s
+    in-order indices of this rank cut every ``batch_size``: exactly the batches of a
+    ``DataLoader(windows, batch_size, sampler=ChunkShuffleSampler(windows, shuffle=False))``.
 
     A ``DistributedSampler`` subclass, so Lightning leaves it in place under DDP and calls
-    :meth:`set_epoch`. Other keywords as :class:`ChunkShuffleSampler`'s (``shuffle``,
-    ``seed``, ``group``, ``drop_last``: equal shares for all ranks).
+    :meth:`set_epoch`. Other keywords as :class:`ChunkShuffleSampler`'s (``seed``,
+    ``num_replicas``, ``rank``, ``drop_last``).
     """
 
     def __init__(self, dataset, batch_size: int, **kwargs):
@@ -43,59 +127,93 @@ class WindowBatchSampler(ChunkShuffleSampler):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         super().__init__(dataset, **kwargs)
         self.batch_size = batch_size
+        by_chunk = np.argsort(self.chunks, kind="stable")
+        _, first = np.unique(self.chunks[by_chunk], return_index=True)
+        # the units of a shuffled epoch: each chunk's windows in index (row) order, cut into
+        # near-equal contiguous pieces of at most batch_size where the chunk holds more
+        self._units = [piece for windows in np.split(by_chunk, first[1:]) if len(windows)
+                       for piece in np.array_split(windows, math.ceil(len(windows) / batch_size))]
+        self._epoch_batches: tuple[int, list[np.ndarray]] | None = None
 
-    def __iter__(self) -> Iterator[list[int]]:  # type: ignore[override]
-        order = list(super().__iter__())
-        for lo in range(0, len(order), self.batch_size):
-            yield order[lo : lo + self.batch_size]
+    def _batches(self) -> list[np.ndarray]:
+        """This epoch's batches for this rank (computed once per epoch)."""
+        if self._epoch_batches is not None and self._epoch_batches[0] == self.epoch:
+            return self._epoch_batches[1]
+        if not self.shuffle:
+            order = np.fromiter(super().__iter__(), np.int64)
+            mine = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
+        else:
+            rng = np.random.default_rng(self.seed + self.epoch)
+            every: list[np.ndarray] = []
+            batch: list[np.ndarray] = []
+            size = 0
+            for u in rng.permutation(len(self._units)):  # units in shuffled order, packed greedily
+                unit = self._units[u]
+                if batch and size + len(unit) > self.batch_size:
+                    every.append(np.concatenate(batch))
+                    batch, size = [], 0
+                batch.append(unit)
+                size += len(unit)
+            if batch:
+                every.append(np.concatenate(batch))
+            extra = len(every) % self.num_replicas
+            if extra and self.drop_last:
+                every = every[: len(every) - extra]
+            elif extra:
+                every += every[: self.num_replicas - extra]
+            mine = every[self.rank :: self.num_replicas]
+        self._epoch_batches = (self.epoch, mine)
+        return mine
+
+    def __iter__(self) -> Iterator[RowPlan]:  # type: ignore[override]
+        return iter(plan_rows(self.dataset, self._batches()))
 
     def __len__(self) -> int:
-        return math.ceil(self.num_samples / self.batch_size)
+        return len(self._batches())
 
 
 class WindowBatches(Dataset):
-    """Item ``[i, j, ...]`` (a list of window indices): the rows those windows lie in.
+    """Item: a :class:`RowPlan` (or window indices ``[i, j, ...]``): the rows its windows lie in, read straight from the file.
 
-    Returns ``{"rows": (R, F), "starts": int64 (B,), "length": int}``: for each chunk
-    block (:meth:`TokenWindows.block`) the windows lie in, in the order first needed, the
-    rows from its first window's start to its last window's end, concatenated, in the
-    store's own dtype (float16, bfloat16 or float32; float32 when stores of different
-    dtypes meet in one batch), and the row of ``rows`` where window ``b`` starts;
-    ``cut_windows(**item)`` gives the windows.
+    Returns ``{"rows": (R, F), "starts": int64 (B,), "length": int}``: the union of the
+    windows' rows, as runs of consecutive rows (per store, in row order), in the store's own
+    dtype (float16, bfloat16 or float32; float32 when stores of different dtypes meet in one
+    batch), and the row of ``rows`` where window ``b`` starts; ``cut_windows(**item)`` gives
+    the windows. Each run is one read per layer into the batch's array: no cache, no
+    intermediate copy.
     """
 
     def __init__(self, windows: TokenWindows | ConcatDataset):
-        self.parts: list[TokenWindows] = list(windows.datasets) if isinstance(windows, ConcatDataset) else [windows]
-        self.bounds = np.cumsum([0] + [len(p) for p in self.parts])
+        self.windows = windows
+        self.parts = _parts(windows)
         lengths = {p.length for p in self.parts}
         if len(lengths) != 1:
             raise ValueError(f"windows of one length only, got {sorted(lengths)}")
         self.length = lengths.pop()
+        widths = {p.n_features for p in self.parts}
+        if len(widths) != 1:
+            raise ValueError(f"windows of one width only, got {sorted(widths)} features")
+        self.n_features = widths.pop()
 
     def __len__(self) -> int:
-        return int(self.bounds[-1])
+        return sum(len(p) for p in self.parts)
 
-    def __getitem__(self, indices) -> dict:
-        idx = np.asarray(indices, np.int64).reshape(-1)
-        part = np.searchsorted(self.bounds, idx, side="right") - 1
-        starts = np.empty(len(idx), np.int64)
-        blocks, offset = [], 0
-        for p in dict.fromkeys(part.tolist()):  # the parts (stores) in the order the batch needs them
-            ds, mine = self.parts[p], np.flatnonzero(part == p)
-            first = ds.starts[idx[mine] - self.bounds[p]]
-            chunk = first // ds.chunk
-            for c in dict.fromkeys(chunk.tolist()):
-                these = chunk == c
-                rel = first[these] - c * ds.chunk
-                lo, hi = int(rel.min()), int(rel.max()) + self.length  # only the rows these windows cover
-                starts[mine[these]] = offset + rel - lo
-                block = ds.as_tensor(ds.block(c)[lo:hi])
-                blocks.append(block)
-                offset += len(block)
-        if len({b.dtype for b in blocks}) > 1:  # stores of different storage dtypes: their common values
-            blocks = [b.float() for b in blocks]
-        rows = blocks[0].contiguous() if len(blocks) == 1 else torch.cat(blocks)
-        return {"rows": rows, "starts": torch.from_numpy(starts), "length": self.length}
+    def __getitem__(self, item: RowPlan | Sequence[int]) -> dict:
+        plan = item if isinstance(item, RowPlan) else plan_rows(self.windows, [np.asarray(item, np.int64)])[0]
+        dtypes = {self.parts[p].storage_dtype for p in set(plan.part)}
+        runs = zip(plan.part, plan.lo, plan.hi, plan.at)
+        if len(dtypes) == 1:
+            out = np.empty((plan.total, self.n_features), dtypes.pop())
+            for p, lo, hi, at in runs:
+                self.parts[p].read_rows(lo, hi, out, at)
+            rows = self.parts[plan.part[0]].as_tensor(out)
+        else:  # stores of different storage dtypes: their common values
+            rows = torch.empty((plan.total, self.n_features), dtype=torch.float32)
+            for p, lo, hi, at in runs:
+                one = np.empty((hi - lo, self.n_features), self.parts[p].storage_dtype)
+                self.parts[p].read_rows(lo, hi, one, 0)
+                rows[at : at + hi - lo] = self.parts[p].as_tensor(one).float()
+        return {"rows": rows, "starts": torch.from_numpy(plan.starts), "length": self.length}
 
 
 def cut_windows(rows: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:

@@ -143,8 +143,9 @@ class StoreDataModule(pl.LightningDataModule):
 
     def _loader(self, ds: ConcatChunked, shuffle: bool) -> DataLoader:
         hp = self.hparams
-        if self.window_batches:  # the same batches, sent as their rows; the module cuts the windows
-            sampler = WindowBatchSampler(ds, hp.batch_size, shuffle=shuffle, seed=hp.split_seed, drop_last=shuffle)
+        if self.window_batches:  # whole-chunk batches sent as their rows; the module cuts the windows
+            # every window each epoch (a rank short of a batch repeats one): batches vary in size anyway
+            sampler = WindowBatchSampler(ds, hp.batch_size, shuffle=shuffle, seed=hp.split_seed, drop_last=False)
             return DataLoader(WindowBatches(ds), batch_size=None, sampler=sampler, num_workers=hp.num_workers,
                               pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
         sampler = ChunkShuffleSampler(ds, shuffle=shuffle, seed=hp.split_seed, drop_last=shuffle)

@@ -62,32 +62,62 @@ def _cut(batch) -> torch.Tensor:
     return cut_windows(batch["rows"], batch["starts"], batch["length"]).float()
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
+def _keys(windows: torch.Tensor) -> list[tuple]:
+    return [tuple(w.flatten().tolist()) for w in windows]
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
-def test_batches_hold_exactly_the_windows_of_the_per_window_loader(stores, bf16_stores, shuffle, dtype):
+def test_in_order_batches_are_exactly_those_of_the_per_window_loader(stores, bf16_stores, dtype):
     ds = _windows(stores if dtype == "float16" else bf16_stores)
-    for epoch in (0, 1):
-        old, new = _old(ds, shuffle=shuffle, seed=5, drop_last=False), _new(ds, shuffle=shuffle, seed=5, drop_last=False)
-        old.sampler.set_epoch(epoch)
-        new.sampler.set_epoch(epoch)
-        a, b = list(old), [_cut(x) for x in new]
-        assert len(a) == len(b) == len(new) and sum(len(x) for x in b) == len(ds)
-        for x, y in zip(a, b):
-            assert torch.equal(x, y)  # same windows, same order, same values
-    # the rows of a batch are its chunk blocks, each once: far fewer than windows x length
-    first = WindowBatches(ds)[list(range(BATCH))]
+    old, new = _old(ds, shuffle=False, drop_last=False), _new(ds, shuffle=False, drop_last=False)
+    a, b = list(old), [_cut(x) for x in new]
+    assert len(a) == len(b) == len(new) and sum(len(x) for x in b) == len(ds)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)  # same windows, same order, same values
+    first = new.dataset[list(range(BATCH))]  # plain window indices work too
     assert first["rows"].dtype == getattr(torch, dtype) and len(first["rows"]) < BATCH * LENGTH
 
 
-def test_two_ranks_share_the_epoch_as_the_per_window_sampler_does(stores):
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_shuffled_epoch_reads_each_chunk_once_and_holds_every_window_once(stores, bf16_stores, dtype):
+    ds = _windows(stores if dtype == "float16" else bf16_stores)
+    every = sorted(_keys(torch.cat(list(_old(ds, shuffle=False, drop_last=False)))))
+    chunk_of = ds.chunk_of()
+    orders = []
+    for epoch in (0, 1):
+        loader = _new(ds, seed=5, drop_last=False)
+        loader.sampler.set_epoch(epoch)
+        plans = list(loader.sampler)
+        batches = [_cut(x) for x in loader]
+        assert sorted(k for b in batches for k in _keys(b)) == every  # every window, once
+        assert all(len(b) <= BATCH for b in batches)
+        # each chunk's windows in one batch (a chunk here holds fewer than BATCH windows)
+        owner = {}
+        for n, plan in enumerate(plans):
+            for c in set(chunk_of[plan.windows].tolist()):
+                assert owner.setdefault(c, n) == n
+        # rows sent: each row a window covers, plus at most the rows a chunk's windows reach past it
+        sent = sum(len(x["rows"]) for x in loader)
+        union = sum(len(np.unique((p.starts[:, None] + np.arange(LENGTH)).ravel())) for p in ds.datasets)
+        assert union <= sent <= union + (LENGTH - 1) * len(set(chunk_of.tolist()))
+        orders.append([p.windows.tolist() for p in plans])
+    assert orders[0] != orders[1]  # reshuffled each epoch
+
+
+def test_two_ranks_share_the_epoch(stores):
     ds = _windows(stores)
-    for rank in (0, 1):
-        old = _old(ds, seed=2, num_replicas=2, rank=rank)
-        new = _new(ds, seed=2, num_replicas=2, rank=rank)
+    for rank in (0, 1):  # in order: as the per-window sampler splits it
+        old = _old(ds, shuffle=False, num_replicas=2, rank=rank)
+        new = _new(ds, shuffle=False, num_replicas=2, rank=rank)
         assert [x.tolist() for x in old] == [_cut(x).tolist() for x in new]
-    seen = [{tuple(w.flatten().tolist()) for x in _new(ds, seed=2, num_replicas=2, rank=r) for w in _cut(x)}
-            for r in (0, 1)]
-    assert not seen[0] & seen[1]
+    shuffled = [[p.windows.tolist() for p in _new(ds, seed=2, num_replicas=2, rank=r, drop_last=False).sampler]
+                for r in (0, 1)]
+    assert len(shuffled[0]) == len(shuffled[1])  # the same number of steps on every rank
+    seen = [{i for b in batches for i in b} for batches in shuffled]
+    assert seen[0] | seen[1] == set(range(len(ds)))
+    dropped = [[p.windows.tolist() for p in _new(ds, seed=2, num_replicas=2, rank=r, drop_last=True).sampler]
+               for r in (0, 1)]
+    assert len(dropped[0]) == len(dropped[1]) and not {i for b in dropped[0] for i in b} & {i for b in dropped[1] for i in b}
 
 
 def test_worker_processes_give_the_same_batches(stores):
@@ -104,9 +134,9 @@ def _module() -> RETModule:
     return m
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_ret_training_reaches_the_same_weights(stores, shuffle):
+def test_ret_training_in_order_reaches_the_same_weights(stores):
     ds = _windows(stores, chunk=64)
+    shuffle = False
 
     def fit(loader) -> dict:
         m = _module()
