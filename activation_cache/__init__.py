@@ -11,7 +11,8 @@ Names load their module on first use (the model side pulls in torch and nnsight)
 
 The store's own machinery, for code that writes or streams stores directly:
 :mod:`activation_cache.writer` (``StoreWriter``, ``StoreSpec``, ``Batch``),
-:mod:`activation_cache.schema` (the store contract: ``encode_hidden``, ``decode_hidden``),
+:mod:`activation_cache.schema` (the store contract: ``encode_hidden``, ``decode_hidden``, ``chunk_rows``),
+:mod:`activation_cache.running_stats` (``RowStats``: the per-layer statistics the writer keeps),
 :mod:`activation_cache.window_batches` (training batches sent as the rows their windows lie in).
 """
 
@@ -43,6 +44,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "TokenWindows": "activation_cache.data",
     "ChunkShuffleSampler": "activation_cache.data",
     "standardization_stats": "activation_cache.data",
+    "RowStats": "activation_cache.running_stats",
     # batching and ranks, shared with generation code
     "left_pad": "activation_cache.batching",
     "pad_rows": "activation_cache.batching",

@@ -24,6 +24,7 @@ from torch.utils.data import ConcatDataset, Dataset, DistributedSampler
 from activation_cache import schema
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
+from activation_cache.running_stats import RowStats
 
 
 def sequence_rows(offsets: np.ndarray, sequences: Sequence[int] | None) -> np.ndarray:
@@ -219,9 +220,13 @@ def standardization_stats(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-feature mean and std over the chosen sequences' tokens, float32 (D * len(layers),) each.
 
-    One streaming pass in chunk-sized blocks, accumulated in float64. Raises
-    InputError if there are no tokens or a value is not finite, in ``sequences``
-    or in ``check_sequences`` (e.g. the validation split, read in the same pass).
+    A store that keeps running statistics (:meth:`TrajectoryStore.layer_stats`) answers
+    with a read: its totals, less the statistics of the rows outside ``sequences`` when
+    those are fewer (one pass over them: the validation split, ~``val_fraction`` of the
+    data); finite totals also show that every value is finite. Otherwise one streaming
+    pass in chunk-sized blocks, accumulated in float64. Raises InputError if there are no
+    tokens or a value is not finite, in ``sequences`` or in ``check_sequences`` (e.g. the
+    validation split, read in the same pass).
     """
     with TrajectoryStore(path) as store:
         names = [store.check_layer(x) for x in layers]
@@ -231,28 +236,41 @@ def standardization_stats(
         checked = rows | sequence_rows(store.offsets, check_sequences) if check_sequences is not None else rows
         means, stds = [], []
         for name in names:
-            ds = store.hidden_dataset(name)
-            step = (ds.chunks[0] if ds.chunks else 4096) * 4
-            s1 = np.zeros(ds.shape[1], np.float64)
-            s2 = np.zeros(ds.shape[1], np.float64)
-            for lo in range(0, store.n_tokens, step):
-                hi = min(lo + step, store.n_tokens)
-                need = checked[lo:hi]
-                if not need.any():
-                    continue
-                block = ds[lo:hi]
-                finite = np.isfinite(block[need]).all(1)
-                if not finite.all():
-                    bad = lo + int(np.flatnonzero(need)[np.argmin(finite)])
-                    seq = int(np.searchsorted(store.offsets, bad, side="right")) - 1
-                    raise InputError(f"{path}: non-finite hidden state in /hidden/{name} at token row {bad} "
-                                     f"(sequence {seq})")
-                x = block[rows[lo:hi]].astype(np.float64)
-                s1 += x.sum(0)
-                s2 += (x * x).sum(0)
-            n = rows.sum()
-            mean = s1 / n
-            var = np.maximum(s2 / n - mean**2, 0.0)
-            means.append(mean)
-            stds.append(np.sqrt(var) + 1e-6)
+            kept = store.layer_stats(name)
+            if kept is not None and np.isfinite(kept.mean).all() and np.isfinite(kept.m2).all():
+                outside = ~rows
+                if not outside.any():
+                    st = kept
+                elif outside.sum() < rows.sum():
+                    st = kept - _pass_stats(store, name, outside, checked=outside & checked)
+                else:
+                    st = _pass_stats(store, name, rows, checked)
+            else:
+                st = _pass_stats(store, name, rows, checked)
+            means.append(st.mean)
+            stds.append(st.std + 1e-6)
     return torch.from_numpy(np.concatenate(means)).float(), torch.from_numpy(np.concatenate(stds)).float()
+
+
+def _pass_stats(store: TrajectoryStore, name: str, rows: np.ndarray, checked: np.ndarray | None = None) -> RowStats:
+    """Statistics of the marked ``rows`` of one layer from a pass in blocks of chunks; raises InputError
+    for a non-finite value in the ``checked`` rows (read too; none checked if None)."""
+    ds = store.hidden_dataset(name)
+    step = (ds.chunks[0] if ds.chunks else 4096) * 4
+    total = RowStats.empty(ds.shape[1])
+    for lo in range(0, store.n_tokens, step):
+        hi = min(lo + step, store.n_tokens)
+        need = rows[lo:hi] if checked is None else rows[lo:hi] | checked[lo:hi]
+        if not need.any():
+            continue
+        block = ds[lo:hi]
+        if checked is not None and checked[lo:hi].any():
+            look = checked[lo:hi]
+            finite = np.isfinite(block[look]).all(1)
+            if not finite.all():
+                bad = lo + int(np.flatnonzero(look)[np.argmin(finite)])
+                seq = int(np.searchsorted(store.offsets, bad, side="right")) - 1
+                raise InputError(f"{store.path}: non-finite hidden state in /hidden/{name} at token row {bad} "
+                                 f"(sequence {seq})")
+        total = total + RowStats.of(block[rows[lo:hi]])
+    return total

@@ -8,9 +8,11 @@ The Python API behind ``ret-extract``::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
+import operator
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -226,7 +228,7 @@ def extract(cfg: ExtractConfig, loaded: LoadedModel | None = None, progress: boo
         background = BackgroundWriter(commit, depth=1, threaded=threaded)
         try:
             for window in prep.windows(start_seq):
-                parts = [to_host(_trace(cfg, tracer, prep, rows), rows) for rows in window.batches]
+                parts = [to_host(_trace(cfg, tracer, prep, rows), rows, cfg.dtype) for rows in window.batches]
                 background.submit((window, parts))
         finally:
             try:
@@ -258,22 +260,28 @@ def _window_batch(cfg: ExtractConfig, prep: Prepared, window: Window, parts: lis
             stored.append(stored_rows(part, cfg.dtype))
         except NonFinite as bad:
             raise _non_finite_error(bad, [prep.prompts[i] for i in part.index], cfg.dtype) from None
+    part_stats = [part.row_stats() for part in parts]
+    on_device = all(set(st) == set(prep.layers) for st, _ in part_stats)  # else the writer computes them
+    stats = {k: functools.reduce(operator.add, [st[k] for st, _ in part_stats]) for k in prep.layers} \
+        if on_device else None
     if len(parts) == 1 and window.in_prompt_order:
-        tokens, generated, hidden = parts[0].tokens, parts[0].generated, stored[0]
+        tokens, generated, hidden, norms = parts[0].tokens, parts[0].generated, stored[0], part_stats[0][1]
     else:  # length-sorted batches: put the sequences back in prompt order
         seqs = {}
-        for part, rows in zip(parts, stored):
+        for part, rows, (_, part_norms) in zip(parts, stored, part_stats):
             ends = np.cumsum([0, *part.lengths])
             for r, i in enumerate(part.index):
-                seqs[i] = (part.tokens[r], part.generated[r], {k: v[ends[r]:ends[r + 1]] for k, v in rows.items()})
+                seqs[i] = (part.tokens[r], part.generated[r], {k: v[ends[r]:ends[r + 1]] for k, v in rows.items()},
+                           {k: v[ends[r]:ends[r + 1]] for k, v in part_norms.items()})
         order = range(window.start, window.stop)
         tokens, generated = [seqs[i][0] for i in order], [seqs[i][1] for i in order]
         hidden = {k: np.concatenate([seqs[i][2][k] for i in order]) for k in prep.layers}
+        norms = {k: np.concatenate([seqs[i][3][k] for i in order]) for k in prep.layers} if on_device else None
     meta = [{"prompt_id": p.prompt_id, **p.meta} for p in prep.prompts[window.start:window.stop]]
     if cfg.generate > 0:
         for m, g in zip(meta, generated):
             m["finish_reason"] = "length" if g.sum() >= cfg.generate else "eos"
-    return Batch(tokens, generated, hidden, meta)
+    return Batch(tokens, generated, hidden, meta, stats, norms)
 
 
 def _non_finite_error(bad: NonFinite, prompts: Sequence[Prompt], dtype: str) -> InputError:

@@ -11,7 +11,9 @@ when a shard is missing beside it or is not the file it was merged from.
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import os
 from pathlib import Path
 from typing import Sequence
@@ -100,6 +102,7 @@ def _write_virtual_file(tmp: Path, out: Path, stores: list[TrajectoryStore]) -> 
         virtual("generated", (), bool)
         for layer in first.layers:
             virtual(f"hidden/{layer}", (first.d_model,), first.h5[f"hidden/{layer}"].dtype)
+        _merge_stats(f, stores, virtual)
         offsets = np.concatenate([[0]] + [s.offsets[1:] + a for s, a in zip(stores, starts[:-1])])
         f.create_dataset("offsets", data=offsets.astype(np.int64))
         for field in dict.fromkeys(m for s in stores for m in s.meta_fields):
@@ -120,3 +123,21 @@ def _write_virtual_file(tmp: Path, out: Path, stores: list[TrajectoryStore]) -> 
         f.attrs["merged_shards"] = json.dumps([{"path": p, **schema.shard_record(s.h5)}
                                                for p, s in zip(config["merged_from"], stores)])
         f.attrs["n_committed"] = np.int64(len(offsets) - 1)
+
+
+def _merge_stats(f: h5py.File, stores: list[TrajectoryStore], virtual) -> None:
+    """The shards' running statistics combined in shard order, and their row norms as views;
+    left out when a shard has none (written before they existed)."""
+    first = stores[0]
+    stats = {n: [s.layer_stats(n) for s in stores] for n in first.layers}
+    if any(st is None for per in stats.values() for st in per) or any(f"norms/{n}" not in s.h5
+                                                                      for s in stores for n in first.layers):
+        return
+    totals = {n: functools.reduce(operator.add, per) for n, per in stats.items()}
+    n_committed = sum(s.n_sequences for s in stores)
+    f.create_dataset("stats/n_committed", data=np.array([n_committed, -1], np.int64))
+    f.create_dataset("stats/count", data=np.array([next(iter(totals.values())).count, 0], np.int64))
+    for n, st in totals.items():
+        f.create_dataset(f"stats/{n}/mean", data=np.stack([st.mean, np.zeros_like(st.mean)]))
+        f.create_dataset(f"stats/{n}/m2", data=np.stack([st.m2, np.zeros_like(st.m2)]))
+        virtual(f"norms/{n}", (), np.float32)

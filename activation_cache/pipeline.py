@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from activation_cache import schema
+from activation_cache.running_stats import RowStats, row_norms
 from activation_cache.tracer import Traced
 
 __all__ = ["BackgroundWriter", "HostBatch", "NonFinite", "stored_rows", "to_host"]
@@ -58,6 +59,15 @@ class HostBatch:
     generated: list[np.ndarray]
     hidden: dict[str, torch.Tensor]
     _pending: list[Any] = field(default_factory=list, repr=False)
+    #: layer -> (mean, m2 float64 (D,), norms float32 (sum_s T_s,)) of the rows as stored, computed on
+    #: the model's device by :func:`to_host` (copied like ``hidden``); see :meth:`row_stats`
+    stats: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    def row_stats(self) -> tuple[dict[str, RowStats], dict[str, np.ndarray]]:
+        """The batch's statistics and row norms per layer (after :meth:`wait`)."""
+        n = sum(self.lengths)
+        stats = {k: RowStats(n, mean.numpy(), m2.numpy()) for k, (mean, m2, _) in self.stats.items()}
+        return stats, {k: norms.numpy() for k, (_, _, norms) in self.stats.items()}
 
     def wait(self) -> None:
         """Block until the device→host copies are complete (no-op for CPU models)."""
@@ -70,27 +80,41 @@ class HostBatch:
         return [len(t) for t in self.tokens]
 
 
-def to_host(traced: Traced, index: tuple[int, ...]) -> HostBatch:
-    """Drop the padding of a traced batch where it lives and start copying the stored rows to the host."""
+def to_host(traced: Traced, index: tuple[int, ...], dtype: str | None = None) -> HostBatch:
+    """Drop the padding of a traced batch where it lives and start copying the stored rows to the host.
+
+    With the store's ``dtype``, also the rows' running statistics (:attr:`HostBatch.stats`),
+    computed where the rows are: on a GPU they cost microseconds there instead of a pass
+    over the rows on the writer thread.
+    """
     valid = traced.valid.cpu()
     ids, gen = traced.input_ids.cpu(), traced.generated.cpu()
     tokens = [ids[b][valid[b]].to(torch.int32).numpy() for b in range(valid.shape[0])]
     generated = [gen[b][valid[b]].numpy() for b in range(valid.shape[0])]
     flat = valid.reshape(-1).nonzero().squeeze(1)
-    hidden, pending = {}, []
+    hidden, stats, pending = {}, {}, []
     for name, h in traced.hidden.items():
         rows = h.reshape(-1, h.shape[-1]).index_select(0, flat.to(h.device))
-        if rows.device.type == "cuda":
-            host = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
-            host.copy_(rows, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(torch.cuda.current_stream(rows.device))
-            pending.append((event, rows))
-            rows = host
-        else:
-            rows = rows.cpu()  # mps and others: a plain (blocking) copy
-        hidden[name] = rows
-    return HostBatch(tuple(index), tokens, generated, hidden, pending)
+        if dtype is not None:
+            stored = rows.to(schema.torch_dtype(dtype))  # the values the store will hold
+            var, mean = torch.var_mean(stored.to(torch.float64), dim=0, correction=0)
+            stats[name] = (mean, var * len(rows), row_norms(stored))
+        hidden[name] = _copy_to_host(rows, pending)
+        if name in stats:
+            stats[name] = tuple(_copy_to_host(t, pending) for t in stats[name])
+    return HostBatch(tuple(index), tokens, generated, hidden, pending, stats)
+
+
+def _copy_to_host(t: torch.Tensor, pending: list) -> torch.Tensor:
+    """``t`` on the host: from CUDA into pinned memory without waiting (the event goes to ``pending``)."""
+    if t.device.type != "cuda":
+        return t.cpu()  # mps and others: a plain (blocking) copy
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(t.device))
+    pending.append((event, t))
+    return host
 
 
 def stored_rows(batch: HostBatch, dtype: str) -> dict[str, np.ndarray]:

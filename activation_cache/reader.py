@@ -17,6 +17,7 @@ import numpy as np
 
 from activation_cache import schema
 from activation_cache.errors import InputError
+from activation_cache.running_stats import RowStats
 
 
 class TrajectoryStore:
@@ -172,6 +173,48 @@ class TrajectoryStore:
     def hidden_rows(self, layer: int | str, start: int, stop: int) -> np.ndarray:
         """Token rows ``start:stop`` of the flat ``/hidden/<layer>`` dataset, (stop-start, D)."""
         return self.hidden_dataset(layer)[start:stop]
+
+    # ------------------------------------------------------------ statistics
+    def layer_stats(self, layer: int | str) -> RowStats | None:
+        """Count, mean and M2 (float64, per feature) of all committed rows of ``layer``, as the writer
+        kept them (:mod:`activation_cache.running_stats`): a read of two (D,) rows.
+
+        ``None`` for a store written before they existed, or when the writer has committed
+        twice since :meth:`refresh` (call it and ask again).
+        """
+        name = self.check_layer(layer)
+        if f"stats/{name}/mean" not in self.h5:
+            return None
+        marks = self.h5["stats/n_committed"]
+        slot = np.flatnonzero(marks[:] == self.n_sequences)
+        if not len(slot):
+            return None
+        s = int(slot[0])
+        stats = RowStats(int(self.h5["stats/count"][s]), self.h5[f"stats/{name}/mean"][s],
+                         self.h5[f"stats/{name}/m2"][s])
+        marks.refresh()  # a live writer may have reused the slot while we read it
+        return stats if int(marks[s]) == self.n_sequences else None
+
+    def norm_quantiles(self, layer: int | str, q=(0.01, 0.5, 0.99)) -> np.ndarray | None:
+        """Quantiles ``q`` of the L2 norms of the committed rows of ``layer``, float64 (len(q),)
+        (one read of 4 bytes a row); ``None`` for a store without norms or rows."""
+        name = self.check_layer(layer)
+        if f"norms/{name}" not in self.h5 or not self.n_tokens:
+            return None
+        return np.quantile(self.h5[f"norms/{name}"][: self.n_tokens].astype(np.float64), q)
+
+    def stats_lines(self) -> list[str]:
+        """One line per layer summarising :meth:`layer_stats` and :meth:`norm_quantiles` (what ``info`` prints);
+        empty for a store without them."""
+        lines = []
+        for name in self.layers:
+            st, q = self.layer_stats(name), self.norm_quantiles(name)
+            if st is None or q is None:
+                return []
+            lines.append(f"layer {name}: feature means {st.mean.mean():+.4g} on average (|max| "
+                         f"{np.abs(st.mean).max():.4g}), feature std {np.sqrt(st.var.mean()):.4g} (RMS); "
+                         f"row norm p1/p50/p99 {q[0]:.4g}/{q[1]:.4g}/{q[2]:.4g}")
+        return lines
 
     def meta(self, s: int) -> dict[str, str]:
         """Metadata of sequence ``s`` as {field: str}."""

@@ -66,10 +66,17 @@ def encode_hidden(x: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
     """
     import torch
 
-    t = torch.as_tensor(x)
+    t = torch.as_tensor(x).to(torch_dtype(dtype))
     if dtype == "bfloat16":
-        return t.to(torch.bfloat16).view(torch.int16).cpu().numpy().view(np.uint16)
-    return t.to({"float16": torch.float16, "float32": torch.float32}[dtype]).cpu().numpy()
+        return t.view(torch.int16).cpu().numpy().view(np.uint16)
+    return t.cpu().numpy()
+
+
+def torch_dtype(dtype: str) -> "torch.dtype":
+    """The torch dtype of a store's values (``"float16"``, ``"bfloat16"``, ``"float32"``)."""
+    import torch
+
+    return {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
 
 
 def decode_hidden(raw: np.ndarray, dtype: str) -> np.ndarray:

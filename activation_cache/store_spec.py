@@ -56,12 +56,18 @@ class Batch:
     generated: per sequence, bool array (T_s,)
     hidden:    layer name -> array (sum_s T_s, D), rows in sequence order
     meta:      per sequence, {field: str}
+    stats:     layer name -> :class:`~activation_cache.running_stats.RowStats` of the rows as
+               stored, and ``norms``: layer name -> float32 (sum_s T_s,) their L2 norms; both
+               optional (the writer computes them when absent; an extraction computes them
+               on the model's device)
     """
 
     tokens: list[np.ndarray]
     generated: list[np.ndarray]
     hidden: dict[str, np.ndarray]
     meta: list[dict[str, str]]
+    stats: dict[str, Any] | None = None
+    norms: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         n = sum(len(t) for t in self.tokens)

@@ -30,6 +30,7 @@ from activation_cache.errors import InputError, option
 from activation_cache.h5clear import clear_status_flags
 from activation_cache.lock import StoreLock
 from activation_cache.outputs import differing_keys
+from activation_cache.running_stats import RowStats, row_norms
 from activation_cache.store_spec import Batch, StoreSpec
 
 
@@ -124,6 +125,7 @@ class StoreWriter:
             else:
                 self._f = self._create()
                 self._created = True
+            self._stats, self._slot = _committed_stats(self._f, spec)  # before SWMR: may add datasets
             self._start_swmr()
         except BaseException:
             if getattr(self, "_f", None) is not None:
@@ -174,6 +176,7 @@ class StoreWriter:
             ds.attrs["dtype"] = spec.dtype  # says what the uint16 of a bfloat16 store are
         for name in spec.meta_fields:
             _string_column(f, name)
+        _create_stats(f, spec.layers, spec.d_model, comp)
         if spec.tokenizer_json:
             f.create_dataset("tokenizer", data=np.frombuffer(spec.tokenizer_json.encode(), np.uint8))
         import nnsight
@@ -292,16 +295,32 @@ class StoreWriter:
         generated = np.concatenate(batch.generated).astype(bool, copy=False) if len(lengths) else np.zeros(0, bool)
         self._reserve("tokens", n1)[n0:n1] = tokens
         self._reserve("generated", n1)[n0:n1] = generated
+        totals = {}
         for name in self.spec.layers:
-            self._reserve(f"hidden/{name}", n1)[n0:n1] = self._stored(batch.hidden[name])
+            rows = self._stored(batch.hidden[name])
+            self._reserve(f"hidden/{name}", n1)[n0:n1] = rows
+            part, norms = self._stats_of(batch, name, rows)
+            self._reserve(f"norms/{name}", n1)[n0:n1] = norms
+            totals[name] = self._stats[name] + part
         self._reserve("offsets", s1 + 1)[s0 + 1 : s1 + 1] = n0 + np.cumsum(lengths)
         for name in self.spec.meta_fields:
             self._reserve(f"meta/{name}", s1)[s0:s1] = [m.get(name, "") for m in batch.meta]
+        # the new totals go to the slot the committed state does not use (running_stats)
+        slot = 1 - self._slot
+        _write_slot(self._ds, slot, totals, s1)
         self._f.flush()
         # Only now is the batch durable: advance the commit mark.
         self._f.attrs["n_committed"] = np.int64(s1)
         self._f.flush()
         self._n_tok, self._n_seq = n1, s1
+        self._stats, self._slot = totals, slot
+
+    def _stats_of(self, batch: Batch, name: str, rows: np.ndarray) -> tuple[RowStats, np.ndarray]:
+        """The batch's statistics of layer ``name`` and its row norms: as given, else computed from ``rows``."""
+        if batch.stats is not None and batch.norms is not None and name in batch.stats:
+            return batch.stats[name], np.asarray(batch.norms[name], np.float32)
+        values = schema.decode_hidden(rows, self.spec.dtype)
+        return RowStats.of(values), row_norms(values).numpy()
 
     def _stored(self, x) -> np.ndarray:
         """Rows as the bytes this store holds (bf16 stores: float rows are encoded, uint16 taken as bits)."""
@@ -359,9 +378,61 @@ class StoreWriter:
                 raise
 
 
+def _create_stats(f: h5py.File, layers: list[str], d_model: int, comp: dict) -> None:
+    """The running statistics of an empty store (activation_cache.running_stats): slot 0 holds them."""
+    f.create_dataset("stats/n_committed", data=np.array([0, -1], np.int64))
+    f.create_dataset("stats/count", data=np.zeros(2, np.int64))
+    for name in layers:
+        f.create_dataset(f"stats/{name}/mean", data=np.zeros((2, d_model)))
+        f.create_dataset(f"stats/{name}/m2", data=np.zeros((2, d_model)))
+        f.create_dataset(f"norms/{name}", (0,), maxshape=(None,), dtype=np.float32,
+                         chunks=(schema.chunk_rows(4),), **comp)
+
+
+def _write_slot(ds: dict[str, h5py.Dataset], slot: int, totals: dict[str, RowStats], n_committed: int) -> None:
+    for name, st in totals.items():
+        ds[f"stats/{name}/mean"][slot] = st.mean
+        ds[f"stats/{name}/m2"][slot] = st.m2
+    ds["stats/count"][slot] = next(iter(totals.values())).count if totals else 0
+    ds["stats/n_committed"][slot] = n_committed
+
+
+def _committed_stats(f: h5py.File, spec: StoreSpec) -> tuple[dict[str, RowStats], int]:
+    """The running statistics of the committed rows and their slot; a store without them (written
+    before they existed) gets them here, from one pass over its committed rows."""
+    n_seq = int(f.attrs["n_committed"])
+    have = "stats" in f and all(f"stats/{n}/mean" in f and f"norms/{n}" in f for n in spec.layers)
+    slot = np.flatnonzero(f["stats/n_committed"][:] == n_seq) if have else []
+    if len(slot):
+        s = int(slot[0])
+        count = int(f["stats/count"][s])
+        return {n: RowStats(count, f[f"stats/{n}/mean"][s], f[f"stats/{n}/m2"][s]) for n in spec.layers}, s
+    for group in ("stats", "norms"):
+        if group in f:
+            del f[group]
+    _create_stats(f, spec.layers, spec.d_model, {"compression": spec.compression} if spec.compression else {})
+    n_tok = int(f["offsets"][n_seq])
+    totals = {}
+    for name in spec.layers:
+        ds, norms, total = f[f"hidden/{name}"], f[f"norms/{name}"], RowStats.empty(spec.d_model)
+        norms.resize(n_tok, axis=0)
+        step = ds.chunks[0] * 8 if ds.chunks else 1 << 14
+        for lo in range(0, n_tok, step):
+            values = schema.decode_hidden(ds[lo : min(lo + step, n_tok)], spec.dtype)
+            total = total + RowStats.of(values)
+            norms[lo : lo + len(values)] = row_norms(values).numpy()
+        totals[name] = total
+    ds = {k: f[k] for k in ("stats/count", "stats/n_committed")} | {
+        f"stats/{n}/{w}": f[f"stats/{n}/{w}"] for n in spec.layers for w in ("mean", "m2")}
+    _write_slot(ds, 0, totals, n_seq)
+    f["stats/n_committed"][1] = -1
+    f.flush()
+    return totals, 0
+
+
 def _trim(f: h5py.File, n_seq: int, n_tok: int) -> None:
     def visit(name: str, obj: Any) -> None:
-        if not isinstance(obj, h5py.Dataset) or name == "tokenizer":
+        if not isinstance(obj, h5py.Dataset) or name == "tokenizer" or name.startswith("stats/"):
             return
         size = n_seq + 1 if name == "offsets" else n_seq if name.startswith("meta/") else n_tok
         if obj.shape[0] != size:

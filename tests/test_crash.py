@@ -18,6 +18,7 @@ from activation_cache.batching import plan_windows
 from activation_cache.extraction import ExtractConfig, extract, prepare, window_tokens
 from activation_cache.models import load_model
 from activation_cache.reader import open_store
+from stats_checks import assert_stats_are_numpys
 from tiny_models import save_tiny_model
 
 RET_EXTRACT = str(Path(sys.executable).with_name("ret-extract"))
@@ -110,6 +111,12 @@ def test_kill_9_then_rerun_equals_uninterrupted_run(tmp_path, batching):
         assert s.meta_fields == r.meta_fields
         assert s.config == r.config
         assert int(s.h5["generated"][:].sum()) > 0
+        for layer in s.layers:  # the running statistics: numpy's, and the uninterrupted run's to the bit
+            assert_stats_are_numpys(s, layer)
+            kept, uninterrupted = s.layer_stats(layer), r.layer_stats(layer)
+            np.testing.assert_array_equal(kept.mean, uninterrupted.mean)
+            np.testing.assert_array_equal(kept.m2, uninterrupted.m2)
+            np.testing.assert_array_equal(s.h5[f"norms/{layer}"][:], r.h5[f"norms/{layer}"][:])
 
 
 def test_kill_9_during_overwrite_keeps_the_old_store_and_the_rerun_resumes_the_new_one(tmp_path):

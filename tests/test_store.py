@@ -20,6 +20,7 @@ from activation_cache.h5clear import clear_status_flags, lookup3
 from activation_cache.merge import merge_shards
 from activation_cache.reader import open_store
 from activation_cache.writer import Batch, StoreSpec, StoreWriter, staging_path
+from stats_checks import assert_stats_are_numpys
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1 << 20
@@ -609,6 +610,12 @@ def test_merge_shards_equals_single_extraction_and_survives_a_move(shard_setup, 
         assert s.meta_column("prompt_id") == [f"q{i}" for i in range(10)]
         assert s.config["n_prompts"] == 10 and "shard_index" not in s.config
         assert s.config["merged_from"] == ["shard0.h5", "shard1.h5", "shard2.h5"]
+        with open_store(shard_setup["single"]) as one:
+            for layer in s.layers:  # the shards' statistics combined: numpy's, and the single run's
+                assert_stats_are_numpys(s, layer)
+                np.testing.assert_allclose(s.layer_stats(layer).mean, one.layer_stats(layer).mean, rtol=1e-12)
+                np.testing.assert_allclose(s.layer_stats(layer).m2, one.layer_stats(layer).m2, rtol=1e-12)
+                np.testing.assert_array_equal(s.h5[f"norms/{layer}"][:], one.h5[f"norms/{layer}"][:])
     assert merged.stat().st_size < min(p.stat().st_size for p in shards)  # nothing copied
 
     with pytest.raises(InputError, match="exists"):
