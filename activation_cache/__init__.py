@@ -13,7 +13,9 @@ The store's own machinery, for code that writes or streams stores directly:
 :mod:`activation_cache.writer` (``StoreWriter``, ``StoreSpec``, ``Batch``),
 :mod:`activation_cache.schema` (the store contract: ``encode_hidden``, ``decode_hidden``, ``chunk_rows``),
 :mod:`activation_cache.running_stats` (``RowStats``: the per-layer statistics the writer keeps),
-:mod:`activation_cache.window_batches` (training batches sent as the rows their windows lie in).
+:mod:`activation_cache.window_batches` (training batches sent as the rows their windows lie in),
+:mod:`activation_cache.tracer` (``Tracer``: one nnsight trace of the chosen blocks) and
+:mod:`activation_cache.pipeline` (``to_host``: a traced batch's rows and statistics on their way to the host).
 """
 
 from activation_cache._version import __version__

@@ -13,10 +13,13 @@ seed; no download) and measures, each against its reference in the same run:
    median ratio and range; allocated CUDA memory after each extraction (must
    not grow from run to run);
 3. one RET epoch with ``precision="bf16-mixed"`` on the GPU store;
-4. a steered generation (a random unit direction, α = 4) against the same
+4. RET training windows/s through the store's loader (d_model 2880, window 16, batch 256)
+   against the same batches already in GPU memory: the loader's share of a step;
+5. allocated CUDA memory after each of 120 traces whose rows go to the host (flat);
+6. a steered generation (a random unit direction, α = 4) against the same
    generation without the hook;
-5. ``device_map="auto"`` over all visible GPUs against the single-GPU store;
-6. with two or more GPUs, a two-rank ``torchrun`` extraction against the
+7. ``device_map="auto"`` over all visible GPUs against the single-GPU store;
+8. with two or more GPUs, a two-rank ``torchrun`` extraction against the
    one-process store.
 
 It writes ``benchmarks/results/gpu_check.json``. Run from the source tree::
@@ -170,6 +173,98 @@ def step_ret_epoch(ctx: dict) -> dict:
     return out
 
 
+def step_ret_loader(ctx: dict) -> dict:
+    """RET training windows/s through the store's loader (whole-chunk batches, pinned, copied to the GPU)
+    against the same batches already in GPU memory: the loader's share of a training step."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    from activation_cache import TokenWindows
+    from activation_cache.window_batches import WindowBatchSampler, WindowBatches
+    from activation_cache.writer import Batch, StoreSpec, StoreWriter
+    from ret_toolkit.macro import RETModule
+
+    d, n_tok, seq = (64, 4096, 256) if ctx["device"] == "cpu" else (2880, 131072, 256)
+    path = ctx["tmp"] / "loader.h5"
+    rng = np.random.default_rng(0)
+    with StoreWriter(path, StoreSpec("check", "r", d, 1, ["0"], {"check": 1})) as w:
+        for _ in range(n_tok // (8 * seq)):
+            w.append(Batch([np.zeros(seq, np.int64)] * 8, [np.zeros(seq, bool)] * 8,
+                           {"0": rng.normal(size=(8 * seq, d)).astype(np.float32)}, [{"prompt_id": "p"}] * 8))
+    windows = TokenWindows(path, ["0"], 16)
+    cuda = ctx["device"] != "cpu"
+    loader = DataLoader(WindowBatches(windows), batch_size=None, pin_memory=cuda,
+                        sampler=WindowBatchSampler(windows, 256, seed=0))
+    dev = torch.device(ctx["device"])
+    resident = [{k: v.to(dev) if torch.is_tensor(v) else v for k, v in b.items()} for b in loader]
+    n_windows = sum(len(b["starts"]) for b in resident)
+
+    class EpochTimer(pl.Callback):
+        def __init__(self):
+            self.seconds = []
+
+        def on_train_epoch_start(self, trainer, module):
+            if cuda:
+                torch.cuda.synchronize()
+            self.t0 = time.perf_counter()
+
+        def on_train_epoch_end(self, trainer, module):
+            if cuda:
+                torch.cuda.synchronize()
+            self.seconds.append(time.perf_counter() - self.t0)
+
+    def windows_per_s(batches) -> float:
+        torch.manual_seed(0)
+        module = RETModule(d_input=d, window=8, max_horizon=8, collapse_threshold=0)
+        module.set_standardization(torch.zeros(d), torch.ones(d))
+        timer = EpochTimer()
+        pl.Trainer(max_epochs=3, accelerator="gpu" if cuda else "cpu", devices=1, logger=False,
+                   enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                   callbacks=[timer]).fit(module, batches)
+        return n_windows / statistics.median(timer.seconds[1:])  # the first epoch warms up
+
+    shares, loaded_rate, resident_rate = [], [], []
+    for _ in range(max(2, ctx["repeats"] // 2)):
+        a = windows_per_s(loader)
+        b = windows_per_s(DataLoader(resident, batch_size=None))
+        loaded_rate.append(a)
+        resident_rate.append(b)
+        shares.append(1 - a / b)
+    out = {"d_model": d, "tokens": n_tok, "windows": n_windows, "windows_per_s_loader": loaded_rate,
+           "windows_per_s_in_gpu_memory": resident_rate, "loader_share_of_step": shares,
+           "loader_share_median": statistics.median(shares)}
+    print(f"RET loader: {statistics.median(loaded_rate):.0f} windows/s from the store vs "
+          f"{statistics.median(resident_rate):.0f} with the batches in GPU memory (d {d}); loader's share of a step "
+          f"{statistics.median(shares):.3f} [{min(shares):.3f}, {max(shares):.3f}]", flush=True)
+    return out
+
+
+def step_trace_memory(ctx: dict) -> dict:
+    """Allocated CUDA memory after each of >= 100 traces with the rows copied to the host: it must stay flat."""
+    from activation_cache import load_model, pad_rows
+    from activation_cache.pipeline import to_host
+    from activation_cache.tracer import Tracer
+
+    loaded = load_model(str(ctx["model"]), device=ctx["device"], dtype="bfloat16")
+    tracer = Tracer(loaded, ["embed", *range(loaded.arch.n_layers)])
+    tok = loaded.tokenizer
+    rows = [tok(t)["input_ids"] for t in ctx["prompts"][: ctx["batch"]]]
+    ids, mask = pad_rows(rows, tok.pad_token_id, left=False)
+    dev = torch.device(ctx["device"])
+    allocated = []
+    for i in range(ctx["traces"]):
+        host = to_host(tracer.forward(ids, mask), tuple(range(len(rows))), "bfloat16")
+        host.wait()
+        del host
+        allocated.append(torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0)
+    tail = allocated[len(allocated) // 10:]  # after the first tenth: the allocator's pools are warm
+    out = {"traces": len(allocated), "allocated_bytes": allocated, "growth_after_warmup_bytes": tail[-1] - tail[0],
+           "max_minus_min_after_warmup_bytes": max(tail) - min(tail)}
+    print(f"trace memory: {len(allocated)} traces, allocated {allocated[0]} -> {allocated[-1]} bytes; growth after "
+          f"the first tenth {out['growth_after_warmup_bytes']} bytes", flush=True)
+    return out
+
+
 def step_steering(ctx: dict) -> dict:
     from activation_cache import load_model
     from ret_toolkit.steering import SteeringVector, steer
@@ -253,10 +348,12 @@ def main() -> int:
     ctx = {"tmp": tmp, "prompts": prompts, "prompts_file": tmp / "prompts.txt",
            "model": build_model(tmp / "model", "tiny" if a.smoke else "100m"),
            "device": "cpu" if a.smoke else "cuda", "batch": 4 if a.smoke else 16,
-           "generate": 4 if a.smoke else 32, "repeats": 2 if a.smoke else a.repeats}
+           "generate": 4 if a.smoke else 32, "repeats": 2 if a.smoke else a.repeats,
+           "traces": 4 if a.smoke else 120}
     results: dict = {"device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and not a.smoke else "cpu",
                      "torch": torch.__version__, "smoke": a.smoke}
     steps = [("precision", step_precision), ("speed", step_speed), ("ret_bf16_epoch", step_ret_epoch),
+             ("ret_loader", step_ret_loader), ("trace_memory", step_trace_memory),
              ("steering", step_steering), ("device_map", step_device_map), ("torchrun", step_torchrun)]
     failed = []
     for name, step in steps:

@@ -37,6 +37,8 @@ def test_smoke_runs_every_step_on_the_cpu(tmp_path):
     assert r["ret_bf16_epoch"]["finite_weights"] and r["steering"]["restored"]
     assert r["steering"]["tokens_changed"] > 0
     assert r["device_map"]["max_abs_difference_vs_single_device"] == 0
+    assert r["ret_loader"]["windows"] > 0 and len(r["ret_loader"]["loader_share_of_step"]) == 2
+    assert r["trace_memory"]["traces"] == 4
 
 
 def _normalised(name: str) -> str:
