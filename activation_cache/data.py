@@ -117,9 +117,14 @@ class TokenWindows(Dataset):
     def read_rows(self, lo: int, hi: int, out: np.ndarray, at: int) -> None:
         """Rows [lo, hi) of all layers, as stored, straight from the file into ``out[at : at + hi - lo]``.
 
-        ``out``: (R, D * len(layers)) of :attr:`storage_dtype`; one read per layer, no cache,
-        no intermediate copy.
+        ``out``: (R, D * len(layers)) of :attr:`storage_dtype`; no cache, no intermediate copy:
+        one layer of an uncompressed store straight from the file's bytes
+        (:mod:`activation_cache.chunk_reads`), else one h5py read per layer.
         """
+        if len(self.layers) == 1:
+            direct = self._file.direct(f"hidden/{self.layers[0]}")
+            if direct is not None and direct.read(lo, hi, out[at : at + hi - lo]):
+                return
         memory = h5py.h5s.create_simple(out.shape)
         for j, name in enumerate(self.layers):
             # h5py's low-level read: its Dataset.read_direct costs ~2x the read itself in selection set-up

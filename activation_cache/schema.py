@@ -26,6 +26,7 @@ float32).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -125,10 +126,9 @@ class ProcessFile:
         self.chunk_cache = chunk_cache
         self._f: h5py.File | None = None
         self._pid = -1
+        self._fd: tuple[int, int] | None = None  # (descriptor, the process that opened it)
 
     def get(self) -> h5py.File:
-        import os
-
         if self._f is None or self._pid != os.getpid():
             self._f, self._pid = open_h5(self.path, "r", self.chunk_cache), os.getpid()
             self._datasets: dict = {}
@@ -150,8 +150,30 @@ class ProcessFile:
             self._datasets[key] = (dsid, dsid.get_space())
         return self._datasets[key]
 
+    def direct(self, name: str):
+        """A :class:`~activation_cache.chunk_reads.DirectRows` for dataset ``name`` (one per process), or None
+        when its rows are not plain bytes in the file (compressed, virtual...): read it through h5py."""
+        from activation_cache.chunk_reads import DirectRows
+
+        self.get()
+        key = (name, "direct")
+        if key not in self._datasets:
+            ds = self.dataset(name)
+            if DirectRows.usable(ds):
+                if self._fd is None or self._fd[1] != self._pid:
+                    self._fd = (os.open(self.path, os.O_RDONLY), self._pid)
+                self._datasets[key] = DirectRows(ds, self._fd[0])
+            else:
+                self._datasets[key] = None
+        return self._datasets[key]
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None and fd[1] == os.getpid():
+            os.close(fd[0])
+
     def __getstate__(self) -> dict:
-        return {"path": self.path, "chunk_cache": self.chunk_cache, "_f": None, "_pid": -1}
+        return {"path": self.path, "chunk_cache": self.chunk_cache, "_f": None, "_pid": -1, "_fd": None}
 
 
 def hidden_dataset(f: h5py.File, layer: int | str) -> "h5py.Dataset | HiddenDataset":

@@ -276,6 +276,7 @@ def test_info_summarises_a_store(setup, tmp_path, capsys):
     assert "generated tokens: 18" in stdout  # tiny random llama never emits EOS within 3 tokens
     assert "layers: 0, 1" in stdout and "finish_reason" in stdout and "prompt_id" in stdout
     assert f"first sequence: {LINES[0]!r}"[:-1] in stdout  # prompt text, then the generated tail
+    assert "running statistics over" in stdout and stdout.count("row norm p1/p50/p99") == 2  # one line a layer
 
 
 def test_merge_cli_joins_shards(setup, tmp_path, capsys):

@@ -158,3 +158,25 @@ def test_bad_batch_size_and_mixed_window_lengths_are_refused(stores):
     longer = TokenWindows(stores[0], ["1"], LENGTH + 1)
     with pytest.raises(ValueError, match="windows of one length only"):
         WindowBatches(ConcatChunked([ds.datasets[0], longer]))
+
+
+@pytest.mark.parametrize("compression", [None, "lzf"])
+def test_one_layer_rows_read_from_the_files_bytes_equal_h5pys(tmp_path, compression):
+    rng = np.random.default_rng(4)
+    path = tmp_path / "s.h5"
+    spec = StoreSpec("m", "r", 8, 4, ["1"], {"c": str(compression)}, dtype="bfloat16", compression=compression)
+    with StoreWriter(path, spec) as w:
+        for _ in range(5):  # 30 sequences of 30-90 tokens over several 2048-row chunks
+            lens = rng.integers(30, 90, size=6)
+            w.append(Batch([np.zeros(t, np.int64) for t in lens], [np.zeros(t, bool) for t in lens],
+                           {"1": rng.normal(size=(int(lens.sum()), 8)).astype(np.float32)},
+                           [{"prompt_id": str(i)} for i in range(6)]))
+    ds = TokenWindows(path, ["1"], LENGTH)
+    assert (ds._file.direct("hidden/1") is not None) == (compression is None)  # compressed: through h5py
+    stored = ds._file.dataset("hidden/1")[:]
+    batches = WindowBatches(ds)
+    for plan in WindowBatchSampler(ds, 64, seed=0):
+        item = batches[plan]
+        expect = np.concatenate([stored[lo:hi] for lo, hi in zip(plan.lo, plan.hi)])
+        np.testing.assert_array_equal(item["rows"].view(torch.int16).numpy().view(np.uint16), expect)
+        assert torch.equal(cut_windows(**item)[:, 0], ds.as_tensor(stored[ds.starts[plan.windows]]))

@@ -91,14 +91,14 @@ def _info(argv: Sequence[str]) -> int:
         if s.model_dtype:  # format 2 on
             why = f" ({s.dtype_choice})" if s.dtype_choice and s.dtype_choice != "as asked" else ""
             print(f"model ran in {s.model_dtype} on {s.device}; hidden states stored as {s.dtype}{why}")
+        if s.n_sequences and s.tokenizer is not None:
+            print(f"first sequence: {s.text(0)!r}")
         stats = s.stats_lines()
         if stats:
             print(f"running statistics over {s.n_tokens} rows (standardisation reads them):")
             print("\n".join(f"  {line}" for line in stats))
         elif s.n_tokens:
             print("no running statistics (written before the store kept them; resuming or re-extracting adds them)")
-        if s.n_sequences and s.tokenizer is not None:
-            print(f"first sequence: {s.text(0)!r}")
     return 0
 
 
