@@ -136,7 +136,7 @@ class TokenWindows(Dataset):
     @property
     def storage_dtype(self) -> np.dtype:
         """numpy dtype of the stored values (a bfloat16 store's bit patterns are 16-bit integers)."""
-        return np.dtype({"bfloat16": np.uint16, "float16": np.float16}.get(self.stored_dtype, np.float32))
+        return np.dtype(schema.HIDDEN_DTYPES[self.stored_dtype])
 
     def __getitem__(self, i: int) -> torch.Tensor:
         start = int(self.starts[i])
@@ -146,9 +146,7 @@ class TokenWindows(Dataset):
 
     def as_tensor(self, stored: np.ndarray) -> torch.Tensor:
         """Rows as stored -> a tensor of the values without copying: float16, float32 or bfloat16 (exact)."""
-        if self.stored_dtype == "bfloat16":
-            return torch.from_numpy(stored.view(np.int16)).view(torch.bfloat16)
-        return torch.from_numpy(stored)
+        return schema.stored_tensor(stored, self.stored_dtype)
 
     def chunk_of(self) -> np.ndarray:
         """HDF5 chunk index of each window, int64 (W,), for chunk-aware sampling."""
@@ -205,6 +203,25 @@ class ChunkShuffleSampler(DistributedSampler):
         if usable > len(order):  # drop_last=False: pad by wrapping, as DistributedSampler does
             order = np.concatenate([order, order[: usable - len(order)]])
         return iter(order[:usable][self.rank :: self.num_replicas].tolist())
+
+
+class ChunkShuffleBatches(ChunkShuffleSampler):
+    """:class:`ChunkShuffleSampler`'s indices of this rank cut every ``batch_size``: int64 arrays, exactly the
+    batches of ``DataLoader(dataset, batch_size, sampler=ChunkShuffleSampler(...))``, for a dataset whose items
+    are whole batches. Other keywords as :class:`ChunkShuffleSampler`'s."""
+
+    def __init__(self, dataset, batch_size: int, **kwargs):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        super().__init__(dataset, **kwargs)
+        self.batch_size = batch_size
+
+    def __iter__(self) -> Iterator[np.ndarray]:  # type: ignore[override]
+        order = np.fromiter(super().__iter__(), np.int64)
+        return iter([order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)])
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
 
 
 class ConcatChunked(ConcatDataset):

@@ -73,6 +73,16 @@ def encode_hidden(x: torch.Tensor | np.ndarray, dtype: str) -> np.ndarray:
     return t.cpu().numpy()
 
 
+def stored_tensor(stored: np.ndarray, dtype: str) -> "torch.Tensor":
+    """Rows as a ``dtype`` store holds them -> a tensor of their values without copying: float16, float32,
+    or a bfloat16 store's bit patterns viewed as bfloat16 (exact)."""
+    import torch
+
+    if dtype == "bfloat16":
+        return torch.from_numpy(stored.view(np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(stored)
+
+
 def torch_dtype(dtype: str) -> "torch.dtype":
     """The torch dtype of a store's values (``"float16"``, ``"bfloat16"``, ``"float32"``)."""
     import torch

@@ -2,29 +2,29 @@
 
 A batch of :class:`~activation_cache.data.TokenWindows` windows of ``length`` rows each
 copies every row ``length`` times and converts it to float32 before it reaches the
-model. :class:`WindowBatches` sends instead, for each chunk block the batch's windows lie
-in, the rows they cover (each row once per batch, in the store's own dtype: float16 or
-bfloat16 at two bytes a value) and where each window starts in them; :func:`cut_windows`
-cuts the ``(B, length, F)`` windows from those rows with one index gather on the model's
-device.
+model. :class:`WindowBatches` sends instead the runs of rows the batch's windows cover,
+each row once, read straight from the file into the batch's array in the store's own
+dtype (float16 or bfloat16 at two bytes a value), and where each window starts in them;
+:func:`cut_windows` cuts the ``(B, length, F)`` windows from those rows with one index
+gather on the model's device.
 
-:class:`WindowBatchSampler` yields the batches as lists of window indices, DDP-aware:
-when shuffling, the windows of whole chunks (shuffled chunks, ``batch_size`` windows or
-fewer a batch), so each stored row is read once an epoch; in order, the batches of the
-per-window loader. Use them as ``DataLoader(WindowBatches(windows), sampler=WindowBatchSampler(...),
-batch_size=None)``; each worker process opens its own HDF5 handle.
+:class:`WindowBatchSampler` yields the batches as :class:`RowPlan` s (what to read, from
+:func:`plan_rows`, one vectorised pass an epoch), DDP-aware: when shuffling, the windows
+of shuffled whole chunks cut every ``batch_size``, so each stored row is read about once
+an epoch; in order, the batches of the per-window loader. Use them as
+``DataLoader(WindowBatches(windows), sampler=WindowBatchSampler(...), batch_size=None)``;
+each worker process opens its own file handles.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
-from activation_cache.data import ChunkShuffleSampler, TokenWindows
+from activation_cache.data import ChunkShuffleBatches, TokenWindows
 
 __all__ = ["RowPlan", "WindowBatchSampler", "WindowBatches", "cut_windows", "plan_rows"]
 
@@ -101,38 +101,32 @@ def plan_rows(windows: TokenWindows | ConcatDataset, batches: Sequence[np.ndarra
     return plans
 
 
-class WindowBatchSampler(ChunkShuffleSampler):
+class WindowBatchSampler(ChunkShuffleBatches):
     """Batches of at most ``batch_size`` windows for this rank, as :class:`RowPlan` s, DDP-aware.
 
-    With ``shuffle=True`` (training) a batch is the windows of whole HDF5 chunks: each
-    epoch the chunks (a chunk with more than ``batch_size`` windows: its near-equal
-    contiguous pieces) are shuffled and packed in that order into batches of at most
-    ``batch_size`` windows (a batch's windows in row order: their order in a batch does not
-    change its mean loss). So a chunk's rows are
-    read once per epoch, by one batch, and the windows of an epoch are every window, as
-    with :class:`ChunkShuffleSampler`. The batches go to the ranks in turn; where they do not
-    divide evenly, ``drop_last=True`` drops the last ones, else the first ones are repeated.
+    With ``shuffle=True`` (training) each epoch shuffles the HDF5 chunks, lays out their
+    windows chunk after chunk (in row order within a chunk: the order inside a batch does
+    not change its mean loss) and cuts that every ``batch_size``. So a batch is a run of
+    whole chunks, with at most a chunk's tail before and a chunk's head after; each
+    stored row is read once per epoch (plus the ``length - 1`` rows past each cut), and
+    the windows of an epoch are every window, as with
+    :class:`~activation_cache.data.ChunkShuffleSampler`. The
+    batches go to the ranks in turn; where they do not divide evenly,
+    ``drop_last=True`` drops the last ones, else the first ones are repeated.
 
-    With ``shuffle=False`` (validation) the batches are :class:`ChunkShuffleSampler`'s
-    in-order indices of this rank cut every ``batch_size``: exactly the batches of a
-    ``DataLoader(windows, batch_size, sampler=ChunkShuffleSampler(windows, shuffle=False))``.
+    With ``shuffle=False`` (validation) the batches are :class:`ChunkShuffleBatches`': exactly
+    those of a ``DataLoader(windows, batch_size, sampler=ChunkShuffleSampler(windows, shuffle=False))``.
 
     A ``DistributedSampler`` subclass, so Lightning leaves it in place under DDP and calls
-    :meth:`set_epoch`. Other keywords as :class:`ChunkShuffleSampler`'s (``seed``,
+    :meth:`set_epoch`. Other keywords as :class:`~activation_cache.data.ChunkShuffleSampler`'s (``seed``,
     ``num_replicas``, ``rank``, ``drop_last``).
     """
 
     def __init__(self, dataset, batch_size: int, **kwargs):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        super().__init__(dataset, **kwargs)
-        self.batch_size = batch_size
+        super().__init__(dataset, batch_size, **kwargs)
         by_chunk = np.argsort(self.chunks, kind="stable")
         _, first = np.unique(self.chunks[by_chunk], return_index=True)
-        # the units of a shuffled epoch: each chunk's windows in index (row) order, cut into
-        # near-equal contiguous pieces of at most batch_size where the chunk holds more
-        self._units = [piece for windows in np.split(by_chunk, first[1:]) if len(windows)
-                       for piece in np.array_split(windows, math.ceil(len(windows) / batch_size))]
+        self._chunk_windows = [w for w in np.split(by_chunk, first[1:]) if len(w)]  # each in index (row) order
         self._epoch_batches: tuple[int, list[np.ndarray]] | None = None
 
     def _batches(self) -> list[np.ndarray]:
@@ -140,22 +134,12 @@ class WindowBatchSampler(ChunkShuffleSampler):
         if self._epoch_batches is not None and self._epoch_batches[0] == self.epoch:
             return self._epoch_batches[1]
         if not self.shuffle:
-            order = np.fromiter(super().__iter__(), np.int64)
-            mine = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
+            mine = list(ChunkShuffleBatches.__iter__(self))
         else:
             rng = np.random.default_rng(self.seed + self.epoch)
-            every: list[np.ndarray] = []
-            batch: list[np.ndarray] = []
-            size = 0
-            for u in rng.permutation(len(self._units)):  # units in shuffled order, packed greedily
-                unit = self._units[u]
-                if batch and size + len(unit) > self.batch_size:
-                    every.append(np.concatenate(batch))
-                    batch, size = [], 0
-                batch.append(unit)
-                size += len(unit)
-            if batch:
-                every.append(np.concatenate(batch))
+            chunks = rng.permutation(len(self._chunk_windows))
+            order = np.concatenate([self._chunk_windows[c] for c in chunks]) if len(chunks) else np.zeros(0, np.int64)
+            every = [order[lo : lo + self.batch_size] for lo in range(0, len(order), self.batch_size)]
             extra = len(every) % self.num_replicas
             if extra and self.drop_last:
                 every = every[: len(every) - extra]

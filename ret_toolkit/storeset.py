@@ -14,7 +14,7 @@ from typing import Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from activation_cache.data import (
     ChunkShuffleSampler,
@@ -23,7 +23,6 @@ from activation_cache.data import (
 )
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
-from activation_cache.window_batches import WindowBatches, WindowBatchSampler
 
 
 #: The by-sequence validation split every data module draws unless told otherwise.
@@ -125,9 +124,6 @@ class StoreDataModule(pl.LightningDataModule):
     """
 
     collate_fn = None
-    #: Send batches of windows as their rows (:class:`~activation_cache.window_batches.WindowBatches`;
-    #: the module cuts the windows) instead of one copied window per item.
-    window_batches = False
 
     def state_dict(self) -> dict:
         return {"splits": self.store_set.split_record()}
@@ -141,12 +137,16 @@ class StoreDataModule(pl.LightningDataModule):
                              "(other data.val_fraction, data.split_seed, data.sequences or stores); resume with "
                              "the data settings it was trained with")
 
+    def row_batches(self, ds: ConcatChunked, shuffle: bool) -> tuple[Dataset, Sampler] | None:
+        """A dataset whose items are whole batches sent as the rows they lie in (the module cuts its
+        inputs from them on its device), and the sampler of those items; None: one copied item each."""
+        return None
+
     def _loader(self, ds: ConcatChunked, shuffle: bool) -> DataLoader:
         hp = self.hparams
-        if self.window_batches:  # whole-chunk batches sent as their rows; the module cuts the windows
-            # every window each epoch (a rank short of a batch repeats one): batches vary in size anyway
-            sampler = WindowBatchSampler(ds, hp.batch_size, shuffle=shuffle, seed=hp.split_seed, drop_last=False)
-            return DataLoader(WindowBatches(ds), batch_size=None, sampler=sampler, num_workers=hp.num_workers,
+        rows = self.row_batches(ds, shuffle)
+        if rows is not None:
+            return DataLoader(rows[0], batch_size=None, sampler=rows[1], num_workers=hp.num_workers,
                               pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
         sampler = ChunkShuffleSampler(ds, shuffle=shuffle, seed=hp.split_seed, drop_last=shuffle)
         return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,

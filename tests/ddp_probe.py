@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from activation_cache.window_batches import cut_windows
+from ret_toolkit.vq.block_rows import gather_cells
 
 
 def _flat(tensors) -> torch.Tensor:
@@ -23,8 +24,10 @@ class SameWeightsProbe(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if self.first_batch is None:
-            if isinstance(batch, dict) and "rows" in batch:  # RET: the rows its windows lie in
+            if isinstance(batch, dict) and "starts" in batch:  # RET: the rows its windows lie in
                 x = cut_windows(batch["rows"], batch["starts"], batch["length"])
+            elif isinstance(batch, dict) and "rows" in batch:  # VQ: the rows its blocks lie in
+                x = gather_cells(batch)
             else:
                 x = batch["cells"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
             self.first_batch = x.float().sum().reshape(1)

@@ -13,6 +13,7 @@ import torch
 from activation_cache.data import ConcatChunked, TokenWindows
 from activation_cache.errors import InputError
 from activation_cache.layers import select_layers
+from activation_cache.window_batches import WindowBatchSampler, WindowBatches
 from ret_toolkit.hparams import check_hparams
 from ret_toolkit.storeset import SPLIT_SEED, VAL_FRACTION, StoreDataModule, StoreSet
 
@@ -42,7 +43,6 @@ class TrajectoryDataModule(StoreDataModule):
             (None: all); the in-domain forecaster trains on its training folds so.
     """
 
-    window_batches = True
 
     def __init__(
         self,
@@ -69,6 +69,11 @@ class TrajectoryDataModule(StoreDataModule):
         self.n_features = self.d_model * len(self.layer_names)
         self.length = window + max_horizon
         self.standardization: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def row_batches(self, ds: ConcatChunked, shuffle: bool) -> tuple[WindowBatches, WindowBatchSampler]:
+        # every window each epoch (a rank short of a batch repeats one): the last batch is short anyway
+        return WindowBatches(ds), WindowBatchSampler(ds, self.hparams.batch_size, shuffle=shuffle,
+                                                     seed=self.hparams.split_seed, drop_last=False)
 
     def setup(self, stage: str | None = None) -> None:
         if self.standardization is None:

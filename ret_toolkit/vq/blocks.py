@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
+import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -156,6 +157,7 @@ class StoreBlocks(Dataset):
             self.offsets = store.offsets.copy()
             self.d_model = store.d_model
             self.model = store.model
+            self.stored_dtype = store.dtype
         self.anchors = np.asarray(anchors, np.int64).reshape(-1, 2)
         self.cache_sequences = cache_sequences
         self._file = schema.ProcessFile(self.path)
@@ -185,6 +187,25 @@ class StoreBlocks(Dataset):
 
     def chunk_of(self) -> np.ndarray:
         return self.anchors[:, 0].copy()
+
+    @property
+    def storage_dtype(self) -> np.dtype:
+        """numpy dtype of the stored values (a bfloat16 store's bit patterns are 16-bit integers)."""
+        return np.dtype(schema.HIDDEN_DTYPES[self.stored_dtype])
+
+    def as_tensor(self, stored: np.ndarray) -> torch.Tensor:
+        """Rows as stored -> a tensor of their values without copying (bfloat16 exact)."""
+        return schema.stored_tensor(stored, self.stored_dtype)
+
+    def read_rows(self, lo: int, hi: int, out: np.ndarray, at: int) -> None:
+        """Token rows ``[lo, hi)`` of the block's layers, as stored, into ``out[at : at + hi - lo]``
+        ((R, n_layers, D) of :attr:`storage_dtype`); h5py's low-level read, no intermediate copy."""
+        memory = h5py.h5s.create_simple(out.shape)
+        for j, name in enumerate(self.layers):
+            dsid, space = self._file.space(f"hidden/{name}")
+            space.select_hyperslab((lo, 0), (hi - lo, self.d_model))
+            memory.select_hyperslab((at, j, 0), (hi - lo, 1, self.d_model))
+            dsid.read(memory, space, out)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

@@ -10,11 +10,12 @@ from typing import Sequence
 
 import numpy as np
 
-from activation_cache.data import ConcatChunked
+from activation_cache.data import ChunkShuffleBatches, ConcatChunked
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
 from ret_toolkit.hparams import check_hparams
 from ret_toolkit.storeset import SPLIT_SEED, VAL_FRACTION, StoreDataModule, StoreSet
+from ret_toolkit.vq.block_rows import BlockRows
 from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, block_anchors, collate_cells
 
 
@@ -84,6 +85,11 @@ class BlockDataModule(StoreDataModule):
         with TrajectoryStore(self.store_set.paths[store_index]) as st:
             return block_anchors(st, (self.block, *self.align_with), self.hparams.anchor, self.hparams.anchor_stride,
                                  sequences)
+
+    def row_batches(self, ds: ConcatChunked, shuffle: bool) -> tuple[BlockRows, ChunkShuffleBatches]:
+        # the batches of the per-block loader, sent as the rows their blocks lie in
+        return BlockRows(ds), ChunkShuffleBatches(ds, self.hparams.batch_size, shuffle=shuffle,
+                                                  seed=self.hparams.split_seed, drop_last=shuffle)
 
     def setup(self, stage: str | None = None) -> None:
         if self.standardization is None:

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from activation_cache.errors import InputError
 from ret_toolkit.hparams import check_hparams
+from ret_toolkit.vq.block_rows import gather_cells
 from ret_toolkit.vq.codebook import Codebook, all_reduce_sum, usage_entropy_loss
 from ret_toolkit.vq.encoder import CellDecoder, SetEncoder
 
@@ -126,9 +127,14 @@ class VQModule(pl.LightningModule):
 
     # ---- the model ----
 
+    @staticmethod
+    def _cells(batch: dict) -> Tensor:
+        """The padded cells (B, N, D) of a batch: ``collate_cells``' own, or gathered from a ``BlockRows`` batch."""
+        return batch["cells"] if "cells" in batch else gather_cells(batch)
+
     def encode(self, batch: dict) -> Tensor:
-        """Pre-quantisation encodings (B, code_dim) of a collated batch (see ``collate_cells``)."""
-        x = self.standardize(batch["cells"], batch["layer"])
+        """Pre-quantisation encodings (B, code_dim) of a collated batch (``collate_cells``, or ``BlockRows``')."""
+        x = self.standardize(self._cells(batch), batch["layer"])
         return self.encoder(x, batch["layer"], batch["pos"], batch["mask"])
 
     @torch.no_grad()
@@ -138,7 +144,7 @@ class VQModule(pl.LightningModule):
 
     def forward(self, batch: dict) -> dict[str, Tensor]:
         """Encode, quantise and decode; returns the loss terms, codes and encodings."""
-        x = self.standardize(batch["cells"], batch["layer"])
+        x = self.standardize(self._cells(batch), batch["layer"])
         mask = batch["mask"]
         e = self.encoder(x, batch["layer"], batch["pos"], mask)
         q, codes, sim = self.codebook(e)
