@@ -95,7 +95,7 @@ def to_host(traced: Traced, index: tuple[int, ...], dtype: str | None = None) ->
     hidden, stats, pending = {}, {}, []
     for name, h in traced.hidden.items():
         rows = h.reshape(-1, h.shape[-1]).index_select(0, flat.to(h.device))
-        if dtype is not None:
+        if dtype is not None and rows.device.type != "mps":  # MPS has no float64: the writer computes them
             stored = rows.to(schema.torch_dtype(dtype))  # the values the store will hold
             var, mean = torch.var_mean(stored.to(torch.float64), dim=0, correction=0)
             stats[name] = (mean, var * len(rows), row_norms(stored))
