@@ -85,3 +85,18 @@ def test_vq_training_through_rows_reaches_the_same_weights(stores):
     torch.manual_seed(0)
     untrained = VQModule(d_input=D, n_layers=2, max_offset=5, dim=16, depth=1, heads=2, code_dim=8, num_codes=8)
     assert any(not torch.equal(untrained.state_dict()[k], after[k]) for k in after if k in untrained.state_dict())
+
+
+def test_codes_of_a_store_are_those_of_the_per_block_loader(stores):
+    from ret_toolkit.vq.codes import encode_store_blocks
+
+    spec = BlockSpec(layers="0,2", start=None, stop=0, max_positions=5)
+    torch.manual_seed(0)
+    m = VQModule(d_input=D, n_layers=2, max_offset=5, dim=16, depth=1, heads=2, code_dim=8, num_codes=8).eval()
+    m.set_standardization(torch.full((2 * D,), 0.5), torch.full((2 * D,), 1.5))
+    codes, anchors = encode_store_blocks(m, stores[0], block=spec, anchor="all", anchor_stride=3, batch_size=BATCH,
+                                         progress=False)
+    ds = StoreBlocks(stores[0], spec, anchors)
+    old = [m.codes(collate_cells([ds[i] for i in range(lo, min(lo + BATCH, len(ds)))]))
+           for lo in range(0, len(ds), BATCH)]
+    assert len(codes) == len(ds) and np.array_equal(codes, torch.cat(old).numpy())

@@ -95,4 +95,4 @@ def gather_cells(batch: dict) -> torch.Tensor:
     """The padded cells (B, N, D) of a :class:`BlockRows` batch, float32, zeros where ``mask`` is False."""
     rows = batch["rows"]
     cells = rows[batch["row"].to(rows.device), batch["layer"].to(rows.device)].float()
-    return cells * batch["mask"].to(rows.device).unsqueeze(-1)
+    return cells.masked_fill(~batch["mask"].to(rows.device).unsqueeze(-1), 0.0)

@@ -34,7 +34,8 @@ from activation_cache.outputs import atomic_path, check_not_an_input, differing_
 from activation_cache.reader import TrajectoryStore
 from activation_cache.schema import open_h5
 from ret_toolkit.checkpoint import load_checkpoint
-from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, block_anchors, collate_cells
+from ret_toolkit.vq.block_rows import BlockRows, gather_cells
+from ret_toolkit.vq.blocks import BlockSpec, StoreBlocks, block_anchors
 from ret_toolkit.vq.module import VQModule
 from ret_toolkit.vq.settings import CodesSettings
 
@@ -94,11 +95,12 @@ def encode_store_blocks(
         check_store(module, store, block)
         anchors = block_anchors(store, (block, *align_with), anchor, stride, sequences)
     ds = StoreBlocks(store_path, block, anchors)
-    loader = DataLoader(ds, batch_size=batch_size, collate_fn=collate_cells)
+    batches = [np.arange(lo, min(lo + batch_size, len(ds))) for lo in range(0, len(ds), batch_size)]
+    loader = DataLoader(BlockRows(ds), batch_size=None, sampler=batches)  # each row read once a batch
     module = module.eval()
     out = []
     for b in tqdm(loader, desc="vq codes", unit="batch", disable=not progress):
-        finite = torch.isfinite(b["cells"]).flatten(1).all(1)
+        finite = torch.isfinite(gather_cells(b)).flatten(1).all(1)
         if not finite.all():  # a NaN block would otherwise get a code like any other
             s, t = anchors[int(b["index"][int(torch.argmin(finite.int()))])]
             raise InputError(f"{store_path}: non-finite hidden states in the block of sequence {s} at token {t}")
