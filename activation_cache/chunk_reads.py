@@ -4,8 +4,7 @@ An uncompressed chunk of ``/hidden/<layer>`` (the writer's chunks span whole row
 ``rows x D`` values stored contiguously at one file offset, which HDF5's chunk index
 gives (``H5Dget_chunk_info``). :class:`DirectRows` looks each chunk's offset up once and
 reads a run of rows with one ``os.preadv`` per chunk it touches, into the caller's
-buffer: one copy from the page cache, none of the HDF5 call's own overhead (on 2880-wide
-float16 rows, about 1.3-2x a plain sequential h5py read of the same rows). Datasets it
+buffer: one copy from the page cache, none of the HDF5 call's own overhead. Datasets it
 cannot read this way (compressed, virtual, external, other chunk shapes, or without
 ``os.preadv``) are read by h5py, as before.
 """

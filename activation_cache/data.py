@@ -15,7 +15,6 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import h5py
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -115,23 +114,10 @@ class TokenWindows(Dataset):
         return block
 
     def read_rows(self, lo: int, hi: int, out: np.ndarray, at: int) -> None:
-        """Rows [lo, hi) of all layers, as stored, straight from the file into ``out[at : at + hi - lo]``.
-
-        ``out``: (R, D * len(layers)) of :attr:`storage_dtype`; no cache, no intermediate copy:
-        one layer of an uncompressed store straight from the file's bytes
-        (:mod:`activation_cache.chunk_reads`), else one h5py read per layer.
-        """
-        if len(self.layers) == 1:
-            direct = self._file.direct(f"hidden/{self.layers[0]}")
-            if direct is not None and direct.read(lo, hi, out[at : at + hi - lo]):
-                return
-        memory = h5py.h5s.create_simple(out.shape)
-        for j, name in enumerate(self.layers):
-            # h5py's low-level read: its Dataset.read_direct costs ~2x the read itself in selection set-up
-            dsid, file_rows = self._file.space(f"hidden/{name}")
-            file_rows.select_hyperslab((lo, 0), (hi - lo, self.d_model))
-            memory.select_hyperslab((at, j * self.d_model), (hi - lo, self.d_model))
-            dsid.read(memory, file_rows, out)
+        """Rows [lo, hi) of all layers, as stored, straight from the file into ``out[at : at + hi - lo]``
+        (``out``: (R, D * len(layers)) of :attr:`storage_dtype`; :meth:`schema.ProcessFile.read_rows`)."""
+        self._file.read_rows([f"hidden/{n}" for n in self.layers], lo, hi,
+                             out.reshape(len(out), len(self.layers), self.d_model), at)
 
     @property
     def storage_dtype(self) -> np.dtype:

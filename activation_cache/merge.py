@@ -25,6 +25,7 @@ from activation_cache import schema
 from activation_cache.errors import InputError, option
 from activation_cache.outputs import atomic_path
 from activation_cache.reader import TrajectoryStore
+from activation_cache.running_stats import create_slots, write_slot
 
 #: Config keys that legitimately differ between shards of one extraction.
 _SHARD_KEYS = ("shard_index", "n_prompts", "prompts_sha256")
@@ -133,11 +134,8 @@ def _merge_stats(f: h5py.File, stores: list[TrajectoryStore], virtual) -> None:
     if any(st is None for per in stats.values() for st in per) or any(f"norms/{n}" not in s.h5
                                                                       for s in stores for n in first.layers):
         return
-    totals = {n: functools.reduce(operator.add, per) for n, per in stats.items()}
-    n_committed = sum(s.n_sequences for s in stores)
-    f.create_dataset("stats/n_committed", data=np.array([n_committed, -1], np.int64))
-    f.create_dataset("stats/count", data=np.array([next(iter(totals.values())).count, 0], np.int64))
-    for n, st in totals.items():
-        f.create_dataset(f"stats/{n}/mean", data=np.stack([st.mean, np.zeros_like(st.mean)]))
-        f.create_dataset(f"stats/{n}/m2", data=np.stack([st.m2, np.zeros_like(st.m2)]))
+    create_slots(f, first.layers, first.d_model)
+    write_slot(f, 0, {n: functools.reduce(operator.add, per) for n, per in stats.items()},
+               sum(s.n_sequences for s in stores))
+    for n in first.layers:
         virtual(f"norms/{n}", (), np.float32)

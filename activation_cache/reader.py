@@ -17,7 +17,7 @@ import numpy as np
 
 from activation_cache import schema
 from activation_cache.errors import InputError
-from activation_cache.running_stats import RowStats
+from activation_cache.running_stats import RowStats, committed_slot, read_slot
 
 
 class TrajectoryStore:
@@ -185,13 +185,11 @@ class TrajectoryStore:
         name = self.check_layer(layer)
         if f"stats/{name}/mean" not in self.h5:
             return None
-        marks = self.h5["stats/n_committed"]
-        slot = np.flatnonzero(marks[:] == self.n_sequences)
-        if not len(slot):
+        s = committed_slot(self.h5, self.n_sequences)
+        if s is None:
             return None
-        s = int(slot[0])
-        stats = RowStats(int(self.h5["stats/count"][s]), self.h5[f"stats/{name}/mean"][s],
-                         self.h5[f"stats/{name}/m2"][s])
+        stats = read_slot(self.h5, [name], s)[name]
+        marks = self.h5["stats/n_committed"]
         marks.refresh()  # a live writer may have reused the slot while we read it
         return stats if int(marks[s]) == self.n_sequences else None
 

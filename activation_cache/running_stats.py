@@ -25,10 +25,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import h5py
 import numpy as np
 import torch
 
-__all__ = ["RowStats", "row_norms"]
+__all__ = ["RowStats", "committed_slot", "create_slots", "read_slot", "row_norms", "write_slot"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +93,35 @@ def row_norms(rows: torch.Tensor | np.ndarray) -> torch.Tensor:
     """L2 norm of each row of ``rows`` (T, D), float32 (T,), computed where the rows are."""
     x = torch.as_tensor(rows)
     return torch.linalg.vector_norm(x.to(torch.float32), dim=1)
+
+
+# ---- the two slots in a store (module docstring); ``f`` is an h5py File or a mapping of its datasets
+
+
+def create_slots(f: h5py.File, layers: list[str], d_model: int) -> None:
+    """``/stats`` of an empty store: slot 0 holds the statistics of no rows."""
+    f.create_dataset("stats/n_committed", data=np.array([0, -1], np.int64))
+    f.create_dataset("stats/count", data=np.zeros(2, np.int64))
+    for name in layers:
+        f.create_dataset(f"stats/{name}/mean", data=np.zeros((2, d_model)))
+        f.create_dataset(f"stats/{name}/m2", data=np.zeros((2, d_model)))
+
+
+def write_slot(f, slot: int, totals: dict[str, RowStats], n_committed: int) -> None:
+    """The totals of every layer into ``slot``, its ``n_committed`` last."""
+    for name, st in totals.items():
+        f[f"stats/{name}/mean"][slot] = st.mean
+        f[f"stats/{name}/m2"][slot] = st.m2
+    f["stats/count"][slot] = next(iter(totals.values())).count if totals else 0
+    f["stats/n_committed"][slot] = n_committed
+
+
+def committed_slot(f, n_committed: int) -> int | None:
+    """The slot that belongs to ``n_committed`` (None: none does)."""
+    slot = np.flatnonzero(f["stats/n_committed"][:] == n_committed)
+    return int(slot[0]) if len(slot) else None
+
+
+def read_slot(f, layers: list[str], slot: int) -> dict[str, RowStats]:
+    count = int(f["stats/count"][slot])
+    return {n: RowStats(count, f[f"stats/{n}/mean"][slot], f[f"stats/{n}/m2"][slot]) for n in layers}

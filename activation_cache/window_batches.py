@@ -18,7 +18,7 @@ each worker process opens its own file handles.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -26,7 +26,7 @@ from torch.utils.data import ConcatDataset, Dataset
 
 from activation_cache.data import ChunkShuffleBatches, TokenWindows
 
-__all__ = ["RowPlan", "WindowBatchSampler", "WindowBatches", "cut_windows", "plan_rows"]
+__all__ = ["RowPlan", "WindowBatchSampler", "WindowBatches", "cut_windows", "plan_rows", "read_runs"]
 
 
 class RowPlan(NamedTuple):
@@ -102,7 +102,7 @@ def plan_rows(windows: TokenWindows | ConcatDataset, batches: Sequence[np.ndarra
 
 
 class WindowBatchSampler(ChunkShuffleBatches):
-    """Batches of at most ``batch_size`` windows for this rank, as :class:`RowPlan` s, DDP-aware.
+    """Batches of ``batch_size`` windows (the last may be short) for this rank, as :class:`RowPlan` s, DDP-aware.
 
     With ``shuffle=True`` (training) each epoch shuffles the HDF5 chunks, lays out their
     windows chunk after chunk (in row order within a chunk: the order inside a batch does
@@ -163,8 +163,7 @@ class WindowBatches(Dataset):
     windows' rows, as runs of consecutive rows (per store, in row order), in the store's own
     dtype (float16, bfloat16 or float32; float32 when stores of different dtypes meet in one
     batch), and the row of ``rows`` where window ``b`` starts; ``cut_windows(**item)`` gives
-    the windows. Each run is one read per layer into the batch's array: no cache, no
-    intermediate copy.
+    the windows. The runs are read straight into the batch's array (:func:`read_runs`).
     """
 
     def __init__(self, windows: TokenWindows | ConcatDataset):
@@ -184,20 +183,28 @@ class WindowBatches(Dataset):
 
     def __getitem__(self, item: RowPlan | Sequence[int]) -> dict:
         plan = item if isinstance(item, RowPlan) else plan_rows(self.windows, [np.asarray(item, np.int64)])[0]
-        dtypes = {self.parts[p].storage_dtype for p in set(plan.part)}
-        runs = zip(plan.part, plan.lo, plan.hi, plan.at)
-        if len(dtypes) == 1:
-            out = np.empty((plan.total, self.n_features), dtypes.pop())
-            for p, lo, hi, at in runs:
-                self.parts[p].read_rows(lo, hi, out, at)
-            rows = self.parts[plan.part[0]].as_tensor(out)
-        else:  # stores of different storage dtypes: their common values
-            rows = torch.empty((plan.total, self.n_features), dtype=torch.float32)
-            for p, lo, hi, at in runs:
-                one = np.empty((hi - lo, self.n_features), self.parts[p].storage_dtype)
-                self.parts[p].read_rows(lo, hi, one, 0)
-                rows[at : at + hi - lo] = self.parts[p].as_tensor(one).float()
+        rows = read_runs(self.parts, zip(plan.part, plan.lo, plan.hi, plan.at), plan.total, (self.n_features,))
         return {"rows": rows, "starts": torch.from_numpy(plan.starts), "length": self.length}
+
+
+def read_runs(parts: Sequence, runs: Iterable[tuple[int, int, int, int]], total: int,
+              row_shape: tuple[int, ...]) -> torch.Tensor:
+    """Runs ``(part, lo, hi, at)`` of rows of several stores in one tensor (total, *row_shape): rows ``[lo, hi)``
+    of ``parts[part]`` (``read_rows``, ``storage_dtype``, ``as_tensor``) at row ``at``, in the stores' own
+    dtype, or float32 when stores of different storage dtypes meet."""
+    runs = list(runs)
+    dtypes = {parts[p].storage_dtype for p, *_ in runs}
+    if len(dtypes) == 1:
+        out = np.empty((total, *row_shape), dtypes.pop())
+        for p, lo, hi, at in runs:
+            parts[p].read_rows(lo, hi, out, at)
+        return parts[runs[0][0]].as_tensor(out)
+    rows = torch.zeros((total, *row_shape), dtype=torch.float32)  # their common values
+    for p, lo, hi, at in runs:
+        one = np.empty((hi - lo, *row_shape), parts[p].storage_dtype)
+        parts[p].read_rows(lo, hi, one, 0)
+        rows[at : at + hi - lo] = parts[p].as_tensor(one).float()
+    return rows
 
 
 def cut_windows(rows: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:

@@ -30,7 +30,7 @@ from activation_cache.errors import InputError, option
 from activation_cache.h5clear import clear_status_flags
 from activation_cache.lock import StoreLock
 from activation_cache.outputs import differing_keys
-from activation_cache.running_stats import RowStats, row_norms
+from activation_cache.running_stats import RowStats, committed_slot, create_slots, read_slot, row_norms, write_slot
 from activation_cache.store_spec import Batch, StoreSpec
 
 
@@ -307,7 +307,7 @@ class StoreWriter:
             self._reserve(f"meta/{name}", s1)[s0:s1] = [m.get(name, "") for m in batch.meta]
         # the new totals go to the slot the committed state does not use (running_stats)
         slot = 1 - self._slot
-        _write_slot(self._ds, slot, totals, s1)
+        write_slot(self._ds, slot, totals, s1)
         self._f.flush()
         # Only now is the batch durable: advance the commit mark.
         self._f.attrs["n_committed"] = np.int64(s1)
@@ -379,22 +379,11 @@ class StoreWriter:
 
 
 def _create_stats(f: h5py.File, layers: list[str], d_model: int, comp: dict) -> None:
-    """The running statistics of an empty store (activation_cache.running_stats): slot 0 holds them."""
-    f.create_dataset("stats/n_committed", data=np.array([0, -1], np.int64))
-    f.create_dataset("stats/count", data=np.zeros(2, np.int64))
+    """The running statistics of an empty store (activation_cache.running_stats) and its row norms."""
+    create_slots(f, layers, d_model)
     for name in layers:
-        f.create_dataset(f"stats/{name}/mean", data=np.zeros((2, d_model)))
-        f.create_dataset(f"stats/{name}/m2", data=np.zeros((2, d_model)))
         f.create_dataset(f"norms/{name}", (0,), maxshape=(None,), dtype=np.float32,
                          chunks=(schema.chunk_rows(4),), **comp)
-
-
-def _write_slot(ds: dict[str, h5py.Dataset], slot: int, totals: dict[str, RowStats], n_committed: int) -> None:
-    for name, st in totals.items():
-        ds[f"stats/{name}/mean"][slot] = st.mean
-        ds[f"stats/{name}/m2"][slot] = st.m2
-    ds["stats/count"][slot] = next(iter(totals.values())).count if totals else 0
-    ds["stats/n_committed"][slot] = n_committed
 
 
 def _committed_stats(f: h5py.File, spec: StoreSpec) -> tuple[dict[str, RowStats], int]:
@@ -402,11 +391,9 @@ def _committed_stats(f: h5py.File, spec: StoreSpec) -> tuple[dict[str, RowStats]
     before they existed) gets them here, from one pass over its committed rows."""
     n_seq = int(f.attrs["n_committed"])
     have = "stats" in f and all(f"stats/{n}/mean" in f and f"norms/{n}" in f for n in spec.layers)
-    slot = np.flatnonzero(f["stats/n_committed"][:] == n_seq) if have else []
-    if len(slot):
-        s = int(slot[0])
-        count = int(f["stats/count"][s])
-        return {n: RowStats(count, f[f"stats/{n}/mean"][s], f[f"stats/{n}/m2"][s]) for n in spec.layers}, s
+    slot = committed_slot(f, n_seq) if have else None
+    if slot is not None:
+        return read_slot(f, spec.layers, slot), slot
     for group in ("stats", "norms"):
         if group in f:
             del f[group]
@@ -422,10 +409,7 @@ def _committed_stats(f: h5py.File, spec: StoreSpec) -> tuple[dict[str, RowStats]
             total = total + RowStats.of(values)
             norms[lo : lo + len(values)] = row_norms(values).numpy()
         totals[name] = total
-    ds = {k: f[k] for k in ("stats/count", "stats/n_committed")} | {
-        f"stats/{n}/{w}": f[f"stats/{n}/{w}"] for n in spec.layers for w in ("mean", "m2")}
-    _write_slot(ds, 0, totals, n_seq)
-    f["stats/n_committed"][1] = -1
+    write_slot(f, 0, totals, n_seq)
     f.flush()
     return totals, 0
 

@@ -100,3 +100,15 @@ def test_codes_of_a_store_are_those_of_the_per_block_loader(stores):
     old = [m.codes(collate_cells([ds[i] for i in range(lo, min(lo + BATCH, len(ds)))]))
            for lo in range(0, len(ds), BATCH)]
     assert len(codes) == len(ds) and np.array_equal(codes, torch.cat(old).numpy())
+
+
+def test_stores_of_different_dtypes_meet_as_float32(tmp_path):
+    mixed = [_store(tmp_path / "a.h5", 0, "float16"), _store(tmp_path / "b.h5", 1, "bfloat16")]
+    ds = _blocks(mixed, BlockSpec(layers="0,2", start=-2, stop=1))
+    kw = dict(shuffle=True, seed=2, drop_last=False)
+    old = DataLoader(ds, batch_size=BATCH, sampler=ChunkShuffleSampler(ds, **kw), collate_fn=collate_cells)
+    new = DataLoader(BlockRows(ds), batch_size=None, sampler=ChunkShuffleBatches(ds, BATCH, **kw))
+    batches = list(new)
+    assert any(b["rows"].dtype == torch.float32 for b in batches)  # some batches span both stores
+    for x, y in zip(old, batches):
+        assert torch.equal(x["cells"], gather_cells(y))

@@ -11,14 +11,14 @@ padded ``(B, N, D)`` cells from them with one gather on the model's device, equa
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import bisect
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, Dataset
 
+from activation_cache.window_batches import read_runs
 from ret_toolkit.vq.blocks import StoreBlocks, cells_index
 
 __all__ = ["BlockRows", "gather_cells"]
@@ -27,7 +27,7 @@ __all__ = ["BlockRows", "gather_cells"]
 class BlockRows(Dataset):
     """Item ``[i, j, ...]`` (anchor indices of a :class:`StoreBlocks` or a concatenation of them): one batch.
 
-    Returns ``{"rows": (R, n_layers, D) as stored, "row", "layer", "pos": int64 (B, N), "mask": bool (B, N),
+    Returns ``{"rows": (R, n_layers, D) as stored (float32 where stores of different dtypes meet), "row", "layer", "pos": int64 (B, N), "mask": bool (B, N),
     "index": int64 (B,)}``: the union of the blocks' token rows (runs of consecutive rows per store,
     read once per layer), and for each cell the row of ``rows`` it lies in, its layer index and
     position; ``layer``, ``pos``, ``mask`` and ``index`` are ``collate_cells``'.
@@ -57,10 +57,8 @@ class BlockRows(Dataset):
             cells.append((layer, pos, base + t + pos))  # each cell's token row in its store
             spans.append((p, base + lo, base + hi))
         runs = _runs(spans)  # (part, lo, hi, at), sorted by store and row
-        rows = np.empty((runs[-1][3] + runs[-1][2] - runs[-1][1] if runs else 0, self.n_layers, self.d_model),
-                        self.parts[0].storage_dtype)
-        for p, lo, hi, at in runs:
-            self.parts[p].read_rows(lo, hi, rows, at)
+        total = runs[-1][3] + runs[-1][2] - runs[-1][1] if runs else 0
+        rows = read_runs(self.parts, runs, total, (self.n_layers, self.d_model))
         n = max((len(c[0]) for c in cells), default=0)
         row, layer, pos = (np.zeros((len(idx), n), np.int64) for _ in range(3))
         mask = np.zeros((len(idx), n), bool)
@@ -71,7 +69,7 @@ class BlockRows(Dataset):
             r = runs[bisect.bisect_right(keys, (p, lo)) - 1]
             row[b, :k] = r[3] + abs_rows - r[1]
             layer[b, :k], pos[b, :k], mask[b, :k] = lay, ps, True
-        return {"rows": self.parts[0].as_tensor(rows), "row": torch.from_numpy(row), "layer": torch.from_numpy(layer),
+        return {"rows": rows, "row": torch.from_numpy(row), "layer": torch.from_numpy(layer),
                 "pos": torch.from_numpy(pos), "mask": torch.from_numpy(mask), "index": torch.from_numpy(local)}
 
 

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -199,13 +198,8 @@ class StoreBlocks(Dataset):
 
     def read_rows(self, lo: int, hi: int, out: np.ndarray, at: int) -> None:
         """Token rows ``[lo, hi)`` of the block's layers, as stored, into ``out[at : at + hi - lo]``
-        ((R, n_layers, D) of :attr:`storage_dtype`); h5py's low-level read, no intermediate copy."""
-        memory = h5py.h5s.create_simple(out.shape)
-        for j, name in enumerate(self.layers):
-            dsid, space = self._file.space(f"hidden/{name}")
-            space.select_hyperslab((lo, 0), (hi - lo, self.d_model))
-            memory.select_hyperslab((at, j, 0), (hi - lo, 1, self.d_model))
-            dsid.read(memory, space, out)
+        ((R, n_layers, D) of :attr:`storage_dtype`; :meth:`schema.ProcessFile.read_rows`)."""
+        self._file.read_rows([f"hidden/{n}" for n in self.layers], lo, hi, out, at)
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
