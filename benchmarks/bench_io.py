@@ -1,6 +1,6 @@
 """The store at the speed of the disk: the training loader and the writer against raw h5py / numpy I/O, in the same run.
 
-Loader: one epoch of RET training batches (window 16, batch 256, shuffled) through
+Loader: epochs of RET training batches (window 16, batches of 256 and of 1024 windows, shuffled) through
 :class:`~activation_cache.window_batches.WindowBatches` (what ``TrajectoryDataModule`` uses:
 whole-chunk batches read straight into the batch's array), and through the per-window
 ``TokenWindows`` DataLoader it replaced, against a plain sequential h5py read of the same
@@ -52,11 +52,13 @@ from _common import report  # noqa: E402
 from activation_cache import ChunkShuffleSampler, ExtractConfig, TokenWindows, extract, load_model, open_store  # noqa: E402
 from activation_cache.running_stats import RowStats, row_norms  # noqa: E402
 from activation_cache.schema import chunk_rows, decode_hidden, encode_hidden  # noqa: E402
-from activation_cache.window_batches import WindowBatchSampler, WindowBatches  # noqa: E402
+from activation_cache.window_batches import WindowBatchSampler, WindowBatches, as_is  # noqa: E402
 from activation_cache.writer import Batch, StoreSpec, StoreWriter  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 
 WINDOW, BATCH, SEQ = 16, 256, 256
+BATCHES = (256, 1024)  # windows a batch: the first is the headline
+EPOCHS = 3  # epochs per side per repetition
 
 
 def make_store(path: Path, d: int, dtype: str, n_tokens: int, layers: int = 1, compression: str | None = None,
@@ -98,19 +100,22 @@ def raw_read(path: Path, chunk_cache: bool = True) -> float:
     return time.perf_counter() - t0
 
 
-def epoch(path: Path, batched: bool, seed: int) -> tuple[float, int, int]:
-    """Seconds of one training epoch's batches, the distinct rows they hold, and the number of batches."""
+def epoch(path: Path, batched: bool, seed: int, batch: int = BATCH) -> tuple[float, int, int, int]:
+    """Seconds of one training epoch's batches of ``batch`` windows, the distinct rows they hold, the number of
+    batches and the rows read (the batched loader reads the ``WINDOW - 1`` rows past a cut chunk twice)."""
     ds = TokenWindows(path, ["0"], WINDOW)
     if batched:
-        loader = DataLoader(WindowBatches(ds), batch_size=None,
-                            sampler=WindowBatchSampler(ds, BATCH, seed=seed, drop_last=False))
+        sampler = WindowBatchSampler(ds, batch, seed=seed, drop_last=False)
+        loader = DataLoader(WindowBatches(ds), batch_size=None, sampler=sampler, collate_fn=as_is)
+        rows_read = sum(p.total for p in sampler)
     else:
-        loader = DataLoader(ds, batch_size=BATCH, sampler=ChunkShuffleSampler(ds, seed=seed, drop_last=False))
+        loader = DataLoader(ds, batch_size=batch, sampler=ChunkShuffleSampler(ds, seed=seed, drop_last=False))
+        rows_read = len(ds) * WINDOW
     t0 = time.perf_counter()
     n = sum(1 for _ in loader)
     seconds = time.perf_counter() - t0
     distinct = int(np.unique((ds.starts[:, None] + np.arange(WINDOW)).ravel()).size)
-    return seconds, distinct, n
+    return seconds, distinct, n, rows_read
 
 
 def raw_write(path: Path, arrays: list[np.ndarray], n_batches: int) -> float:
@@ -208,27 +213,46 @@ def main() -> None:
         for d, dtype, n in cases:
             path = tmp / f"{d}_{dtype}.h5"
             make_store(path, d, dtype, n)
-            name = f"d{d}_{dtype}"
-            runs = {"raw_s": [], "raw_no_chunk_cache_s": [], "batched_s": [], "per_window_s": []}
+            runs = {"raw_s": [], "raw_no_chunk_cache_s": [], "per_window_s": []}
+            runs.update({f"batched_{b}_s": [] for b in BATCHES})
+            counts = {}
             for rep in range(args.repeats):
-                runs["raw_s"].append(raw_read(path))
-                runs["raw_no_chunk_cache_s"].append(raw_read(path, chunk_cache=False))
-                s, distinct, n_batches = epoch(path, True, rep)
-                runs["batched_s"].append(s)
-                runs["per_window_s"].append(epoch(path, False, rep)[0])
+                # each side summed over EPOCHS epochs (an epoch here takes milliseconds)
+                runs["raw_s"].append(sum(raw_read(path) for _ in range(EPOCHS)))
+                runs["raw_no_chunk_cache_s"].append(sum(raw_read(path, chunk_cache=False) for _ in range(EPOCHS)))
+                for b in BATCHES:
+                    ep = [epoch(path, True, rep * EPOCHS + e, b) for e in range(EPOCHS)]
+                    runs[f"batched_{b}_s"].append(sum(e[0] for e in ep))
+                    counts[b] = ep[0][1:]  # distinct rows, batches, rows read: the same every epoch
+                runs["per_window_s"].append(epoch(path, False, rep)[0] * EPOCHS)
             best = [min(a, b) for a, b in zip(runs["raw_s"], runs["raw_no_chunk_cache_s"])]
-            ratios = [r / b for r, b in zip(best, runs["batched_s"])]
-            vs_default = [r / b for r, b in zip(runs["raw_s"], runs["batched_s"])]
             old = [r / b for r, b in zip(best, runs["per_window_s"])]
-            loader[name] = {"tokens": n, "distinct_rows": distinct, "batches": n_batches, **runs,
-                            "batched_vs_raw": median_range(ratios), "batched_vs_default_h5py": median_range(vs_default),
-                            "per_window_vs_raw": median_range(old),
-                            "raw_rows_per_s": median_range([n / s for s in best]),
-                            "batched_rows_per_s": median_range([distinct / s for s in runs["batched_s"]]),
-                            "batched_us_per_batch": median_range([s / n_batches * 1e6 for s in runs["batched_s"]])}
-            print(f"loader {name}: distinct rows/s vs the faster raw read {statistics.median(ratios):.3f} "
-                  f"[{min(ratios):.3f}, {max(ratios):.3f}] (vs h5py's default read {statistics.median(vs_default):.3f}); "
-                  f"per-window loader {statistics.median(old):.3f}; {n_batches} batches", flush=True)
+            for b in BATCHES:
+                distinct, n_batches, rows_read = counts[b]
+                ratios = [r / t for r, t in zip(best, runs[f"batched_{b}_s"])]
+                vs_default = [r / t for r, t in zip(runs["raw_s"], runs[f"batched_{b}_s"])]
+                # what a batch costs beyond reading its rows at the raw read's rate
+                fixed = [(t - r * rows_read / distinct) / (EPOCHS * n_batches) * 1e6
+                         for r, t in zip(best, runs[f"batched_{b}_s"])]
+                name = f"d{d}_{dtype}" + ("" if b == BATCH else f"_batch{b}")
+                loader[name] = {"tokens": n, "batch": b, "distinct_rows": distinct, "rows_read": rows_read,
+                                "batches": n_batches, "epochs_per_repeat": EPOCHS,
+                                **{k: v for k, v in runs.items() if not k.startswith("batched_")},
+                                "batched_s": runs[f"batched_{b}_s"],
+                                "batched_vs_raw": median_range(ratios), "batched_vs_default_h5py": median_range(vs_default),
+                                "rows_bound": distinct / rows_read,
+                                "fixed_us_per_batch": median_range(fixed),
+                                "raw_rows_per_s": median_range([EPOCHS * distinct / s for s in best]),
+                                "batched_rows_per_s": median_range([EPOCHS * distinct / s for s in runs[f"batched_{b}_s"]]),
+                                "batched_us_per_batch": median_range([s / (EPOCHS * n_batches) * 1e6
+                                                                      for s in runs[f"batched_{b}_s"]])}
+                if b == BATCH:
+                    loader[name]["per_window_vs_raw"] = median_range(old)
+                print(f"loader {name}: distinct rows/s vs the faster raw read {statistics.median(ratios):.3f} "
+                      f"[{min(ratios):.3f}, {max(ratios):.3f}] (vs h5py's default read {statistics.median(vs_default):.3f}; "
+                      f"distinct/read rows {distinct / rows_read:.3f}; {statistics.median(fixed):.0f} us a batch beyond "
+                      f"its reads)" + (f"; per-window loader {statistics.median(old):.3f}" if b == BATCH else "")
+                      + f"; {n_batches} batches", flush=True)
             path.unlink()
 
         # the writer: all 24 layers of a 2880-wide model, batches of 8 x 256 tokens
@@ -274,9 +298,9 @@ def main() -> None:
                       f"MB/s, read {row['read_MB_per_s']['median']:.0f} MB/s; tokens/s at "
                       + ", ".join(f"{bw} MB/s disk {v:.0f}" for bw, v in row["tokens_per_s_at_disk"].items()),
                       flush=True)
-    key = min(v["batched_vs_raw"]["median"] for v in loader.values())
+    key = min(v["batched_vs_raw"]["median"] for v in loader.values() if v["batch"] == BATCH)
     report("bench_io", "loader_vs_raw_read", key,
-           {"loader": loader, "writer": writer, "compression": compression, "window": WINDOW, "batch": BATCH,
+           {"loader": loader, "writer": writer, "compression": compression, "window": WINDOW, "batch": BATCH, "batches": list(BATCHES),
             "repeats": args.repeats, "quick": args.quick,
             "hdf5plugin": _plugin_version(args.hdf5plugin)})
 

@@ -23,6 +23,7 @@ from activation_cache.data import (
 )
 from activation_cache.errors import InputError
 from activation_cache.reader import TrajectoryStore
+from activation_cache.window_batches import as_is
 
 
 #: The by-sequence validation split every data module draws unless told otherwise.
@@ -147,7 +148,7 @@ class StoreDataModule(pl.LightningDataModule):
         rows = self.row_batches(ds, shuffle)
         if rows is not None:
             return DataLoader(rows[0], batch_size=None, sampler=rows[1], num_workers=hp.num_workers,
-                              pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
+                              collate_fn=as_is, pin_memory=torch.cuda.is_available(), persistent_workers=hp.num_workers > 0)
         sampler = ChunkShuffleSampler(ds, shuffle=shuffle, seed=hp.split_seed, drop_last=shuffle)
         return DataLoader(ds, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
                           collate_fn=self.collate_fn, persistent_workers=hp.num_workers > 0)
