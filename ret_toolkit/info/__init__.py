@@ -1,5 +1,6 @@
 """Information estimators on discrete codes, in bits: entropy, MI, conditional and normalised MI,
-with plug-in / Miller-Madow / jackknife estimators, permutation nulls (stratified for CMI) and bootstrap CIs (docs/architecture.md §3.3)."""
+with plug-in / Miller-Madow / jackknife estimators, permutation nulls (stratified for CMI) and bootstrap CIs (docs/architecture.md §3.3);
+paired bootstrap differences over units, and how many units an evaluation needs (power of a paired mean)."""
 
 from ret_toolkit.info.estimators import (
     ESTIMATORS,
@@ -9,11 +10,13 @@ from ret_toolkit.info.estimators import (
     mutual_information,
     normalized_mutual_information,
 )
+from ret_toolkit.info.power import paired_power, paired_sample_size, simulated_power
 from ret_toolkit.info.resampling import (
     bootstrap_ci,
     bootstrap_mean_ci,
     conditional_bootstrap_ci,
     conditional_permutation_test,
+    paired_bootstrap_ratio,
     permutation_test,
 )
 
@@ -28,5 +31,9 @@ __all__ = [
     "entropy_from_counts",
     "mutual_information",
     "normalized_mutual_information",
+    "paired_bootstrap_ratio",
+    "paired_power",
+    "paired_sample_size",
     "permutation_test",
+    "simulated_power",
 ]

@@ -131,6 +131,25 @@ def bootstrap_interval(boot: np.ndarray, value: float, alpha: float, method: str
     return float(lo), float(hi)
 
 
+def paired_bootstrap_ratio(delta: np.ndarray, weight: np.ndarray, n_boot: int = 2000, alpha: float = 0.05,
+                           seed: int = 0) -> dict:
+    """A paired difference pooled over units, with a bootstrap CI that resamples the units.
+
+    delta: (runs, S) per-unit sums of A - B (a unit: a sequence; a run: a training seed, run r
+    of A paired with run r of B); weight: (S,) what each unit's sum is over (its tokens or
+    pairs). The difference is the mean over runs of ``delta[r].sum() / weight.sum()``; one
+    resample draws S units with replacement, the same draw for every run. Returns plain floats
+    ``difference``, ``ci_low``, ``ci_high`` (the ``alpha/2`` quantiles) and ``by_run`` (a list).
+    """
+    delta, weight = np.asarray(delta, float), np.asarray(weight, float)
+    by_run = delta.sum(axis=1) / weight.sum()
+    idx = np.random.default_rng(seed).integers(0, weight.size, size=(n_boot, weight.size))
+    boot = delta[:, idx].sum(axis=2).mean(axis=0) / weight[idx].sum(axis=1)
+    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
+    return {"difference": float(by_run.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "by_run": [float(v) for v in by_run]}
+
+
 def shuffle_within(strata: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A permutation of ``range(N)`` that moves every index only within its stratum.
 

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ret_toolkit.info import mutual_information
+from ret_toolkit.info.resampling import paired_bootstrap_ratio
 from ret_toolkit.macro.baselines import BASELINES, Baselines
 from ret_toolkit.macro.closure import (
     as_2d,
@@ -108,13 +109,7 @@ def consistency_difference(runs_a: Sequence[Sequence], runs_b: Sequence[Sequence
             raise ValueError("every run of A and B must cover the same sequences (same lengths)")
         same_a.append(sa)
         same_b.append(sb)
-    delta = np.array(same_a) - np.array(same_b)  # (runs, sequences)
-    by_run = delta.sum(axis=1) / pairs.sum()
-    idx = np.random.default_rng(seed).integers(0, pairs.size, size=(n_boot, pairs.size))
-    boot = delta[:, idx].sum(axis=2).mean(axis=0) / pairs[idx].sum(axis=1)
-    lo, hi = np.quantile(boot, [alpha / 2, 1 - alpha / 2])
-    return {"difference": float(by_run.mean()), "ci_low": float(lo), "ci_high": float(hi),
-            "by_run": [float(x) for x in by_run]}
+    return paired_bootstrap_ratio(np.array(same_a) - np.array(same_b), pairs, n_boot, alpha, seed)
 
 
 # ---------------------------------------------------------------- everything at once
