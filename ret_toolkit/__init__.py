@@ -22,7 +22,9 @@ kernels, threads, for a result file), ``read_lock`` and ``lock_differences``
 (a pip constraints file such as the repository's ``constraints.txt``).
 
 Each subpackage (``ret_toolkit.macro``, ``.vq``, ``.steering``, ``.sycophancy``,
-``.planning``, ``.info``) exposes its own verbs and types.
+``.planning``, ``.info``) exposes its own verbs and types. The demo job (``make demo``)
+is :mod:`~ret_toolkit.demo` (its prompts, ``demo_prompts``), sized by
+:mod:`~ret_toolkit.demo_settings`.
 """
 
 from activation_cache._version import __version__

@@ -28,6 +28,8 @@ from activation_cache.settings import placement_of
 from ret_toolkit.demo_settings import DemoInputs, DemoSettings
 from ret_toolkit.macro.pipeline import MACRO_FILES, MacroResult
 
+__all__ = ["demo_prompts", "run_demo"]
+
 log = logging.getLogger("ret_toolkit.demo")
 
 

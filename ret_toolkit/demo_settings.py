@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from activation_cache.settings import (chat_template_setting, compression_setting, device_map_setting,
                                        device_setting, dtype_setting, model_dtype_setting, model_setting, setting)
 
+__all__ = ["DemoInputs", "DemoSettings"]
+
 
 @dataclass(frozen=True)
 class DemoInputs:

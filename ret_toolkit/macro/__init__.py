@@ -4,6 +4,10 @@
     run = train(["gen.h5"], layers="15", max_epochs=8)            # Lightning, CSV logs + checkpoint
     res = build_macrostates(run.checkpoint, "gen.h5", "macro_out", n_macrostates=12)
     ret = load_ret(res.checkpoint)                                 # RETModule with its centroids
+
+What a grouping carries beyond the current token (predictive and semantic information, held
+out, with nulls) is :mod:`~ret_toolkit.macro.beyond_token`; RET and its baselines on one
+scorecard, with paired CIs per row, is :mod:`~ret_toolkit.macro.scorecard`.
 """
 
 from activation_cache.lazy import lazy_exports
@@ -26,6 +30,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     "format_metrics": "ret_toolkit.macro.pipeline",
     "load_ret": "ret_toolkit.macro.assign",
     "open_macro": "ret_toolkit.macro.assign",
+    "ret_groups": "ret_toolkit.macro.heldout",
     "train": "ret_toolkit.macro.train",
     "wire_model": "ret_toolkit.macro.train",
 })

@@ -49,6 +49,21 @@ def standardized_hidden(module: RETModule, store: TrajectoryStore, s: int, layer
     return ((h - module.h_mean.numpy()) / module.h_std.numpy()).astype(np.float32)
 
 
+def ret_groups(module: RETModule, store: TrajectoryStore, train: Sequence[int], sequences: Sequence[int],
+               k: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """RET's z (T_s, d) float32 and group ids (T_s,) int64 on ``sequences``: a cosine k-means with ``k`` groups
+    (seeded by ``seed``) of the z of the ``train`` sequences, each token given its nearest centroid."""
+    layers = check_store(module, store)
+
+    @torch.no_grad()  # only here: the closure test of evaluate_sequences trains its small MLPs with autograd
+    def encode(s: int) -> np.ndarray:
+        return module.encode_sequence(torch.from_numpy(sequence_hidden(store, int(s), layers))).float().numpy()
+
+    z = [encode(s) for s in sequences]
+    centroids = torch.from_numpy(fit_centroids(np.concatenate([encode(s) for s in train]), k, seed))
+    return z, [nearest_centroid(torch.from_numpy(x), centroids, "cosine").numpy() for x in z]
+
+
 def evaluate_sequences(
     module: RETModule,
     store: TrajectoryStore,
@@ -85,13 +100,7 @@ def evaluate_sequences(
     tokens = [store.tokens(int(s)) for s in sequences]
     generated = [store.generated(int(s)).astype(bool) for s in sequences]
     if groups is None:
-        @torch.no_grad()  # only here: the closure test below trains its small MLPs with autograd
-        def encode(s: int) -> np.ndarray:
-            return module.encode_sequence(torch.from_numpy(sequence_hidden(store, int(s), layers))).float().numpy()
-
-        z = [encode(s) for s in sequences]
-        centroids = torch.from_numpy(fit_centroids(np.concatenate([encode(s) for s in train]), k, seed))
-        groups = [nearest_centroid(torch.from_numpy(x), centroids, "cosine").numpy() for x in z]
+        z, groups = ret_groups(module, store, train, sequences, k, seed)
     if on_step:
         on_step()
     baselines = fit_baselines(h_tr, k=k, d=module.hparams.z_dim, seed=seed, window=cfg.window or w,
