@@ -76,6 +76,58 @@ def ablation_tables() -> str:
     return "\n".join(lines)
 
 
+SCORECARD_ROWS = {"p_same_next": "consistency: P(same next)", "mean_run_length": "consistency: mean run length (tokens)",
+                  "token_mi_bits": "abstraction: I(group; token), bits (lower is more abstract)",
+                  "predictive_1_bits": "predictive beyond the token, 1 ahead, bits",
+                  "predictive_4_bits": "predictive beyond the token, 4 ahead, bits",
+                  "predictive_16_bits": "predictive beyond the token, 16 ahead, bits",
+                  "semantic_bits": "semantic beyond the token: I(group; category given token), bits"}
+SCORECARD_BASELINES = {"kmeans_raw": "k-means on h", "kmeans_pca": "k-means on PCA(h)", "kmeans_window": "window mean",
+                       "ema": "EMA"}
+
+
+def _verdict_sentence(row: str, part: str, verdicts: dict) -> str:
+    by = {v: [SCORECARD_BASELINES[b] for b in SCORECARD_BASELINES if verdicts[b][part][row] == v]
+          for v in ("wins", "tie", "loses")}
+    said = [f"beats {', '.join(by['wins'])}" if by["wins"] else "",
+            f"is not distinguishable from {', '.join(by['tie'])}" if by["tie"] else "",
+            f"loses to {', '.join(by['loses'])}" if by["loses"] else ""]
+    return "; ".join(x for x in said if x)
+
+
+def scorecard_tables() -> str:
+    """One scorecard table per model from bench_ret_scorecard.json, with a sentence per row."""
+    det = json.loads((RESULTS / "bench_ret_scorecard.json").read_text())["details"]
+    out = []
+    for model, res in det["models"].items():
+        best = res["chosen_settings"]
+        heads = {"kmeans_raw": "k-means h", "kmeans_pca": "k-means PCA(h)",
+                 "kmeans_window": f"window mean (w {best['kmeans_window']})", "ema": f"EMA (half-life {best['ema']})"}
+        n = res["n_sequences"]
+        out += [f"**{model}** ({res['store']['n_tokens']} tokens, layer {res['store']['middle']}; RET variant chosen on "
+                f"the tuning half: `{res['chosen']}`; test half {n['test']} sequences; mean over seeds "
+                f"{', '.join(map(str, det['seeds']))})", "",
+                "| row | tokens | RET | " + " | ".join(heads.values()) + " | RET − best baseline [95% CI] |",
+                "|---|---|---|" + "---|" * len(heads) + "---|"]
+        sentences = []
+        for row, label in SCORECARD_ROWS.items():
+            for part in ("all", "generated"):
+                t = res["table"]
+                d = det["ret_minus_best_baseline"][model][part][row]
+                cells = " | ".join(f"{t[b][part][row]['mean']:.3f}" for b in heads)
+                out.append(f"| {label} | {part} | {t['ret'][part][row]['mean']:.3f} | {cells} | "
+                           f"{_ci(d)} vs {SCORECARD_BASELINES[d['baseline']]} |")
+                sentences.append(f"- {label}, {part} tokens: RET {_verdict_sentence(row, part, res['verdicts'])}.")
+        for key, label in (("closure_window_1", "closure gap, whole window, 1 ahead"),
+                           ("closure_window_4", "closure gap, whole window, 4 ahead"),
+                           ("closure_window_8", "closure gap, whole window, 8 ahead")):
+            c = res["closure"]
+            cells = " | ".join(f"{c[b][key]['mean']:.3f}" if b in c else "—" for b in heads)
+            out.append(f"| {label} | all | {c['ret'][key]['mean']:.3f} | {cells} | — (no paired CI) |")
+        out += [""] + sentences + [""]
+    return "\n".join(out).rstrip()
+
+
 def regime_table() -> str:
     """The path-finding regime table (the gate per regime) from bench_pathfinding_first_hop.json."""
     rows = json.loads((RESULTS / "bench_pathfinding_first_hop.json").read_text())["details"]["rows"]
@@ -110,7 +162,8 @@ def locked_environment() -> str:
             f"CPU kernels {env['cpu_capability']}; outputs written {run['when'][:10]}")
 
 
-GENERATED = {"bench_ret_ablation": ablation_tables, "pathfinding_regimes": regime_table,
+GENERATED = {"bench_ret_ablation": ablation_tables, "bench_ret_scorecard": scorecard_tables,
+             "pathfinding_regimes": regime_table,
              "locked_environment": locked_environment}
 
 
