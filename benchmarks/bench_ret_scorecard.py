@@ -41,11 +41,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
+from bench_ret_ablation import split  # noqa: E402  (the same train / tune / test split)
 from scorecard_stores import MODELS, build_store  # noqa: E402
 
 from activation_cache import TrajectoryStore  # noqa: E402
 from ret_toolkit.macro import (  # noqa: E402
-    EvaluationSettings, checkpoint_split, evaluate_sequences, load_ret, ret_groups, train,
+    EvaluationSettings, evaluate_sequences, load_ret, ret_groups, train,
 )
 from ret_toolkit.macro.scorecard import Sequences, method_rows, paired_rows, verdict  # noqa: E402
 
@@ -62,15 +63,6 @@ TAUS = (1, 4, 16)
 CRITERION = "predictive_4_bits"
 MAX_OCCUPANCY = 0.5
 K = 12
-
-
-def split(store_path: str, ckpt: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(train, tune, test) sequence indices: the checkpoint's validation sequences halved by a seeded permutation."""
-    with TrajectoryStore(store_path) as store:
-        tr, held = checkpoint_split(ckpt, store_path, store.n_sequences)
-    perm = np.random.default_rng(0).permutation(held)
-    half = len(perm) // 2
-    return np.asarray(tr), np.sort(perm[:half]), np.sort(perm[half:])
 
 
 def sides(store_path: str, seqs: dict[str, np.ndarray]) -> dict[str, Sequences]:

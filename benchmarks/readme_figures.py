@@ -124,8 +124,28 @@ def scorecard_tables() -> str:
             c = res["closure"]
             cells = " | ".join(f"{c[b][key]['mean']:.3f}" if b in c else "—" for b in heads)
             out.append(f"| {label} | all | {c['ret'][key]['mean']:.3f} | {cells} | — (no paired CI) |")
-        out += [""] + sentences + [""]
+        tried = ", ".join(f"`{v}` {t['criterion']:.3f}" if t["criterion"] != float("-inf") else f"`{v}` (one group over half)"
+                          for v, t in res["tune_scores"].items())
+        out += [""] + sentences + ["", f"Variants tried, tuning-half criterion (bits, mean over seeds): {tried}.", ""]
+    out += usefulness_lines()
     return "\n".join(out).rstrip()
+
+
+def usefulness_lines() -> list[str]:
+    """The usefulness rows from the sycophancy and steering benchmarks (the demo's SmolLM2 checkpoint)."""
+    syc = json.loads((RESULTS / "bench_sycophancy.json").read_text())["details"]["result"]["differences"]
+    steer = json.loads((RESULTS / "bench_steering.json").read_text())["details"]["results"]
+    lines = ["Usefulness, from the archived benchmarks on the demo's SmolLM2 checkpoint (not yet run on Gemma 3 270M):", "",
+             "| row | k = 0 | k = 1 | k = 2 |", "|---|---|---|---|"]
+    for key, label in (("ret-raw_pca", "caving forecast AUROC, RET − PCA probe of h"),
+                       ("ret-design", "caving forecast AUROC, RET − design factors"),
+                       ("ret-length", "caving forecast AUROC, RET − prompt length")):
+        lines.append(f"| {label} | " + " | ".join(
+            _ci({"difference": syc[key][k]["diff"], "ci_low": syc[key][k]["ci_low"], "ci_high": syc[key][k]["ci_high"]})
+            for k in ("0", "1", "2")) + " |")
+    gains = "; ".join(f"group {g['target_group']} {_ci({'difference': g['held_out']['gain'], **{k: g['held_out'][k] for k in ('ci_low', 'ci_high')}})}"
+                      f" ({g['held_out']['n_eval']} prompts)" for g in steer)
+    return lines + ["", f"Held-out steering gain in the target group's share: {gains}."]
 
 
 def regime_table() -> str:
