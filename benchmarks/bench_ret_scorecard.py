@@ -9,7 +9,8 @@ Protocol (fixed before any run):
     predictor told the horizon tau), window 16 with K = 4 (where the ablation pointed), the
     three stored layers as input, VICReg terms (var 1, cov 0.04). Baselines get the same
     budget of 4 settings: the window mean's w and the EMA's half-life in {4, 8, 16, 24};
-    k-means on h and on PCA_d(h) have none. k = 12 macrostates for all.
+    k-means on h and on PCA_d(h) have none. k = 12 macrostates for all. The baselines see the
+    chosen RET variant's input (its layers, standardised alike).
   - criterion, read on tune only: predictive information beyond the token at tau = 4
     (held-out bits, all tokens; for RET the mean over seeds), among settings whose largest
     group holds at most 50 % of the generated tokens on average.
@@ -103,9 +104,11 @@ def run_variant(model: str, rec: dict, name: str, seed: int, args, work: Path) -
     return out
 
 
-def baseline_groups(model: str, rec: dict, w: int, seed: int, work: Path, ckpt: str) -> dict:
-    """The baselines' groups on every sequence with window / half-life ``w`` and k-means seed ``seed``."""
-    cache = work / model / f"baselines_w{w}_seed{seed}.json"
+def baseline_groups(model: str, rec: dict, w: int, seed: int, work: Path, run: dict) -> dict:
+    """The baselines' groups on every sequence with window / half-life ``w`` and k-means seed ``seed``, on the
+    input of the RET ``run`` (its layers, standardised as it standardises them)."""
+    ckpt = run["checkpoint"]
+    cache = work / model / f"baselines_{run['variant']}_w{w}_seed{seed}.json"
     if cache.exists():
         return json.loads(cache.read_text())
     tr, tune, test = split(rec["store"], ckpt)
@@ -175,7 +178,7 @@ def score_model(model: str, args, work: Path) -> dict:
     chosen = max(args.variants, key=lambda n: tune_scores[n]["criterion"])  # ties keep the first: default
     base_tune = {}
     for w in GRID:
-        bg = baseline_groups(model, rec, w, 0, work, ref["checkpoint"])
+        bg = baseline_groups(model, rec, w, 0, work, runs[chosen, 0])
         base_tune[w] = {b: eligible_mean([tune_value(pick(bg["groups"][b], bg["sequences"], tr),
                                                      pick(bg["groups"][b], bg["sequences"], tune), data)])
                         for b in ("kmeans_window", "ema")}
@@ -188,7 +191,7 @@ def score_model(model: str, args, work: Path) -> dict:
     for s in SEEDS:
         r = runs[chosen, s]
         method_runs["ret"].append((pick(r["groups"], r["sequences"], tr), pick(r["groups"], r["sequences"], test)))
-        by_w = {w: baseline_groups(model, rec, w, s, work, runs["default", s]["checkpoint"])
+        by_w = {w: baseline_groups(model, rec, w, s, work, r)
                 for w in {GRID[0], best["kmeans_window"], best["ema"]}}
         for b in BASELINES:
             bg = by_w[best.get(b, GRID[0])]

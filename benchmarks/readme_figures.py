@@ -104,7 +104,8 @@ def scorecard_tables() -> str:
         heads = {"kmeans_raw": "k-means h", "kmeans_pca": "k-means PCA(h)",
                  "kmeans_window": f"window mean (w {best['kmeans_window']})", "ema": f"EMA (half-life {best['ema']})"}
         n = res["n_sequences"]
-        out += [f"**{model}** ({res['store']['n_tokens']} tokens, layer {res['store']['middle']}; RET variant chosen on "
+        out += [f"**{model}** ({res['store']['n_tokens']} tokens; layers {', '.join(res['store']['layers'])} around the "
+                f"middle block {res['store']['middle']}; RET variant chosen on "
                 f"the tuning half: `{res['chosen']}`; test half {n['test']} sequences; mean over seeds "
                 f"{', '.join(map(str, det['seeds']))})", "",
                 "| row | tokens | RET | " + " | ".join(heads.values()) + " | RET − best baseline [95% CI] |",
