@@ -42,7 +42,7 @@ def test_future_triples_pair_each_token_with_the_one_tau_ahead_inside_the_mask()
     assert tr.seq.tolist() == [0, 0, 0]  # the second sequence is too short for tau 2
     masked = future_triples(g, x, 1, [np.array([0, 1, 1, 1, 0], bool), np.array([1, 1], bool)])
     assert masked.x.tolist() == [11, 12, 15] and masked.y.tolist() == [12, 13, 16] and masked.seq.tolist() == [0, 0, 1]
-    with pytest.raises(ValueError, match="same lengths"):
+    with pytest.raises(ValueError, match="differ in length"):
         future_triples(g, [np.arange(5), np.arange(3)], 1)
     with pytest.raises(ValueError, match="tau"):
         future_triples(g, x, 0)

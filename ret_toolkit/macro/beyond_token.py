@@ -29,6 +29,7 @@ import numpy as np
 
 from ret_toolkit.info import conditional_permutation_test
 from ret_toolkit.info.resampling import paired_bootstrap_ratio, shuffle_within
+from ret_toolkit.macro.closure import check_aligned
 
 __all__ = ["Triples", "future_triples", "heldout_gain", "information_row", "label_triples", "paired_difference"]
 
@@ -51,18 +52,24 @@ def _per_seq(arrays: Sequence) -> list[np.ndarray]:
     return [np.asarray(a).reshape(-1) for a in arrays]
 
 
+def _aligned(groups_per_seq: Sequence, tokens_per_seq: Sequence, mask_per_seq: Sequence | None):
+    """Per-sequence (groups, tokens, bool mask) arrays, checked to align (no mask: every token)."""
+    groups, tokens = _per_seq(groups_per_seq), _per_seq(tokens_per_seq)
+    masks = [m.astype(bool) for m in _per_seq(mask_per_seq)] if mask_per_seq is not None \
+        else [np.ones(len(t), bool) for t in tokens]
+    check_aligned(groups=groups, tokens=tokens, mask=masks)
+    return groups, tokens, masks
+
+
 def future_triples(groups_per_seq: Sequence, tokens_per_seq: Sequence, tau: int,
                    mask_per_seq: Sequence | None = None) -> Triples:
     """(G_t, X_t, X_{t+tau}) for every t with t + tau inside its sequence; with a mask, both t and t + tau
     masked in (e.g. generated tokens only). Per-sequence (T_s,) arrays, aligned."""
     if tau < 1:
         raise ValueError(f"tau must be >= 1 token, got {tau}")
-    groups, tokens = _per_seq(groups_per_seq), _per_seq(tokens_per_seq)
-    masks = _per_seq(mask_per_seq) if mask_per_seq is not None else [np.ones(len(t), bool) for t in tokens]
-    _check_lengths(groups=groups, tokens=tokens, mask=masks)
     parts = []
-    for s, (g, t, m) in enumerate(zip(groups, tokens, masks)):
-        keep = np.flatnonzero(m[:-tau].astype(bool) & m[tau:].astype(bool)) if len(t) > tau else np.zeros(0, np.int64)
+    for s, (g, t, m) in enumerate(zip(*_aligned(groups_per_seq, tokens_per_seq, mask_per_seq))):
+        keep = np.flatnonzero(m[:-tau] & m[tau:]) if len(t) > tau else np.zeros(0, np.int64)
         parts.append((g[keep], t[keep], t[keep + tau], np.full(len(keep), s)))
     return _stack(parts)
 
@@ -70,24 +77,14 @@ def future_triples(groups_per_seq: Sequence, tokens_per_seq: Sequence, tau: int,
 def label_triples(groups_per_seq: Sequence, tokens_per_seq: Sequence, labels: Sequence,
                   mask_per_seq: Sequence | None = None) -> Triples:
     """(G_t, X_t, C) for every (masked-in) token; ``labels``: one integer label per sequence."""
-    groups, tokens = _per_seq(groups_per_seq), _per_seq(tokens_per_seq)
-    masks = _per_seq(mask_per_seq) if mask_per_seq is not None else [np.ones(len(t), bool) for t in tokens]
-    _check_lengths(groups=groups, tokens=tokens, mask=masks)
-    if len(labels) != len(tokens):
-        raise ValueError(f"one label per sequence: {len(labels)} labels for {len(tokens)} sequences")
+    aligned = _aligned(groups_per_seq, tokens_per_seq, mask_per_seq)
+    if len(labels) != len(aligned[1]):
+        raise ValueError(f"one label per sequence: {len(labels)} labels for {len(aligned[1])} sequences")
     parts = []
-    for s, (g, t, m, c) in enumerate(zip(groups, tokens, masks, labels)):
-        keep = np.flatnonzero(m.astype(bool))
+    for s, (g, t, m, c) in enumerate(zip(*aligned, labels)):
+        keep = np.flatnonzero(m)
         parts.append((g[keep], t[keep], np.full(len(keep), int(c)), np.full(len(keep), s)))
     return _stack(parts)
-
-
-def _check_lengths(**per_seq: list[np.ndarray]) -> None:
-    names = list(per_seq)
-    first = per_seq[names[0]]
-    for name in names[1:]:
-        if len(per_seq[name]) != len(first) or any(len(a) != len(b) for a, b in zip(first, per_seq[name])):
-            raise ValueError(f"{names[0]} and {name} must hold the same number of sequences of the same lengths")
 
 
 def _stack(parts) -> Triples:
