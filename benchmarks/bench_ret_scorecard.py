@@ -49,6 +49,7 @@ from activation_cache import TrajectoryStore  # noqa: E402
 from ret_toolkit.macro import (  # noqa: E402
     EvaluationSettings, evaluate_sequences, load_ret, ret_groups, train,
 )
+from ret_toolkit.macro.beyond_token import future_triples, heldout_gain  # noqa: E402
 from ret_toolkit.macro.scorecard import Sequences, method_rows, paired_rows, verdict  # noqa: E402
 
 VARIANTS = {
@@ -127,8 +128,10 @@ def pick(groups: list, sequences: list, idx: np.ndarray) -> list[np.ndarray]:
 
 def tune_value(fit_g, tune_g, data: dict) -> tuple[float, float]:
     """(criterion, max occupancy on generated tokens) of one grouping on the tuning sequences."""
-    rows = method_rows(fit_g, tune_g, data["train"], data["tune"], K, taus=(4,), n_permutations=1)
-    return rows["all"][CRITERION], rows["generated"]["max_occupancy"]
+    fit, tune = data["train"], data["tune"]
+    gain = heldout_gain(future_triples(fit_g, fit.tokens, 4), future_triples(tune_g, tune.tokens, 4))
+    generated = np.concatenate([np.asarray(g)[m] for g, m in zip(tune_g, tune.mask("generated"))]).astype(np.int64)
+    return float(gain.mean()), float(np.bincount(generated, minlength=K).max() / generated.size)
 
 
 def eligible_mean(values: list[tuple[float, float]]) -> float:

@@ -69,6 +69,8 @@ def test_the_planted_state_carries_the_future_beyond_the_token_and_random_groups
     a, b = heldout_gain(fit_a, score_a), heldout_gain(fit_b, score_b)
     d = paired_difference([a], [b], score_a.seq, n_boot=500)
     assert d["ci_low"] > 0 and d["difference"] == pytest.approx(a.mean() - b.mean())
+    with pytest.raises(ValueError, match="same number"):
+        paired_difference([a, a], [b], score_a.seq)
     zero = paired_difference([a, a], [a, a], score_a.seq, n_boot=200)
     assert zero["difference"] == 0 and zero["ci_low"] == 0 and zero["ci_high"] == 0
 
@@ -93,6 +95,8 @@ def test_heldout_gain_is_zero_where_the_fit_never_saw_the_token():
     fit = future_triples([np.array([0, 1, 0, 1])], [np.array([1, 2, 1, 2])], 1)
     score = future_triples([np.array([0, 1, 0])], [np.array([7, 8, 7])], 1)
     assert np.all(heldout_gain(fit, score) == 0)
+    with pytest.raises(ValueError, match="prior"):
+        heldout_gain(fit, score, prior=0)
 
 
 def test_scorecard_rows_and_paired_verdicts_on_a_planted_process():
@@ -120,5 +124,7 @@ def test_scorecard_rows_and_paired_verdicts_on_a_planted_process():
         assert verdict("semantic_bits", d[part]["semantic_bits"]) == "tie"
     # noise tells less about the token than the state does: lower token MI is the good side
     assert verdict("token_mi_bits", d["all"]["token_mi_bits"]) == "loses"
+    with pytest.raises(ValueError, match="same number"):
+        paired_rows(state_runs, noise_runs[:1], fit, score, taus=(1,), n_boot=10)
     same = paired_rows(state_runs, state_runs, fit, score, taus=(1,), n_boot=100)
     assert all(v["difference"] == 0 and verdict(r, v) == "tie" for r, v in same["all"].items())

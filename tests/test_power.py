@@ -17,6 +17,10 @@ def test_textbook_sample_size_and_power():
         paired_sample_size(1.0, 0.0)
     with pytest.raises(ValueError, match="sd"):
         paired_power(0.0, 0.1, 10)
+    with pytest.raises(ValueError, match="alpha"):
+        paired_power(1.0, 0.1, 10, alpha=1.5)
+    with pytest.raises(ValueError, match="power"):
+        paired_sample_size(1.0, 0.1, power=1.0)
 
 
 def test_the_bootstrap_ci_excludes_zero_at_the_planned_rate_and_at_alpha_under_the_null():
