@@ -171,6 +171,16 @@ def test_builtin_reasoning():
     assert read_prompts("reasoning") == prompts  # bare name when no such file
 
 
+def test_builtin_heldout_is_fresh():
+    """The held-out set shares no text or id with ``reasoning`` and covers its templated categories."""
+    held, base = read_prompts("builtin:reasoning_heldout"), read_prompts("builtin:reasoning")
+    assert len(held) >= 400
+    assert not {p.text for p in held} & {p.text for p in base}
+    assert not {p.prompt_id for p in held} & {p.prompt_id for p in base}
+    assert len({p.text for p in held}) == len(held)
+    assert {p.meta["category"] for p in held} == CATEGORIES - {"factual"}
+
+
 def test_builtin_chat_set_has_messages():
     prompts = read_prompts("builtin:chat")
     assert prompts and all(p.messages and p.text is None for p in prompts)

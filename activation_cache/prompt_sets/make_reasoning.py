@@ -1,4 +1,4 @@
-"""Rebuild the built-in prompt sets ``reasoning.jsonl`` and ``chat.jsonl``.
+"""Rebuild the built-in prompt sets ``reasoning.jsonl``, ``reasoning_heldout.jsonl`` and ``chat.jsonl``.
 
 All prompts are written for this project (templates and hand-written lists
 below, the factual questions in ``facts.tsv``); numbers come from a seeded ``random.Random`` so the output is
@@ -10,6 +10,13 @@ byte-for-byte identical on every run::
 Each reasoning record has ``id``, ``text``, ``category`` and, where there is a
 crisp answer, ``answer`` (always a string). Chat records use ``messages``
 instead of ``text``.
+
+``reasoning_heldout`` holds fresh prompts from the same templates (another seed,
+about twice as many per templated category, ids prefixed ``heldout-``) none of
+whose texts is in ``reasoning``: evaluations that must use prompts a store built
+from ``reasoning`` never saw (the powered steering benchmark) draw from it. The
+hand-written lists (factual questions and the fixed texts) are not repeated
+there, so it has no ``factual`` category.
 """
 
 from __future__ import annotations
@@ -34,16 +41,21 @@ DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday",
 
 
 class _Set:
-    """Collects records of one category with unique texts and running ids."""
+    """Collects records of one category with unique texts and running ids.
 
-    def __init__(self, prefix: str, category: str):
-        self.prefix, self.category = prefix, category
+    With ``exclude`` (texts of another set), those texts are refused too and ids
+    start with ``heldout-``.
+    """
+
+    def __init__(self, prefix: str, category: str, exclude: frozenset[str] = frozenset()):
+        self.prefix = f"heldout-{prefix}" if exclude else prefix
+        self.category, self.exclude = category, exclude
         self.records: list[dict] = []
         self._texts: set[str] = set()
 
     def add(self, text: str, answer: object = None) -> bool:
-        """Add a prompt; return False (and add nothing) if the text is a repeat."""
-        if text in self._texts:
+        """Add a prompt; return False (and add nothing) if the text is a repeat or excluded."""
+        if text in self._texts or text in self.exclude:
             return False
         self._texts.add(text)
         rec = {"id": f"{self.prefix}-{len(self.records) + 1:04d}",
@@ -57,14 +69,22 @@ class _Set:
         """Call ``make(i)`` -> (text, answer) until ``n`` records exist.
 
         ``i`` counts the records made so far; generators use ``i % k`` to cycle
-        evenly through their ``k`` templates.
+        evenly through their ``k`` templates. With ``exclude``, ``i`` counts
+        attempts instead (a template whose texts are used up must not stall the
+        cycle) and filling stops after ``50 n`` attempts with what it has.
         """
-        while len(self.records) < n:
-            self.add(*make(len(self.records)))
+        if not self.exclude:  # the built-in set's own order, kept byte for byte
+            while len(self.records) < n:
+                self.add(*make(len(self.records)))
+            return
+        for attempt in range(50 * n):
+            if len(self.records) >= n:
+                break
+            self.add(*make(attempt))
 
 
-def arithmetic(rng: random.Random) -> list[dict]:
-    s = _Set("arith", "arithmetic")
+def arithmetic(rng: random.Random, n: int = 40, exclude: frozenset[str] = frozenset()) -> list[dict]:
+    s = _Set("arith", "arithmetic", exclude)
 
     def make(i):
         op = "+-*/"[i % 4]
@@ -80,12 +100,12 @@ def arithmetic(rng: random.Random) -> list[dict]:
         b, q = rng.randint(2, 9), rng.randint(2, 12)
         return rng.choice([f"What is {b * q} divided by {b}?", f"Compute {b * q} / {b}."]), q
 
-    s.fill(40, make)
+    s.fill(n, make)
     return s.records
 
 
-def word_problems(rng: random.Random) -> list[dict]:
-    s = _Set("word", "word_problem")
+def word_problems(rng: random.Random, n: int = 40, exclude: frozenset[str] = frozenset()) -> list[dict]:
+    s = _Set("word", "word_problem", exclude)
 
     def make(i):
         name, item = rng.choice(NAMES), rng.choice(ITEMS)
@@ -116,7 +136,7 @@ def word_problems(rng: random.Random) -> list[dict]:
         return (f"{name} reads {b} pages a day. "
                 f"How many pages does {name} read in {d} days?"), b * d
 
-    s.fill(40, make)
+    s.fill(n, make)
     return s.records
 
 
@@ -128,8 +148,8 @@ UNITS = [("kilometers", "meters", 1000), ("meters", "centimeters", 100),
          ("weeks", "days", 7), ("years", "months", 12)]
 
 
-def unit_conversions(rng: random.Random) -> list[dict]:
-    s = _Set("unit", "unit_conversion")
+def unit_conversions(rng: random.Random, n: int = 24, exclude: frozenset[str] = frozenset()) -> list[dict]:
+    s = _Set("unit", "unit_conversion", exclude)
 
     def make(i):
         big, small, f = rng.choice(UNITS)
@@ -141,7 +161,7 @@ def unit_conversions(rng: random.Random) -> list[dict]:
             return f"Convert {n} {big} to {small}.", n * f
         return f"How many {big} is {n * f} {small}?", n
 
-    s.fill(24, make)
+    s.fill(n, make)
     for n, ans in [(3, 36), (5, 60)]:
         s.add(f"How many eggs are in {n} dozen?", ans)
     s.add("How many centimeters are in half a meter?", 50)
@@ -179,8 +199,8 @@ STEP_TEXTS = [
 ]
 
 
-def step_by_step(rng: random.Random) -> list[dict]:
-    s = _Set("steps", "step_by_step")
+def step_by_step(rng: random.Random, n: int = 32, exclude: frozenset[str] = frozenset()) -> list[dict]:
+    s = _Set("steps", "step_by_step", exclude)
     for text, answer in STEP_TEXTS:
         s.add(text, answer)
 
@@ -200,7 +220,7 @@ def step_by_step(rng: random.Random) -> list[dict]:
         return (f"Explain step by step how to add the fractions 1/{a} and 1/{b}.",
                 Fraction(1, a) + Fraction(1, b))
 
-    s.fill(32, make)
+    s.fill(n, make)
     return s.records
 
 
@@ -217,8 +237,8 @@ COMPARE_TEXTS = [
 ]
 
 
-def comparisons(rng: random.Random) -> list[dict]:
-    s = _Set("compare", "comparison")
+def comparisons(rng: random.Random, n: int = 30, exclude: frozenset[str] = frozenset()) -> list[dict]:
+    s = _Set("compare", "comparison", exclude)
     for text, answer in COMPARE_TEXTS:
         s.add(text, answer)
 
@@ -244,12 +264,12 @@ def comparisons(rng: random.Random) -> list[dict]:
         p, q = rng.sample([Fraction(1, d) for d in range(2, 10)], 2)
         return f"Which is larger, {p} or {q}?", max(p, q)
 
-    s.fill(30, make)
+    s.fill(n, make)
     return s.records
 
 
-def sequences(rng: random.Random) -> list[dict]:
-    s = _Set("seq", "sequence")
+def sequences(rng: random.Random, n: int = 30, exclude: frozenset[str] = frozenset()) -> list[dict]:
+    s = _Set("seq", "sequence", exclude)
 
     def make(i):
         kind = i % 5
@@ -274,7 +294,7 @@ def sequences(rng: random.Random) -> list[dict]:
         return rng.choice([f"What number comes next in the sequence {shown}?",
                            f"Continue the pattern: {shown}, ... What is the next number?"]), terms[4]
 
-    s.fill(30, make)
+    s.fill(n, make)
     return s.records
 
 
@@ -288,8 +308,8 @@ LOGIC_TEXTS = [
 ]
 
 
-def logic(rng: random.Random) -> list[dict]:
-    s = _Set("logic", "logic")
+def logic(rng: random.Random, n: int = 32, exclude: frozenset[str] = frozenset()) -> list[dict]:
+    s = _Set("logic", "logic", exclude)
     for text, answer in LOGIC_TEXTS:
         s.add(text, answer)
 
@@ -312,7 +332,7 @@ def logic(rng: random.Random) -> list[dict]:
         return (f"There are {n} people in a line, and {name} is number {k} from the front. "
                 f"How many people are behind {name}?"), n - k
 
-    s.fill(32, make)
+    s.fill(n, make)
     return s.records
 
 
@@ -322,6 +342,14 @@ def reasoning_records() -> list[dict]:
     return (arithmetic(rng) + word_problems(rng) + unit_conversions(rng)
             + factual() + step_by_step(rng) + comparisons(rng)
             + sequences(rng) + logic(rng))
+
+
+def heldout_records() -> list[dict]:
+    """The ``reasoning_heldout`` set: fresh template prompts, none in ``reasoning`` (module docstring)."""
+    rng, exclude = random.Random(SEED + 1), frozenset(r["text"] for r in reasoning_records())
+    return (arithmetic(rng, 80, exclude) + word_problems(rng, 80, exclude) + unit_conversions(rng, 48, exclude)
+            + step_by_step(rng, 64, exclude) + comparisons(rng, 60, exclude)
+            + sequences(rng, 60, exclude) + logic(rng, 64, exclude))
 
 
 def chat_records() -> list[dict]:
@@ -356,7 +384,8 @@ def render(records: list[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
 
 
-OUTPUTS = {"reasoning.jsonl": reasoning_records, "chat.jsonl": chat_records}
+OUTPUTS = {"reasoning.jsonl": reasoning_records, "reasoning_heldout.jsonl": heldout_records,
+           "chat.jsonl": chat_records}
 
 
 def main(argv: list[str] | None = None) -> int:
