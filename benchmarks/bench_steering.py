@@ -70,6 +70,23 @@ def generated_shares(outputs, k: int) -> np.ndarray:
     return counts / max(counts.sum(), 1)
 
 
+def swept_groups(shares: np.ndarray, args: argparse.Namespace) -> tuple[list[int], str, list[int]]:
+    """(groups to sweep, the rule that picked them, groups left out): ``--groups`` or the module docstring's rule."""
+    if args.groups:
+        groups, rule = [int(g) for g in args.groups.split(",")], "given by --groups"
+    else:
+        groups = [int(g) for g in np.argsort(-shares) if shares[g] >= args.min_generated_share][: args.max_groups]
+        rule = f"generated share >= {args.min_generated_share}, at most {args.max_groups}"
+    return groups, rule, [g for g in range(len(shares)) if g not in groups]
+
+
+def add_group_args(ap: argparse.ArgumentParser) -> None:
+    """The options of :func:`swept_groups`."""
+    ap.add_argument("--min-generated-share", type=float, default=0.05)
+    ap.add_argument("--max-groups", type=int, default=6)
+    ap.add_argument("--groups", default=None, help="comma-separated group ids instead of the rule above")
+
+
 def heldout_prompt_ids(outputs, tokenizer, n: int) -> tuple[list[list[int]], list[str], list[int]]:
     """Prompt token ids (the stored prompt part of each held-out sequence, chat template included),
     their prompt ids and their store sequence indices."""
@@ -92,9 +109,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
-    ap.add_argument("--min-generated-share", type=float, default=0.05)
-    ap.add_argument("--max-groups", type=int, default=6)
-    ap.add_argument("--groups", default=None, help="comma-separated group ids instead of the rule above")
+    add_group_args(ap)
     ap.add_argument("--max-ppl-ratio", type=float, default=1.5)
     add_threads_arg(ap)
     args = ap.parse_args()
@@ -106,14 +121,7 @@ def main() -> None:
     loaded = load_model(None)
     reader = load_reader(outputs.checkpoint, loaded)
     shares = generated_shares(outputs, reader.k)
-    if args.groups:
-        groups = [int(g) for g in args.groups.split(",")]
-        rule = "given by --groups"
-    else:
-        order = np.argsort(-shares)
-        groups = [int(g) for g in order if shares[g] >= args.min_generated_share][: args.max_groups]
-        rule = f"generated share >= {args.min_generated_share}, at most {args.max_groups}"
-    left_out = [int(g) for g in range(reader.k) if g not in groups]
+    groups, rule, left_out = swept_groups(shares, args)
     print(f"RET: {outputs.checkpoint} (layers {reader.layers}, window {reader.window}, k {reader.k})")
     print("share of the store's generated tokens per group: "
           + ", ".join(f"{g}: {shares[g]:.3f}" for g in range(reader.k)))

@@ -8,7 +8,9 @@
   encoder each step, steer only while it is (not) in chosen groups.
 - :func:`generate` — batched continuations of prompts, open- or closed-loop steered.
 - :func:`sweep` → :class:`SweepResult` — share of generated tokens in a target group and perplexity
-  vs α; its best α under a fluency budget and the gain with a paired bootstrap CI.
+  vs α; its best α under a fluency budget and the gain with a paired bootstrap CI. Its pieces
+  (:mod:`~ret_toolkit.steering.evaluate`: generate, re-read; :mod:`~ret_toolkit.steering.sweep_result`:
+  score) serve evaluations that share one α = 0 run among several vectors.
 - :func:`load_reader`, :func:`find_outputs`, :func:`group_vector` — RET checkpoint and
   group vectors from a ``ret-macro`` / ``ret-demo`` directory.
 
