@@ -34,6 +34,7 @@ __getattr__, __dir__, __all__ = lazy_exports(__name__, {
     # models, layers, prompts
     "LoadedModel": "activation_cache.models",
     "load_model": "activation_cache.models",
+    "load_tokenizer": "activation_cache.models",
     "use_chat_template": "activation_cache.models",
     "LayerSpec": "activation_cache.layers",
     "parse_layers": "activation_cache.layers",

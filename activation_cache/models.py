@@ -43,6 +43,7 @@ __all__ = [
     "cache_dir",
     "embedded_model_dir",
     "load_model",
+    "load_tokenizer",
     "use_chat_template",
 ]
 
@@ -300,6 +301,28 @@ def load_model(
     if template is not None:
         loaded.tokenizer.chat_template = template
     return loaded
+
+
+def load_tokenizer(spec: str | None = None, *, chat_template: str | os.PathLike | None = None,
+                   trust_remote_code: bool = False, progress: bool = True):
+    """The tokenizer :func:`load_model` would return for ``spec``, without loading the weights.
+
+    For data modules that tokenise before the model exists (``ret_toolkit.blocking``).
+    A GGUF file is dequantised once, as :func:`load_model` does (the tokenizer lives in it).
+    """
+    template = read_chat_template(chat_template) if chat_template is not None else None
+    source, _, _, local = _resolve(spec, progress=progress)
+    what = f"tokenizer from {source}" if local else f"tokenizer of '{spec}' from the hub"
+    try:
+        with no_transformers_bars():
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code,
+                                                                   local_files_only=local)
+    except Exception as exc:
+        raise InputError(f"cannot load {what}: {first_line(exc)}") from exc
+    tokenizer = _prepare_tokenizer(tokenizer)
+    if template is not None:
+        tokenizer.chat_template = template
+    return tokenizer
 
 
 def use_chat_template(loaded: LoadedModel, chat_template: str | os.PathLike | None) -> LoadedModel:

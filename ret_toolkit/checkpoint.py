@@ -14,7 +14,7 @@ M = TypeVar("M", bound=pl.LightningModule)
 
 #: Hyperparameters that only one family's checkpoints have -> the family's name in messages.
 FAMILY_KEYS = {"RET": {"z_dim", "window", "max_horizon"}, "VQ": {"num_codes", "code_dim"},
-               "task": {"vocab_size", "n_layer", "mtp_heads"}}
+               "task": {"vocab_size", "n_layer", "mtp_heads"}, "blocking": {"lora_r", "penalty_weight"}}
 
 
 def read_checkpoint(ckpt: str | Path, kind: str = "") -> dict:

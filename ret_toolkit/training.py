@@ -26,6 +26,7 @@ TRAINER_DEFAULTS: dict[str, tuple[str, str, dict[str, Any]]] = {
     "macro": ("runs/macro", "ret", {"max_epochs": 10, "log_every_n_steps": 10}),
     "vq": ("runs/vq", "vq", {"max_epochs": 20, "log_every_n_steps": 10}),
     "task": ("runs/task", "task", {"max_epochs": 4, "log_every_n_steps": 20}),
+    "block": ("runs/block", "block", {"max_epochs": 3, "log_every_n_steps": 5}),
 }
 
 

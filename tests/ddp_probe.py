@@ -28,6 +28,8 @@ class SameWeightsProbe(Callback):
                 x = cut_windows(batch["rows"], batch["starts"], batch["length"])
             elif isinstance(batch, dict) and "rows" in batch:  # VQ: the rows its blocks lie in
                 x = gather_cells(batch)
+            elif isinstance(batch, dict) and "input_ids" in batch:  # blocking: token batches
+                x = batch["input_ids"]
             else:
                 x = batch["cells"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
             self.first_batch = x.float().sum().reshape(1)

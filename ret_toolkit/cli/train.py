@@ -6,6 +6,7 @@
     ret-train macro fit --config run.yaml --ckpt_path runs/macro/.../last.ckpt   # resume
     ret-train vq fit --data.stores='[traj.h5]' --data.block.layers=1-28 --data.block.stop=0
     ret-train task fit --data.task=pathfinding --data.path_nodes=4      # a small GPT on a synthetic task
+    ret-train block fit --data.conversations=caving.jsonl --model.directions=dirs.safetensors  # LoRA + blocking
 
 Every hyperparameter of the model (``--model.*``), the data (``--data.*``) and
 the Lightning trainer (``--trainer.*``) is a YAML key and a flag. Runs under
@@ -36,11 +37,13 @@ FAMILIES = {
     "vq": ("ret_toolkit.vq.module:VQModule", "ret_toolkit.vq.datamodule:BlockDataModule", "ret_toolkit.vq.train"),
     "task": ("ret_toolkit.planning.model:TaskLM", "ret_toolkit.planning.datamodule:TaskDataModule",
              "ret_toolkit.planning.train"),
+    "block": ("ret_toolkit.blocking.module:BlockingModule", "ret_toolkit.blocking.datamodule:ConversationDataModule",
+              "ret_toolkit.blocking.train"),
 }
 
 
 #: family -> its checkpoints' name in messages
-KINDS = {"macro": "RET", "vq": "VQ", "task": "task"}
+KINDS = {"macro": "RET", "vq": "VQ", "task": "task", "block": "blocking"}
 
 
 def _load(spec: str):
@@ -76,6 +79,7 @@ def family_cli(family: str, args: Sequence[str], run: bool = True) -> LightningC
 macro_cli = partial(family_cli, "macro")
 vq_cli = partial(family_cli, "vq")
 task_cli = partial(family_cli, "task")
+block_cli = partial(family_cli, "block")
 
 
 def _report_checkpoint(name: str, cli: LightningCLI) -> None:
@@ -117,7 +121,22 @@ def _task(args: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"macro": _macro, "vq": _vq, "task": _task}
+def _block(args: Sequence[str]) -> int:
+    cli = block_cli(args)
+    if cli.trainer is None or not cli.trainer.is_global_zero:
+        return 0
+    history = cli.model.history_records()
+    if history:
+        last = history[-1]
+        drift = ", ".join(f"{k} {v:+.3f}" for k, v in last.get("drift", {}).items())
+        print(f"ret-train block: step {last['step']} sft {last['sft']:.3f}"
+              + (f" penalty {last['penalty']:.4f}" if "penalty" in last else "")
+              + (f"; drift {drift}" if drift else "") + f"; adapter {cli.model.output_dir}/adapter")
+    _report_checkpoint("block", cli)
+    return 0
+
+
+COMMANDS = {"macro": _macro, "vq": _vq, "task": _task, "block": _block}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -128,21 +128,23 @@ class LayerCapture:
     """Forward hooks keeping the latest outputs of some decoder blocks; a context manager.
 
     ``hidden()`` returns them concatenated along the feature axis in ``layers``
-    order: (B, T, D * len(layers)) float32, detached. Only the handles added
-    here are removed on exit (also on exceptions).
+    order: (B, T, D * len(layers)) float32, detached unless ``detach=False``
+    (a training loss on the activations, :mod:`ret_toolkit.blocking`). Only the
+    handles added here are removed on exit (also on exceptions).
     """
 
-    def __init__(self, model, layers: Sequence[int]):
+    def __init__(self, model, layers: Sequence[int], detach: bool = True):
         module, _, _ = resolve_model(model)
         self._blocks = get_module(module, find_architecture(module).block_path)
         self.layers = list(layers)
+        self.detach = detach
         self._out: dict[int, torch.Tensor] = {}
         self._handles: list = []
 
     def _hook(self, layer: int):
         def hook(mod, args, output):
             h = output[0] if isinstance(output, tuple) else output
-            self._out[layer] = h.detach()
+            self._out[layer] = h.detach() if self.detach else h
         return hook
 
     def hidden(self) -> torch.Tensor:
