@@ -71,6 +71,11 @@ def test_kl_to_base_is_zero_for_equal_logits_and_positive_otherwise():
     mask = torch.ones(2, 3, dtype=torch.bool)
     assert kl_to_base(logits, logits, mask).item() == pytest.approx(0.0, abs=1e-6)
     assert kl_to_base(logits, torch.zeros_like(logits), mask).item() > 0.01
+    other = logits.clone()
+    other[0, 0] = 0.0  # differs only where the mask is off
+    mask[0, 0] = False
+    assert kl_to_base(logits, other, mask).item() == pytest.approx(0.0, abs=1e-6)
+    assert kl_to_base(logits, other, torch.zeros_like(mask)).item() == 0.0
 
 
 # ---------------------------------------------------------------- conversations
@@ -150,6 +155,31 @@ def test_directions_save_load_and_checks(tmp_path):
         BlockedDirections.load(tmp_path / "other.safetensors")
     with pytest.raises(InputError, match="not found"):
         BlockedDirections.load(tmp_path / "missing.safetensors")
+
+
+def test_contrast_of_conversations_counts_completion_tokens_only(llama_dir):
+    """Known answer: the mean is over the completion tokens alone (equal to one computed by hand, and
+    a conversation given twice weighs as once); swapping the two sets flips the direction."""
+    import transformers
+
+    from ret_toolkit.blocking import from_conversations
+    from ret_toolkit.blocking.contrast import completion_means
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    tok = make_tokenizer()
+    a = [[{"role": "user", "content": "What is 2 + 3?"}, {"role": "assistant", "content": "5."}]]
+    b = [[{"role": "user", "content": "Are you sure?"}, {"role": "assistant", "content": "5."}]]
+    ids, completion = encode_conversation(tok, a[0])
+    with torch.no_grad(), LayerCapture(model, [1]) as cap:
+        model(input_ids=torch.tensor([ids]))
+        by_hand = cap.hidden()[0][torch.tensor(completion)].mean(0)
+    assert torch.allclose(completion_means(model, tok, a + a, [1])[0], by_hand, atol=1e-5)
+    # a causal model's reply states depend on the prompt, so A and B differ; swapping them flips the sign
+    d_ab = from_conversations(model, tok, a, b, layers=1)
+    d_ba = from_conversations(model, tok, b, a, layers=1)
+    assert torch.allclose(d_ab.vectors, -d_ba.vectors, atol=1e-5) and d_ab.source["norms"][0] > 0
+    with pytest.raises(InputError, match="no conversations"):
+        completion_means(model, tok, [], [1])
 
 
 # ---------------------------------------------------------------- the module on a tiny model

@@ -21,7 +21,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FACES = ["activation_cache", "ret_toolkit", *(f"ret_toolkit.{p}" for p in
-                                             ("info", "macro", "planning", "steering", "sycophancy", "tasks", "viz", "vq"))]
+                                             ("blocking", "info", "macro", "planning", "steering", "sycophancy", "tasks", "viz",
+                                              "vq"))]
 
 
 def _imports(source: str, where: str):

@@ -82,14 +82,20 @@ class BlockingModule(pl.LightningModule):
     # ------------------------------------------------------------------ model
 
     def configure_model(self) -> None:
-        """Load the base model (CPU; Lightning places it) and wrap it with LoRA adapters; once."""
+        """Load the base model onto this process's device and wrap it with LoRA adapters; once.
+
+        Loaded straight onto the trainer's root device (each DDP rank its own GPU), so
+        ``dtype="auto"`` means what :func:`activation_cache.load_model` says for that device:
+        the checkpoint's own dtype on a GPU, float32 on a CPU. Without a trainer: the CPU.
+        """
         if self.lm is not None:
             return
         from peft import LoraConfig, get_peft_model
 
         from activation_cache.models import load_model
 
-        loaded = load_model(self.hparams.model, device="cpu", dtype=self.hparams.dtype, progress=False)
+        device = str(self.trainer.strategy.root_device) if self._trainer is not None else "cpu"
+        loaded = load_model(self.hparams.model, device=device, dtype=self.hparams.dtype, progress=False)
         if self.blocked is not None:
             self.blocked.check_model(loaded.arch.n_layers, loaded.arch.d_model, loaded.name)
         config = LoraConfig(r=self.hparams.lora_r, lora_alpha=self.hparams.lora_alpha,

@@ -49,7 +49,9 @@ def kl_to_base(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tens
     ``logits``, ``base_logits``: (B, T, V); ``mask``: (B, T) bool, the positions whose next
     token is a completion token (where the fine-tuning loss is taken).
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    logq = torch.log_softmax(base_logits.detach().float(), dim=-1)
-    kl = (logp.exp() * (logp - logq)).sum(-1)
-    return _token_mean(kl, mask)
+    # only the masked rows: a (B, T, V) float32 softmax of a 256k vocabulary would not fit
+    logp = torch.log_softmax(logits[mask].float(), dim=-1)
+    if len(logp) == 0:
+        return logits.sum() * 0.0
+    logq = torch.log_softmax(base_logits.detach()[mask].float(), dim=-1)
+    return (logp.exp() * (logp - logq)).sum(-1).mean()
