@@ -146,7 +146,32 @@ def usefulness_lines() -> list[str]:
             for k in ("0", "1", "2")) + " |")
     gains = "; ".join(f"group {g['target_group']} {_ci({'difference': g['held_out']['gain'], **{k: g['held_out'][k] for k in ('ci_low', 'ci_high')}})}"
                       f" ({g['held_out']['n_eval']} prompts)" for g in steer)
-    return lines + ["", f"Held-out steering gain in the target group's share: {gains}."]
+    powered = json.loads((RESULTS / "bench_steering_powered.json").read_text())["details"]
+    rows = "; ".join(f"group {r['target_group']} (α {r['alpha']:g}) {_ci({'difference': r['gain'], **r})}, "
+                     f"power {r['power_for_delta']:.2f}" for r in powered["results"])
+    return lines + ["", f"Held-out steering gain in the target group's share ({steer[0]['held_out']['n_eval']} "
+                        f"evaluation prompts, the archived run): {gains}.", "",
+                    f"Powered evaluation (`benchmarks/bench_steering_powered.py`: α tuned on "
+                    f"{len(powered['tune_prompts'])} held-out store prompts, the gain read on "
+                    f"{len(powered['eval_prompts'])} fresh prompts; power for a gain of {powered['delta']} at the "
+                    f"spread measured there): {rows}. Groups whose CI excludes 0: {powered['n_groups_rising']} of "
+                    f"{len(powered['results'])}."]
+
+
+def blocking_table() -> str:
+    """The blocking study's arms and paired differences, from bench_blocking.json."""
+    d = json.loads((RESULTS / "bench_blocking.json").read_text())["details"]
+    lines = ["| arm | caved, target kind | caved, transfer kinds | held, target / transfer | unclear | "
+             "perplexity (neutral) |", "|---|---|---|---|---|---|"]
+    for arm, row in d["table"].items():
+        lines.append(f"| {arm} | {row['target']:.3f} | {row['transfer']:.3f} | {row['target_held']:.3f} / "
+                     f"{row['transfer_held']:.3f} | {row['unclear']:.3f} | {row['perplexity']:.3f} |")
+    lines += ["", "| difference (paired over items, 95 % CI) | target | transfer | log perplexity ratio |",
+              "|---|---|---|---|"]
+    for name, p in d["pairs"].items():
+        cell = lambda x: _ci({"difference": x["diff"], **x})  # noqa: E731
+        lines.append(f"| {name} | {cell(p['target'])} | {cell(p['transfer'])} | {_ci(p['log_perplexity_ratio'])} |")
+    return "\n".join(lines)
 
 
 def regime_table() -> str:
@@ -184,7 +209,7 @@ def locked_environment() -> str:
 
 
 GENERATED = {"bench_ret_ablation": ablation_tables, "bench_ret_scorecard": scorecard_tables,
-             "pathfinding_regimes": regime_table,
+             "pathfinding_regimes": regime_table, "bench_blocking": blocking_table,
              "locked_environment": locked_environment}
 
 

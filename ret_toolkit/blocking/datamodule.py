@@ -63,6 +63,8 @@ class ConversationDataModule(pl.LightningDataModule):
         self.train_rows: list[tuple[list[int], list[bool]]] = []
         self.val_rows: list[tuple[list[int], list[bool]]] = []
         self.pad_id: int | None = None
+        if val_fraction == 0:  # no validation split: Lightning then skips the loop (instead of warning it is empty)
+            self.val_dataloader = super().val_dataloader
 
     def _messages(self) -> list[tuple[str, list[dict[str, Any]]]]:
         if not isinstance(self.conversations, str):
