@@ -80,11 +80,30 @@ def swept_groups(shares: np.ndarray, args: argparse.Namespace) -> tuple[list[int
     return groups, rule, [g for g in range(len(shares)) if g not in groups]
 
 
-def add_group_args(ap: argparse.ArgumentParser) -> None:
-    """The options of :func:`swept_groups`."""
+def add_sweep_args(ap: argparse.ArgumentParser) -> None:
+    """The options both steering benchmarks share: α grid, generation, :func:`swept_groups`' rule, the
+    fluency budget, threads."""
+    ap.add_argument("--alphas", default="0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.6")
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
     ap.add_argument("--min-generated-share", type=float, default=0.05)
     ap.add_argument("--max-groups", type=int, default=6)
     ap.add_argument("--groups", default=None, help="comma-separated group ids instead of the rule above")
+    ap.add_argument("--max-ppl-ratio", type=float, default=1.5)
+    add_threads_arg(ap)
+
+
+def prepare(args: argparse.Namespace):
+    """Threads and seed set, then ``(demo outputs, loaded model, RET reader, generated shares per group,
+    (groups, rule, left out))`` (:func:`swept_groups`)."""
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    outputs = find_outputs(args.demo)
+    loaded = load_model(None)
+    reader = load_reader(outputs.checkpoint, loaded)
+    shares = generated_shares(outputs, reader.k)
+    return outputs, loaded, reader, shares, swept_groups(shares, args)
 
 
 def heldout_prompt_ids(outputs, tokenizer, n: int) -> tuple[list[list[int]], list[str], list[int]]:
@@ -105,23 +124,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--demo", default="demo_out", help="ret-demo output directory")
     ap.add_argument("--prompts", type=int, default=24, help="held-out prompts per sweep point")
-    ap.add_argument("--alphas", default="0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.6")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
-    add_group_args(ap)
-    ap.add_argument("--max-ppl-ratio", type=float, default=1.5)
-    add_threads_arg(ap)
+    add_sweep_args(ap)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     t0 = time.perf_counter()
-
-    outputs = find_outputs(args.demo)
-    loaded = load_model(None)
-    reader = load_reader(outputs.checkpoint, loaded)
-    shares = generated_shares(outputs, reader.k)
-    groups, rule, left_out = swept_groups(shares, args)
+    outputs, loaded, reader, shares, (groups, rule, left_out) = prepare(args)
     print(f"RET: {outputs.checkpoint} (layers {reader.layers}, window {reader.window}, k {reader.k})")
     print("share of the store's generated tokens per group: "
           + ", ".join(f"{g}: {shares[g]:.3f}" for g in range(reader.k)))

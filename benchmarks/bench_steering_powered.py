@@ -41,15 +41,14 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_threads_arg, report  # noqa: E402
-from bench_steering import add_group_args, generated_shares, heldout_prompt_ids, swept_groups  # noqa: E402
+from _common import report  # noqa: E402
+from bench_steering import add_sweep_args, heldout_prompt_ids, prepare  # noqa: E402
 
-from activation_cache import load_model, read_prompts  # noqa: E402
+from activation_cache import read_prompts  # noqa: E402
 from ret_toolkit.info import paired_power  # noqa: E402
-from ret_toolkit.steering import SweepResult, find_outputs, group_vector, load_reader, render_prompts, sweep  # noqa: E402
+from ret_toolkit.steering import SweepResult, group_vector, render_prompts, sweep  # noqa: E402
 from ret_toolkit.steering.evaluate import generate_continuations, reread  # noqa: E402
 from ret_toolkit.steering.sweep_result import score_point  # noqa: E402
 
@@ -76,24 +75,11 @@ def main() -> None:
     ap.add_argument("--demo", default="demo_out", help="ret-demo output directory")
     ap.add_argument("--tune-prompts", type=int, default=24, help="held-out store prompts that choose α")
     ap.add_argument("--eval-prompts", type=int, default=200, help="fresh prompts that read the gain")
-    ap.add_argument("--alphas", default="0.05,0.1,0.15,0.2,0.25,0.3,0.4,0.6")
-    ap.add_argument("--max-new-tokens", type=int, default=32)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--positions", default="all", choices=["all", "prompt", "generated"])
-    add_group_args(ap)
-    ap.add_argument("--max-ppl-ratio", type=float, default=1.5)
-    add_threads_arg(ap)
+    add_sweep_args(ap)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
     t0 = time.perf_counter()
-
-    outputs = find_outputs(args.demo)
-    loaded = load_model(None)
+    outputs, loaded, reader, _, (groups, rule, left_out) = prepare(args)
     tok = loaded.tokenizer
-    reader = load_reader(outputs.checkpoint, loaded)
-    shares = generated_shares(outputs, reader.k)
-    groups, rule, left_out = swept_groups(shares, args)
     gen = dict(positions=args.positions, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
     print(f"RET: {outputs.checkpoint} (layers {reader.layers}, window {reader.window}, k {reader.k}); "
           f"groups ({rule}): {groups}", flush=True)
