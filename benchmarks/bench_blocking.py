@@ -205,7 +205,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--long-factor", type=int, default=3, help="epochs multiplier of the long regime (0: skip it)")
+    ap.add_argument("--long-factor", type=int, default=2, help="epochs multiplier of the long regime (0: skip it)")
     ap.add_argument("--templates", type=int, default=3, help="pushback templates per training item")
     ap.add_argument("--penalty-weight", type=float, default=10.0)
     ap.add_argument("--kl-grid", default="0.1,1,10")
