@@ -45,6 +45,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 from bench_steering import add_sweep_args, heldout_prompt_ids, prepare  # noqa: E402
+from steering_power import share_differences  # noqa: E402
 
 from activation_cache import read_prompts  # noqa: E402
 from ret_toolkit.info import paired_power  # noqa: E402
@@ -61,13 +62,6 @@ def evaluation_prompts(n: int):
     if n > len(prompts):
         sys.exit(f"--eval-prompts {n}: builtin:reasoning_heldout holds {len(prompts)}")
     return [prompts[i] for i in np.linspace(0, len(prompts) - 1, n).astype(int)]
-
-
-def per_prompt_differences(chosen, base) -> np.ndarray:
-    """Target share at the chosen α minus at α = 0, per prompt that generated tokens in both."""
-    a, b = np.asarray(chosen.prompt_counts, float), np.asarray(base.prompt_counts, float)
-    ok = (a[:, 1] > 0) & (b[:, 1] > 0)
-    return a[ok, 0] / a[ok, 1] - b[ok, 0] / b[ok, 1]
 
 
 def main() -> None:
@@ -125,7 +119,7 @@ def main() -> None:
         control = SweepResult(g, [base, control_point] if control_point is not base else [base], {})
         lo, hi = r.paired_ci(point, base)
         blo, bhi = r.paired_ci(point, base, level=level)
-        diffs = per_prompt_differences(point, base)
+        diffs = share_differences(point.prompt_counts, base.prompt_counts)
         sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else float("nan")
         power = paired_power(sd, DELTA, len(diffs)) if sd > 0 else float("nan")
         against = r.against(control, chosen[g]) if point is not base else None

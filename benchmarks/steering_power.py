@@ -32,9 +32,12 @@ from ret_toolkit.info import paired_power, paired_sample_size, simulated_power  
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def shares(point: dict) -> np.ndarray:
-    """Per prompt, the target group's share of its generated tokens (NaN for a prompt with none)."""
-    return np.array([c / n if n else np.nan for c, n in point["prompt_counts"]])
+def share_differences(counts_a, counts_b) -> np.ndarray:
+    """Per prompt, target-group share under A minus under B, from ``prompt_counts`` ``[[in group, generated], ...]``
+    of the same prompts; prompts with no generated token on either side are left out."""
+    a, b = np.asarray(counts_a, float), np.asarray(counts_b, float)
+    ok = (a[:, 1] > 0) & (b[:, 1] > 0)
+    return a[ok, 0] / a[ok, 1] - b[ok, 0] / b[ok, 1]
 
 
 def main() -> None:
@@ -49,8 +52,7 @@ def main() -> None:
     groups = {}
     for g in det["results"]:
         points = {p["alpha"]: p for p in g["points"]}
-        diff = shares(points[g["held_out"]["alpha"]]) - shares(points[0.0])
-        diff = diff[~np.isnan(diff)]
+        diff = share_differences(points[g["held_out"]["alpha"]]["prompt_counts"], points[0.0]["prompt_counts"])
         sd = float(diff.std(ddof=1))
         need = paired_sample_size(sd, args.delta, args.power)
         groups[str(g["target_group"])] = {

@@ -285,11 +285,33 @@ def test_kl_baseline_and_bfloat16_steps_are_finite(llama_dir, tmp_path):
     assert torch.isfinite(loss) and m.history == []  # history is for training steps only
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch_size": 0}, "batch_size must be >= 1"),
+    ({"val_fraction": 1.0}, r"val_fraction must lie in \[0, 1\)"),
+    ({"train_on": "first"}, "train_on must be one of"),
+])
+def test_data_module_argument_errors(llama_dir, kwargs, message):
+    with pytest.raises(InputError, match=message):
+        ConversationDataModule(conversations(2), model=str(llama_dir), **kwargs).setup()
+
+
+def test_load_tokenizer_matches_load_model_and_names_a_bad_spec(llama_dir, tmp_path):
+    from activation_cache import load_model, load_tokenizer
+
+    tok = load_tokenizer(str(llama_dir))
+    assert tok("What is 2 + 3?")["input_ids"] == load_model(str(llama_dir)).tokenizer("What is 2 + 3?")["input_ids"]
+    assert tok.padding_side == "left" and tok.pad_token is not None
+    with pytest.raises(InputError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "nowhere" / "model"))
+
+
 def test_module_argument_errors(llama_dir, tmp_path):
     with pytest.raises(InputError, match="needs directions"):
         BlockingModule(model=str(llama_dir), penalty_weight=1.0)
     with pytest.raises(InputError, match="kl_weight must be >= 0"):
         BlockingModule(model=str(llama_dir), penalty_weight=0.0, kl_weight=-1.0)
+    with pytest.raises(InputError, match="lora_r must be >= 1"):
+        BlockingModule(model=str(llama_dir), penalty_weight=0.0, lora_r=0)
     path = BlockedDirections.from_arrays(torch.ones(32), layers=7).save(tmp_path / "far.safetensors")
     with pytest.raises(InputError, match=r"layer\(s\) \[7\] out of range"):
         BlockingModule(model=str(llama_dir), directions=str(path)).configure_model()

@@ -13,9 +13,9 @@ from typing import Sequence
 
 import torch
 
-from activation_cache.batching import pad_rows
 from activation_cache.errors import InputError
 from ret_toolkit.blocking.conversations import encode_conversation
+from ret_toolkit.blocking.datamodule import collate_conversations
 from ret_toolkit.blocking.directions import BlockedDirections
 
 __all__ = ["completion_means", "from_conversations"]
@@ -38,11 +38,10 @@ def completion_means(model, tokenizer, conversations: Sequence[Sequence[dict]], 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     with LayerCapture(module, layers) as cap:
         for lo in range(0, len(rows), batch_size):
-            chunk = rows[lo: lo + batch_size]
-            ids, mask = pad_rows([r[0] for r in chunk], pad, left=False)
-            completion, _ = pad_rows([[int(c) for c in r[1]] for r in chunk], 0, left=False)
-            module(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False)
-            h = cap.hidden()[completion.bool().to(device)].double()  # (tokens, L * d)
+            batch = collate_conversations(rows[lo: lo + batch_size], pad)
+            module(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                   use_cache=False)
+            h = cap.hidden()[batch["completion"].to(device)].double()  # (tokens, L * d)
             total = h.sum(0) if total is None else total + h.sum(0)
             count += len(h)
     return (total / count).float().cpu().reshape(len(layers), -1)
